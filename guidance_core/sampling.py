@@ -1,0 +1,80 @@
+"""The sampler loop every guidance method plugs into, in the spirit of k-diffusion's `sampling.py`.
+
+A method is an object with `guide(x, i, ctx) -> (x_next, report | None)` that takes the latent at sigmas[i]
+to sigmas[i + 1]; `ctx.plain_step` is the unguided step. Methods that optimise the whole trajectory (DOODL)
+provide `sample(x, ctx) -> (x0, reports)` instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .denoiser import Denoiser, vp_input_scale
+from .layout import Layout
+from .unroll import STEPS, ancestral_step, heun_step
+
+
+@dataclass
+class SamplingContext:
+    """Everything shared by the steps of one sampling run."""
+
+    denoise: Denoiser
+    sigmas: Tensor
+    loss: Callable[..., Tensor] | None = None
+    layout: Layout = field(default_factory=Layout)
+    step: str = "euler"
+    eta: float = 0.0
+    generator: torch.Generator | None = None
+    latent_scale: Callable[[Tensor], Tensor] = vp_input_scale
+    callback: Callable[[dict], None] | None = None
+    observer: Callable[..., None] | None = None
+
+    @property
+    def steps(self) -> int:
+        """Number of sampler steps."""
+        return len(self.sigmas) - 1
+
+    def plain_step(self, x: Tensor, i: int, denoised: Tensor | None = None) -> Tensor:
+        """The unguided step from sigmas[i] to sigmas[i+1] (reports progress through the callback)."""
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        with torch.no_grad():
+            denoised = self.denoise(x, sigma) if denoised is None else denoised
+            if self.step == "heun":
+                x_next = heun_step(self.denoise, x, sigma, sigma_next, denoised)
+            else:
+                x_next = ancestral_step(denoised, x, sigma, sigma_next, self.eta, self.generator)
+        if self.callback is not None:
+            self.callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        return x_next
+
+
+@dataclass
+class SampleResult:
+    """Final latent and one report per guided step."""
+
+    x: Tensor
+    reports: list[dict]
+
+
+def sample(denoise: Denoiser, x: Tensor, sigmas: Tensor, method=None, **context) -> SampleResult:
+    """Sample from noise `x` at sigmas[0] down the schedule `sigmas` (ending in 0), guided by `method`."""
+    ctx = SamplingContext(denoise, sigmas, **context)
+    if ctx.step not in STEPS:
+        raise ValueError(f"unknown sampler step {ctx.step!r}; choose one of {STEPS}")
+    if ctx.step == "heun" and ctx.eta:
+        raise ValueError("eta > 0 (stochastic steps) is only available with the euler / ddim step")
+    ctx.layout.check(x)
+    if method is not None and hasattr(method, "sample"):
+        return SampleResult(*method.sample(x, ctx))
+    reports = []
+    for i in range(ctx.steps):
+        if method is None:
+            x = ctx.plain_step(x, i)
+            continue
+        x, report = method.guide(x, i, ctx)
+        if report is not None:
+            reports.append(report)
+    return SampleResult(x, reports)

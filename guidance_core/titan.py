@@ -1,0 +1,121 @@
+"""TITAN-Guide (paper Alg. 1): at each guided step, move z_t along a forward gradient of
+f(z_t) = loss(decode(Sample_{t->0}(z_t))), then take the sampler step.
+
+`LookaheadGuidance` holds what TITAN shares with the exact-gradient baseline (same look-ahead, same update);
+they differ only in how the gradient of f is obtained.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .forward_gradient import ESTIMATORS, forward_gradient
+from .guesses import GuessContext, RandomGuess
+from .sampling import SamplingContext
+from .unroll import lookahead_sigmas, unroll
+from .update import apply_update, clip_per_sample, guided_steps, make_optimizer, strength_schedule
+
+
+@dataclass
+class LookaheadGuidance:
+    """Shared knobs: look-ahead steps, strength and its schedule, optimiser, window, iterations, clipping.
+
+    A look-ahead of k means k sampler steps before the Tweedie estimate, or all remaining steps when fewer
+    than k are left (so late steps simply look ahead to the end).
+    """
+
+    lookahead: int | str = 1
+    strength: float = 0.1
+    schedule: str = "constant"
+    optimizer: str = "adam"
+    start: float = 0.0
+    end: float = 1.0
+    iterations: int = 1
+    max_grad_norm: float | None = None
+    per_frame: bool = False
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            raise ValueError(f"iterations per step must be >= 1, got {self.iterations}")
+        if self.lookahead != "all" and (not isinstance(self.lookahead, int) or self.lookahead < 0):
+            raise ValueError(f"look-ahead must be an integer >= 0 or 'all', got {self.lookahead!r}")
+        make_optimizer(self.optimizer, self.strength)  # validates early
+        strength_schedule(self.schedule, 1)
+
+    def objective(self, i: int, ctx: SamplingContext):
+        """f(x): the loss after the look-ahead traverse from sigmas[i]."""
+        remaining = ctx.sigmas[i:]
+        available = int((remaining > 0).sum()) - 1
+        k = available if self.lookahead == "all" else min(self.lookahead, available)
+        sigmas = lookahead_sigmas(remaining, k)
+        checkpointed = self.checkpoint_model_calls()
+        return lambda z: ctx.loss(unroll(ctx.denoise, z, sigmas, ctx.step, checkpointed),
+                                  per_frame=self.per_frame), k
+
+    def checkpoint_model_calls(self) -> bool:
+        """Whether the traverse recomputes model activations in backward (only backprop methods care)."""
+        return False
+
+    def estimate(self, f, x: Tensor, i: int, ctx: SamplingContext) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(loss, gradient estimate, directional derivatives or None) of f at x."""
+        raise NotImplementedError
+
+    def guide(self, x: Tensor, i: int, ctx: SamplingContext) -> tuple[Tensor, dict | None]:
+        """Guide the latent at sigmas[i] and step to sigmas[i+1]."""
+        window = guided_steps(ctx.steps, self.start, self.end)
+        if i not in window or ctx.loss is None:
+            return ctx.plain_step(x, i), None
+        weight = float(strength_schedule(self.schedule, len(window))[i - window.start])
+        optimizer = make_optimizer(self.optimizer, self.strength * weight)
+        f, k = self.objective(i, ctx)
+        scale = ctx.latent_scale(ctx.sigmas[i])
+        report = {"step": i, "sigma": float(ctx.sigmas[i]), "lookahead": k, "loss": [], "grad_norm": [],
+                  "skipped": None}
+        for _ in range(self.iterations):
+            loss, grad, derivatives = self.estimate(f, x, i, ctx)
+            grad = clip_per_sample(grad, self.max_grad_norm, ctx.layout)
+            report["loss"].append(float(loss.float().mean()))
+            report["grad_norm"].append(float(ctx.layout.flat(grad).norm(dim=1).mean()))
+            if derivatives is not None:
+                report.setdefault("derivative", []).append(float(derivatives.float().abs().mean()))
+            if not (torch.isfinite(loss).all() and torch.isfinite(grad).all()):
+                report["skipped"] = "non-finite loss or gradient: update skipped"
+                warnings.warn(f"guidance step {i}: non-finite loss or gradient, update skipped")
+                break
+            if ctx.observer is not None:
+                ctx.observer(i=i, x=x, gradient=grad, f=f, method=self)
+            x = apply_update(x, grad, optimizer, scale)
+        return ctx.plain_step(x, i), report
+
+
+@dataclass
+class Titan(LookaheadGuidance):
+    """TITAN-Guide: the gradient of f comes from forward-mode passes along the guess's tangents."""
+
+    guess: object = field(default_factory=RandomGuess)
+    estimator: str = "jvp"
+    delta: float = 1e-3
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {ESTIMATORS}")
+
+    def estimate(self, f, x, i, ctx):
+        sigma = ctx.sigmas[i]
+        needs_denoised = getattr(self.guess, "uses_denoised", True)
+        with torch.no_grad():
+            denoised = ctx.denoise(x, sigma) if needs_denoised else None
+        tangents = self.guess(GuessContext(x, sigma, denoised, ctx.loss, ctx.layout, ctx.generator))
+        est = forward_gradient(f, x, tangents, ctx.layout, self.estimator, self.delta)
+        return est.loss, est.gradient, est.derivatives
+
+
+def cosine(a: Tensor, b: Tensor, layout) -> Tensor:
+    """Per-sample cosine similarity of two latent-shaped tensors."""
+    return layout.dot(a, b) / (layout.flat(a).norm(dim=1) * layout.flat(b).norm(dim=1)).clamp_min(1e-30)
+
+

@@ -1,0 +1,89 @@
+"""Deterministic sampler steps and the look-ahead traverse from the current sigma to 0 (paper Eq. 7).
+
+In the k-diffusion convention the deterministic DDIM step (eta = 0) *is* the Euler step of the probability-flow
+ODE: x_next = x0 + sigma_next * (x - x0) / sigma. Both names are accepted; tests check it against diffusers'
+DDIMScheduler.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from .denoiser import Denoiser
+
+STEPS = ("euler", "ddim", "heun")
+
+
+def euler_step(denoise: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor | None = None) -> Tensor:
+    """One Euler / DDIM(eta=0) step from sigma to sigma_next."""
+    denoised = denoise(x, sigma) if denoised is None else denoised
+    return denoised + (sigma_next / sigma) * (x - denoised)
+
+
+def heun_step(denoise: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor | None = None) -> Tensor:
+    """One Heun (2nd order) step; falls back to Euler on the last step to sigma 0."""
+    denoised = denoise(x, sigma) if denoised is None else denoised
+    d = (x - denoised) / sigma
+    x_euler = x + (sigma_next - sigma) * d
+    if float(sigma_next) == 0.0:
+        return x_euler
+    d_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
+    return x + (sigma_next - sigma) * (d + d_next) / 2
+
+
+def get_step(name: str) -> Callable[..., Tensor]:
+    """The step function called `name` (euler, ddim or heun)."""
+    if name in ("euler", "ddim"):
+        return euler_step
+    if name == "heun":
+        return heun_step
+    raise ValueError(f"unknown sampler step {name!r}; choose one of {STEPS}")
+
+
+def ancestral_step(denoised: Tensor, x: Tensor, sigma: Tensor, sigma_next: Tensor, eta: float,
+                   generator: torch.Generator | None) -> Tensor:
+    """Stochastic DDIM step with noise fraction `eta` (0 = deterministic, 1 = ancestral)."""
+    if eta == 0 or float(sigma_next) == 0.0:
+        return denoised + (sigma_next / sigma) * (x - denoised)
+    sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt())
+    sigma_down = (sigma_next**2 - sigma_up**2).sqrt()
+    noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device).to(x)
+    return denoised + (sigma_down / sigma) * (x - denoised) + sigma_up * noise
+
+
+def lookahead_sigmas(remaining: Tensor, lookahead: int | str) -> Tensor:
+    """Sub-sample the remaining schedule (current sigma first, 0 last) to `lookahead` steps before the Tweedie estimate.
+
+    0 keeps only the current sigma (Tweedie estimate); "all" keeps every remaining step; k keeps the current
+    sigma, the next one and k - 1 more spread evenly to the last nonzero sigma: k + 1 model calls in all.
+    """
+    nonzero = remaining[remaining > 0]
+    available = len(nonzero) - 1
+    k = available if lookahead == "all" else int(lookahead)
+    if k < 0:
+        raise ValueError(f"look-ahead must be >= 0 or 'all', got {lookahead!r}")
+    if k > available:
+        raise ValueError(f"look-ahead of {k} steps exceeds the {available} steps left after this one; "
+                         "use a smaller look-ahead or 'all'")
+    # indices into the later sigmas: k = 1 is the next step (the authors' default), larger k spread to the end
+    idx = torch.linspace(0, available - 1, k).round().long() if k else torch.empty(0, dtype=torch.long)
+    later = nonzero[1:][idx.to(nonzero.device)]
+    return torch.cat([nonzero[:1], later, remaining.new_zeros(1)])
+
+
+def unroll(denoise: Denoiser, x: Tensor, sigmas: Tensor, step: str = "euler", checkpointed: bool = False) -> Tensor:
+    """Run the deterministic sampler along `sigmas` (ending in 0) and return the clean estimate x0.
+
+    The last step to sigma 0 is the Tweedie estimate at the last nonzero sigma. `checkpointed` recomputes each
+    model call during backward (activation checkpointing) for the exact-gradient baseline.
+    """
+    step_fn = get_step(step)
+    call = (lambda t, s: checkpoint(denoise, t, s, use_reentrant=False)) if checkpointed else denoise
+    for i in range(len(sigmas) - 1):
+        if float(sigmas[i + 1]) == 0.0:
+            return call(x, sigmas[i])
+        x = step_fn(call, x, sigmas[i], sigmas[i + 1])
+    return x
