@@ -90,7 +90,7 @@ def _per_sample(h: Tensor, layout: Layout) -> Tensor:
 def exact_gradient(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
     """(loss, grad of the summed loss) by backpropagation: the reference every estimate is measured against."""
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+        x = x.detach().clone().requires_grad_(True)  # hosts hand in inference tensors
         loss = f(x)
         (grad,) = torch.autograd.grad(loss.sum(), x)
     return loss.detach(), grad

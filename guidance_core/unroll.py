@@ -81,6 +81,7 @@ def unroll(denoise: Denoiser, x: Tensor, sigmas: Tensor, step: str = "euler", ch
     model call during backward (activation checkpointing) for the exact-gradient baseline.
     """
     step_fn = get_step(step)
+    sigmas = sigmas.clone()  # inference-mode sigmas cannot be saved for backward
     call = (lambda t, s: checkpoint(denoise, t, s, use_reentrant=False)) if checkpointed else denoise
     for i in range(len(sigmas) - 1):
         if float(sigmas[i + 1]) == 0.0:

@@ -1,4 +1,8 @@
 """Baseline guidance methods behind the same interface as TITAN (see guidance_core.sampling)."""
+from .doodl import DOODL
 from .exact import ExactGradient
+from .freedom import FreeDoM
+from .mpgd import MPGD
+from .tfg import TFG
 
-__all__ = ["ExactGradient"]
+__all__ = ["DOODL", "ExactGradient", "FreeDoM", "MPGD", "TFG"]

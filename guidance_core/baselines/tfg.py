@@ -1,0 +1,224 @@
+"""TFG (Ye et al., NeurIPS 2024): the unified training-free guidance design space, behind TITAN's interface.
+
+One guided step (their Alg. 1), for r in 1..N_recur:
+  variance guidance  Delta_t = -rho_t grad_{z_t} L~(x0(z_t))   (backprop through the denoiser, like FreeDoM)
+  mean guidance      x0 <- x0 - mu_t grad_{x0} L~(x0), N_iter times   (no denoiser backprop, like MPGD)
+  implicit dynamics  L~(x0) = -log E_d exp(-L(x0 + gamma_t d)), d ~ N(0, I), Monte-Carlo over `mc_samples`
+  step               DDIM step with the guided x0 (noise estimate unchanged) plus Delta_t / sqrt(alpha_t)
+  recurrence         re-noise the result back to sigma_t with fresh noise and repeat.
+
+Differences from the paper / their code: the latent lives in the k-diffusion convention x = z / c(sigma) with
+c = ctx.latent_scale (c^2 = abar for VP models); every VP formula is converted exactly, so rho/mu/gamma and the
+schedules mean what they mean in their code. The step is `ctx.plain_step` (DDIM with ctx.eta, or Heun, whose
+correction then uses a fresh model call at the guided Euler point) rather than their DDIM-with-eta. Losses are
+minimised (their log-probability is -loss). Their optional per-element gradient clipping (`clip_scale`, only
+active for molecules) is not reproduced. Defaults are their config's (rho=mu=1, gamma=0.01, 4 MC samples,
+"increase" schedules); the TITAN authors' video runs used rho=0.5, mu=2, gamma=0.1, 1 MC sample, N_recur=1.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..sampling import SamplingContext
+from ..update import guided_steps
+
+TFG_SCHEDULES = ("increase", "decrease", "constant")
+GAMMA_SCHEDULES = ("decrease", "constant")
+_ALIASES = {"increasing": "increase", "decreasing": "decrease"}
+
+
+def randn_like_latent(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like `x`, drawn from `generator` (on the generator's device)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def renoise(x_next: Tensor, i: int, ctx: SamplingContext) -> Tensor:
+    """Time travel: take a latent at sigmas[i+1] back to sigmas[i] with fresh noise (x = x0 + sigma * noise)."""
+    sigma, sigma_next = ctx.sigmas[i], ctx.sigmas[i + 1]
+    return x_next + (sigma**2 - sigma_next**2).sqrt() * randn_like_latent(x_next, ctx.generator)
+
+
+def tfg_schedule(kind: str, ctx: SamplingContext) -> Tensor:
+    """TFG's per-step strength multipliers over all steps, normalised to mean 1.
+
+    "increase" is alpha_t = abar_t / abar_prev, "decrease" is beta_t = 1 - alpha_t, "constant" is 1, with
+    abar = latent_scale(sigma)^2 (exact for VP models). "increasing"/"decreasing" are accepted as aliases.
+    """
+    kind = _ALIASES.get(kind, kind)
+    if kind not in TFG_SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {TFG_SCHEDULES}")
+    abar = torch.stack([torch.as_tensor(ctx.latent_scale(s), dtype=torch.float64) for s in ctx.sigmas]) ** 2
+    alpha = abar[:-1] / abar[1:]
+    w = {"increase": alpha, "decrease": 1 - alpha, "constant": torch.ones_like(alpha)}[kind]
+    if not float(w.sum()) > 0:
+        raise ValueError(f"schedule {kind!r} is zero at every step for this model's latent scale; use 'constant'")
+    return w / w.mean()
+
+
+def check_schedule(kind: str, allowed: tuple[str, ...]) -> None:
+    """Raise a clear error for a schedule name outside `allowed` (aliases included)."""
+    if _ALIASES.get(kind, kind) not in allowed:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {allowed}")
+
+
+def sample_losses(ctx: SamplingContext, x0: Tensor) -> Tensor:
+    """ctx.loss(x0) checked to be per-sample (samples,)."""
+    loss = ctx.loss(x0)
+    if loss.dim() == 0 and ctx.layout.samples == 1:
+        return loss.reshape(1)
+    if loss.shape != (ctx.layout.samples,):
+        raise ValueError(f"the loss must return one value per sample, shape ({ctx.layout.samples},); "
+                         f"got {tuple(loss.shape)}")
+    return loss
+
+
+def smoothed_loss(ctx: SamplingContext, x0: Tensor, noises: list[Tensor] | None) -> Tensor:
+    """L~(x0) = -log mean_k exp(-L(x0 + noise_k)) per sample; L(x0) itself when `noises` is None."""
+    if noises is None:
+        return sample_losses(ctx, x0)
+    losses = torch.stack([sample_losses(ctx, x0 + n) for n in noises])  # (K, samples), one call per draw
+    return -(torch.logsumexp(-losses, dim=0) - math.log(len(noises)))
+
+
+def grad_of(loss_fn: Callable[[Tensor], Tensor], inputs: Tensor,
+            through: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(per-sample loss, grad of the summed loss wrt `inputs`, through(inputs) detached) by backprop.
+
+    `through` (e.g. the denoiser) maps the inputs to what the loss sees; identity when None.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        leaf = inputs.detach().clone().requires_grad_(True)  # clone: hosts may hand in inference tensors
+        seen = leaf if through is None else through(leaf)
+        loss = loss_fn(seen)
+        (grad,) = torch.autograd.grad(loss.sum(), leaf, allow_unused=True)
+    grad = torch.zeros_like(leaf) if grad is None else grad
+    return loss.detach(), grad.detach(), seen.detach()
+
+
+def finite_or_warn(i: int, report: dict, *tensors: Tensor) -> bool:
+    """True if all tensors are finite; otherwise mark the report and warn (the update is then skipped)."""
+    if all(bool(torch.isfinite(t).all()) for t in tensors):
+        return True
+    report["skipped"] = "non-finite loss or gradient: update skipped"
+    warnings.warn(f"guidance step {i}: non-finite loss or gradient, update skipped")
+    return False
+
+
+def new_report(i: int, ctx: SamplingContext) -> dict:
+    """The per-step report every baseline fills (same keys as TITAN's, minus the look-ahead)."""
+    return {"step": i, "sigma": float(ctx.sigmas[i]), "loss": [], "grad_norm": [], "skipped": None}
+
+
+def record(report: dict, loss: Tensor, grad: Tensor, ctx: SamplingContext) -> None:
+    """Append the mean loss and mean per-sample gradient norm to a report."""
+    report["loss"].append(float(loss.float().mean()))
+    report["grad_norm"].append(float(ctx.layout.flat(grad).norm(dim=1).float().mean()))
+
+
+def observe(ctx: SamplingContext, i: int, x: Tensor, grad: Tensor, method) -> None:
+    """Show the gradient a method is about to apply at latent x to the context's observer (benchmarks)."""
+    if ctx.observer is not None:
+        ctx.observer(i=i, x=x, gradient=grad, method=method)
+
+
+@dataclass
+class TFG:
+    """Training-Free Guidance: variance (rho), mean (mu), implicit dynamics (gamma), N_recur, N_iter.
+
+    `n_recur` and `n_iter` are the paper's N_recur and N_iter; `mc_samples` is their `eps_bsz`. Guidance runs on
+    the steps inside the window [start, end) (fractions of the steps); `checkpointed` recomputes the denoiser's
+    activations in the backward pass of variance guidance.
+    """
+
+    rho: float = 1.0
+    mu: float = 1.0
+    gamma: float = 0.01
+    n_recur: int = 1
+    n_iter: int = 1
+    mc_samples: int = 4
+    rho_schedule: str = "increase"
+    mu_schedule: str = "increase"
+    gamma_schedule: str = "decrease"
+    start: float = 0.0
+    end: float = 1.0
+    checkpointed: bool = False
+
+    def __post_init__(self):
+        if self.n_recur < 1 or self.n_iter < 0 or self.mc_samples < 1:
+            raise ValueError(f"need N_recur >= 1, N_iter >= 0 and mc_samples >= 1; got N_recur={self.n_recur}, "
+                             f"N_iter={self.n_iter}, mc_samples={self.mc_samples}")
+        if min(self.rho, self.mu, self.gamma) < 0:
+            raise ValueError(f"rho, mu and gamma must be >= 0; got rho={self.rho}, mu={self.mu}, gamma={self.gamma}")
+        check_schedule(self.rho_schedule, TFG_SCHEDULES)
+        check_schedule(self.mu_schedule, TFG_SCHEDULES)
+        check_schedule(self.gamma_schedule, GAMMA_SCHEDULES)
+        guided_steps(1, self.start, self.end)  # validates the window
+
+    def strengths(self, i: int, ctx: SamplingContext) -> tuple[float, float, float]:
+        """(rho_t, mu_t, gamma_t) at step i."""
+        rho_t = self.rho * float(tfg_schedule(self.rho_schedule, ctx)[i])
+        mu_t = self.mu * float(tfg_schedule(self.mu_schedule, ctx)[i])
+        c = float(ctx.latent_scale(ctx.sigmas[i]))
+        gamma_t = self.gamma * (math.sqrt(max(1 - c * c, 0.0)) if self.gamma_schedule == "decrease" else 1.0)
+        return rho_t, mu_t, gamma_t
+
+    def mc_noise(self, x: Tensor, gamma_t: float, ctx: SamplingContext) -> list[Tensor] | None:
+        """The implicit-dynamics perturbations gamma_t * d_k of x0 (None when gamma_t = 0: no smoothing)."""
+        if gamma_t == 0:
+            return None
+        return [gamma_t * randn_like_latent(x, ctx.generator) for _ in range(self.mc_samples)]
+
+    def guide(self, x: Tensor, i: int, ctx: SamplingContext) -> tuple[Tensor, dict | None]:
+        """Guide the latent at sigmas[i] and step to sigmas[i+1]."""
+        if ctx.loss is None or i not in guided_steps(ctx.steps, self.start, self.end):
+            return ctx.plain_step(x, i), None
+        sigma = ctx.sigmas[i]
+        c = ctx.latent_scale(sigma)
+        rho_t, mu_t, gamma_t = self.strengths(i, ctx)
+        report = new_report(i, ctx)
+        report.update(rho=rho_t, mu=mu_t, gamma=gamma_t)
+        denoise = self._denoiser(ctx)
+        x_next = x
+        for r in range(self.n_recur):
+            noises = self.mc_noise(x, gamma_t, ctx)
+            loss_fn = lambda x0: smoothed_loss(ctx, x0, noises)  # noqa: E731
+            delta_t = None
+            if rho_t != 0:
+                # clone: hosts build sigmas in inference mode, and those cannot be saved for backward
+                loss, grad_x, x0 = grad_of(loss_fn, x, through=lambda t: denoise(t, sigma.clone()))
+                record(report, loss, grad_x, ctx)
+                observe(ctx, i, x, grad_x, self)
+                if finite_or_warn(i, report, loss, grad_x):
+                    # VP: z_prev += -rho_t grad_z L / sqrt(alpha_t); in x = z / c this is -rho_t grad_x L / c_t^2
+                    delta_t = -rho_t * grad_x / c**2
+            else:
+                with torch.no_grad():
+                    x0 = ctx.denoise(x, sigma)
+            x0_guided = x0
+            for _ in range(self.n_iter if mu_t != 0 else 0):
+                loss, grad_0, _ = grad_of(loss_fn, x0_guided)
+                record(report, loss, grad_0, ctx)
+                if not finite_or_warn(i, report, loss, grad_0):
+                    break
+                x0_guided = x0_guided - mu_t * grad_0
+            # DDIM with the guided x0 and the model's noise estimate: shift x by the same amount as x0
+            x_next = ctx.plain_step(x + (x0_guided - x0), i, denoised=x0_guided)
+            if delta_t is not None:
+                x_next = x_next + delta_t
+            if r < self.n_recur - 1:
+                x = renoise(x_next, i, ctx)
+        return x_next, report
+
+    def _denoiser(self, ctx: SamplingContext):
+        """The denoiser, wrapped in activation checkpointing when asked."""
+        if not self.checkpointed:
+            return ctx.denoise
+        from torch.utils.checkpoint import checkpoint
+        return lambda t, s: checkpoint(ctx.denoise, t, s, use_reentrant=False)
