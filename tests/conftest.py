@@ -1,0 +1,69 @@
+"""Shared pytest fixtures: a real ComfyUI host with this pack loaded, and tiny checkpoints.
+
+``comfy_host`` (session scope) starts one ComfyUI server for the whole test
+session (see tests/comfy_host.py). Its models folder is ``comfy_host.models_dir``
+(checkpoints/, vae/, clip/, loras/, animatediff_models/, CogVideo/,
+titan_guide/, dover/, imagebind/, ...); tests may add files there before
+queueing a prompt that uses them. ``comfy_host.models_dir / "checkpoints" /
+TINY_SD15_FILENAME`` is a tiny random SD1.5 checkpoint.
+
+When a test that uses ``comfy_host`` fails, the tail of the server log is added
+to the failure report.
+"""
+
+import os
+import shutil
+
+import pytest
+
+from comfy_host import HOST_DIR, ComfyHost, default_python, find_comfyui_dir
+from tiny_checkpoints import TINY_SD15_FILENAME, build_tiny_sd15_checkpoint
+
+# Rebuilt only when the seed, the file format or the ComfyUI version changes
+# (checked through the file's metadata), so later sessions reuse it.
+TINY_CHECKPOINT_CACHE = HOST_DIR / "test-cache"
+TINY_SD15_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def comfyui_dir():
+    """The ComfyUI install the tests run ($COMFYUI_PATH or .host/ComfyUI)."""
+    return find_comfyui_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_checkpoint(comfyui_dir):
+    """Path of a tiny random SD1.5-layout .safetensors checkpoint (about 465 MB, fp16)."""
+    return build_tiny_sd15_checkpoint(
+        comfyui_dir, TINY_CHECKPOINT_CACHE / f"tiny_sd15_seed{TINY_SD15_SEED}.safetensors", seed=TINY_SD15_SEED,
+        python=default_python())
+
+
+@pytest.fixture(scope="session")
+def comfy_host(tmp_path_factory, comfyui_dir, tiny_sd15_checkpoint):
+    """A running ComfyUI server (CPU) with titan-guide and the vendored packs loaded."""
+    host = ComfyHost(tmp_path_factory.mktemp("comfy_host"), comfyui_dir=comfyui_dir)
+    host.prepare()
+    link = host.models_dir / "checkpoints" / TINY_SD15_FILENAME
+    try:
+        os.symlink(tiny_sd15_checkpoint, link)
+    except OSError:
+        shutil.copyfile(tiny_sd15_checkpoint, link)
+    try:
+        host.start()
+    except Exception:
+        print(f"\n----- ComfyUI server log ({host.log_path}) -----\n{host.log_text()}")
+        raise
+    yield host
+    host.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the server log tail to failed tests that used the comfy_host fixture."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "comfy_host" in getattr(item, "fixturenames", ()):
+        host = getattr(item, "funcargs", {}).get("comfy_host")
+        if isinstance(host, ComfyHost):
+            report.sections.append((f"ComfyUI server log tail ({host.log_path})", host.log_tail(150)))
