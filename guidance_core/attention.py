@@ -1,8 +1,12 @@
-"""Attention that forward-mode AD can pass through.
+"""Attention (and the few other ops) that forward-mode AD can pass through.
 
 PyTorch's fused SDPA kernels (flash, memory-efficient, cuDNN, CPU flash) have no forward derivative and raise
 under a JVP, so every JVP runs inside `forward_ad_attention()`, which selects the MATH backend and lets hosts
 (ComfyUI, AnimateDiff-Evolved) install their own forward-AD-capable attention for the same scope.
+group_norm's forward-AD rule views its tangent, which fails when the tangent is strided while the primal is
+contiguous (after attention's transposes), so inside the scope group_norm gets a contiguous copy; and
+layer_norm's forward-AD rule returns a float32 tangent for fp16/bf16 inputs on CUDA, so half-precision
+layer norms run in float32 there and are cast back.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import contextlib
 from typing import Callable, ContextManager, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 _host_contexts: list[Callable[[], ContextManager]] = []
@@ -22,10 +27,43 @@ def register_attention_context(factory: Callable[[], ContextManager]) -> Callabl
 
 
 @contextlib.contextmanager
+def _contiguous_group_norm() -> Iterator[None]:
+    original = F.group_norm
+
+    def group_norm(input, *args, **kwargs):
+        return original(input.clone(memory_format=torch.contiguous_format), *args, **kwargs)
+
+    F.group_norm = group_norm
+    try:
+        yield
+    finally:
+        F.group_norm = original
+
+
+@contextlib.contextmanager
+def _float32_layer_norm() -> Iterator[None]:
+    original = F.layer_norm
+
+    def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+        if input.dtype not in (torch.float16, torch.bfloat16):
+            return original(input, normalized_shape, weight, bias, eps)
+        up = (lambda t: None if t is None else t.float())
+        return original(input.float(), normalized_shape, up(weight), up(bias), eps).to(input.dtype)
+
+    F.layer_norm = layer_norm
+    try:
+        yield
+    finally:
+        F.layer_norm = original
+
+
+@contextlib.contextmanager
 def forward_ad_attention() -> Iterator[None]:
     """Scope in which attention has a forward derivative (MATH SDPA plus host overrides)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        stack.enter_context(_contiguous_group_norm())
+        stack.enter_context(_float32_layer_norm())
         for factory in list(_host_contexts):
             stack.enter_context(factory())
         yield
