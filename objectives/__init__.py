@@ -14,13 +14,17 @@ from .base import (
     forward_ad_safe_attention,
     freeze,
 )
+from .attribute_classifier import AttributeClassifierLoss, load_attribute_classifier
+from .color import ColorLoss
 from .dover import DoverLoss, load_dover
 from .frame_interpolation import FrameInterpolationLoss, LatentFrameInterpolationLoss
 from .imagebind_audio import ImageBindAudioLoss, load_imagebind
 from .style_clip import ClipModel, StyleLoss, load_clip_vision, load_open_clip
 
 __all__ = [
+    "AttributeClassifierLoss",
     "ClipModel",
+    "ColorLoss",
     "DoverLoss",
     "FrameInterpolationLoss",
     "IMAGE_RANGE_TOLERANCE",
@@ -33,6 +37,7 @@ __all__ = [
     "check_video",
     "forward_ad_safe_attention",
     "freeze",
+    "load_attribute_classifier",
     "load_clip_vision",
     "load_dover",
     "load_imagebind",
