@@ -1,0 +1,127 @@
+"""TITAN-Guide sampler nodes: a KSampler-like guided sampler and a SAMPLER for SamplerCustomAdvanced."""
+
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+from comfy_api.latest import io
+
+from . import glue
+
+GUIDANCE_INPUT_IDS = tuple(i.id for i in glue.guidance_inputs())
+
+
+def _schedule_sigmas(model, scheduler: str, steps: int, denoise: float):
+    """Sigmas as KSampler computes them (denoise < 1 keeps the last `steps` of a longer schedule)."""
+    model_sampling = model.get_model_object("model_sampling")
+    if denoise >= 0.9999:
+        return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).cpu()
+    total = int(steps / denoise)
+    return comfy.samplers.calculate_sigmas(model_sampling, scheduler, total).cpu()[-(steps + 1):]
+
+
+class TitanGuideSampler(io.ComfyNode):
+    """KSampler with TITAN-Guide: denoises the latent while steering it towards a lower objective."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TitanGuideSampler",
+            display_name="TITAN-Guide Sampler",
+            category=glue.CATEGORY,
+            description=("Samples like KSampler through ComfyUI's own sampling path (model patches, LoRAs and "
+                         "wrappers such as AnimateDiff apply) and, at the guided steps, moves the latent along a "
+                         "forward gradient of the objective measured on the decoded look-ahead estimate."),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (cloned; the input model is not changed)."),
+                io.Conditioning.Input("positive", tooltip="Conditioning describing what to include."),
+                io.Conditioning.Input("negative", tooltip="Conditioning describing what to exclude."),
+                io.Latent.Input("latent_image", tooltip="The latent to denoise (frames of a video sit in the batch)."),
+                io.Vae.Input("vae", tooltip="VAE that decodes the look-ahead estimate for the objective."),
+                glue.TitanObjective.Input("objective", tooltip="What to minimise (TITAN-Guide objective nodes)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the initial noise (as KSampler) and, derived from it, of every random "
+                                     "tangent and stochastic step of the guidance."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Number of sampler steps."),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale (1 = one model evaluation per call)."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
+                               tooltip="ComfyUI noise schedule (comfy.samplers.calculate_sigmas)."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the schedule to run, as in KSampler (1 = from pure noise; "
+                                       "0 returns the input latent)."),
+                *glue.guidance_inputs(),
+                glue.TitanGuess.Input("guess", optional=True,
+                                      tooltip="Gradient guess V (TITAN Gradient Guess node); default: random Gaussian, "
+                                              "one tangent."),
+                glue.TitanMethod.Input("method", optional=True,
+                                       tooltip="Guidance method (TITAN Guidance Method node); default: titan. A "
+                                               "baseline replaces the forward-gradient update."),
+            ],
+            outputs=[
+                io.Latent.Output("latent", tooltip="The guided, denoised latent."),
+                io.String.Output("report", tooltip="Per guided step: loss, |G| and look-ahead; totals: time and peak "
+                                                   "memory (and what was measured)."),
+                io.Image.Output("loss_plot", tooltip="Plot of the loss at each guided step."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, vae, objective, seed, steps, cfg, scheduler, denoise,
+                guess=None, method=None, **knobs) -> io.NodeOutput:
+        settings = glue.settings_from_inputs(knobs)
+        run = glue.GuidedRun(settings, objective, vae, guess, method, seed=seed)
+        latent = latent_image.copy()
+        samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        sigmas = _schedule_sigmas(model, scheduler, steps, denoise)
+        run.validate(samples.shape, len(sigmas) - 1, model.get_model_object("model_sampling"))
+        if denoise <= 0.0 or len(sigmas) < 2:
+            latent["samples"] = samples
+            return io.NodeOutput(latent, "denoise is 0: the latent was returned unchanged",
+                                 glue.plot_losses(run.record))
+        noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
+        guider = comfy.samplers.CFGGuider(model.clone())
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        callback = latent_preview.prepare_callback(guider.model_patcher, len(sigmas) - 1)
+        out = guider.sample(noise, samples, run.ksampler(), sigmas, denoise_mask=latent_image.get("noise_mask"),
+                            callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        latent["samples"] = out.to(comfy.model_management.intermediate_device())
+        return io.NodeOutput(latent, glue.format_report(run.record), glue.plot_losses(run.record))
+
+
+class TitanGuideSamplerSelect(io.ComfyNode):
+    """SAMPLER for SamplerCustomAdvanced / SamplerCustom that runs TITAN-Guide."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TitanGuideSamplerSelect",
+            display_name="TITAN-Guide Sampler (SAMPLER)",
+            category=glue.CATEGORY,
+            description=("A SAMPLER that runs TITAN-Guide inside SamplerCustomAdvanced, so it composes with any "
+                         "GUIDER, SIGMAS and NOISE. Guidance randomness is seeded from the NOISE seed. The report "
+                         "goes to the server log (this node's outputs exist before sampling runs)."),
+            inputs=[
+                glue.TitanObjective.Input("objective", tooltip="What to minimise (TITAN-Guide objective nodes)."),
+                io.Vae.Input("vae", tooltip="VAE that decodes the look-ahead estimate for the objective."),
+                *glue.guidance_inputs(),
+                glue.TitanGuess.Input("guess", optional=True,
+                                      tooltip="Gradient guess V; default: random Gaussian, one tangent."),
+                glue.TitanMethod.Input("method", optional=True,
+                                       tooltip="Guidance method; default: titan."),
+            ],
+            outputs=[io.Sampler.Output("titan_sampler", display_name="sampler",
+                                       tooltip="Connect to SamplerCustomAdvanced's sampler input.")],
+        )
+
+    @classmethod
+    def execute(cls, objective, vae, guess=None, method=None, **knobs) -> io.NodeOutput:
+        run = glue.GuidedRun(glue.settings_from_inputs(knobs), objective, vae, guess, method)
+        return io.NodeOutput(run.ksampler())
+
+
+NODE_CLASSES = [TitanGuideSampler, TitanGuideSamplerSelect]
