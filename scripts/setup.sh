@@ -64,6 +64,18 @@ DEV_PINS=(
   "peft==0.21.2"                # CogVideoXWrapper
   "opencv-python-headless==5.0.0.93"  # CogVideoXWrapper (headless: no X libs needed)
   "matplotlib==3.11.2"          # benchmark plots
+  "open-clip-torch==3.3.0"      # CLIP style objective (open_clip checkpoints)
+  "timm==1.0.31"                # open_clip, ImageBind
+  "ftfy==6.3.1"                 # open_clip / ImageBind tokenizers
+  "iopath==0.1.10"              # ImageBind
+  "portalocker==4.4.2"          # iopath
+  "wcwidth==0.9.4"              # ftfy
+)
+# Installed with --no-deps: imagebind-unofficial (an unmodified packaging of facebookresearch/ImageBind)
+# declares stale pins, and pytorchvideo 0.1.5 pulls av/fvcore/parameterized it never needs for ImageBind.
+NO_DEPS_PINS=(
+  "imagebind-unofficial==0.1.1"
+  "pytorchvideo==0.1.5"
 )
 
 # Versions resolved and tested together on CPython 3.11 / x86_64 Linux (a fresh
@@ -239,6 +251,8 @@ mkdir -p "$HOST_DIR"
 printf '%s\n' "${TORCH_PINS[@]}" > "$CONSTRAINTS_FILE"
 DEV_REQS_FILE="$HOST_DIR/dev-requirements.txt"
 printf '%s\n' "${DEV_PINS[@]}" > "$DEV_REQS_FILE"
+NO_DEPS_REQS_FILE="$HOST_DIR/no-deps-requirements.txt"
+printf '%s\n' "${NO_DEPS_PINS[@]}" > "$NO_DEPS_REQS_FILE"
 if "$VENV_PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)'; then
   printf '%s\n' "$LOCK_PY311" >> "$CONSTRAINTS_FILE"
   log "python 3.11: using the tested version lock as pip constraints"
@@ -250,7 +264,8 @@ deps_hash="$(
   {
     "$VENV_PY" -V 2>&1
     printf 'torch index: %s\n' "${TORCH_INDEX_URL:-}"
-    cat "$CONSTRAINTS_FILE" "$DEV_REQS_FILE" "$REPO_ROOT/requirements.txt" "$COMFY_DIR/requirements.txt"
+    cat "$CONSTRAINTS_FILE" "$DEV_REQS_FILE" "$NO_DEPS_REQS_FILE" "$REPO_ROOT/requirements.txt" \
+      "$COMFY_DIR/requirements.txt"
   } | sha256sum | cut -d' ' -f1
 )"
 if [[ -f "$DEPS_STAMP" && "$(cat "$DEPS_STAMP")" == "$deps_hash" ]]; then
@@ -267,6 +282,8 @@ else
     -r "$COMFY_DIR/requirements.txt" \
     -r "$REPO_ROOT/requirements.txt" \
     -r "$DEV_REQS_FILE"
+  log "installing without dependencies: ${NO_DEPS_PINS[*]}"
+  "$VENV_PY" -m pip install -c "$CONSTRAINTS_FILE" --no-deps -r "$NO_DEPS_REQS_FILE"
   log "checking installed versions"
   "$VENV_PY" - "${TORCH_PINS[@]}" <<'PY'
 import sys
