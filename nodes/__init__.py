@@ -8,7 +8,7 @@ To add nodes: create ``nodes/<module>.py`` that defines a module-level list
 import importlib
 
 # Submodules of this package whose NODE_CLASSES are exposed to ComfyUI.
-NODE_MODULES: tuple = ()
+NODE_MODULES: tuple = ("sampler", "guess", "method", "objective_basic", "cogvideo", "objectives", "embedded")
 
 
 def collect_node_classes(module_names=NODE_MODULES) -> list:
@@ -45,3 +45,16 @@ def collect_node_classes(module_names=NODE_MODULES) -> list:
 
 
 NODE_CLASSES = collect_node_classes()
+
+# Load torch's forward-AD decompositions now, at pack import in the main thread. Loaded lazily by the first
+# JVP, they run torch.jit.script -> ast.parse inside ComfyUI's prompt worker, which CPython 3.11.7 aborted
+# there with "SystemError: AST constructor recursion depth mismatch".
+import torch.autograd.forward_ad  # noqa: E402
+
+torch.autograd.forward_ad._maybe_load_decompositions()
+
+# AnimateDiff-Evolved: during forward-mode passes, route its motion attention through forward-AD-capable
+# attention (does nothing while ADE is not loaded; see nodes/animatediff_support.py).
+from . import animatediff_support  # noqa: E402
+
+animatediff_support.install()

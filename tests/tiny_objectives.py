@@ -1,0 +1,104 @@
+"""Tiny random guidance networks saved in their official file formats, for host tests of the objective nodes.
+
+The sizes come from the objectives' own tests (tests/test_objective_*.py), so the nodes load exactly the
+layouts those tests check: DOVER (plain torch state dict, like DOVER.pth), ImageBind (plain torch state dict,
+like imagebind_huge.pth), CLIP vision (Hugging Face safetensors, like ComfyUI's clip_vision files) and open_clip
+(safetensors checkpoint plus its model config as <name>.json next to it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from objectives.dover import FULL_CONFIG, DoverModel
+from objectives._swin3d import relative_position_index
+from test_objective_dover import TINY_MODEL as TINY_DOVER_CONFIG
+from test_objective_imagebind import TINY as TINY_IMAGEBIND_CONFIG
+from test_objective_style import tiny_hf_vision_model
+
+TINY_OPEN_CLIP_CONFIG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def tiny_dover(seed: int = 0) -> DoverModel:
+    """Tiny float32 DOVER (the objective tests' sizes) with perturbed weights and unsaturated fused score."""
+    torch.manual_seed(seed)
+    model = DoverModel(**TINY_DOVER_CONFIG)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+        # Move the raw branch scores near the fusion's centres so the sigmoid is not saturated.
+        model.technical_head.fc_last.bias.add_(0.8)
+        model.aesthetic_head.fc_last.bias.add_(0.35)
+    return model.eval()
+
+
+def write_tiny_dover(path: Path, seed: int = 0) -> DoverModel:
+    """Save a tiny DOVER as a plain torch state dict (DOVER.pth's format); returns the model."""
+    model = tiny_dover(seed)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def write_official_layout_dover(path: Path) -> None:
+    """Save zero weights (fp16) with the official DOVER.pth keys and shapes (56.2 M parameters, 112 MB)."""
+    with torch.device("meta"):
+        layout = DoverModel(**FULL_CONFIG).state_dict()
+    state = {}
+    for key, value in layout.items():
+        if key.endswith("relative_position_index"):
+            state[key] = relative_position_index(FULL_CONFIG["technical_window_size"])
+        else:
+            state[key] = torch.zeros(value.shape, dtype=torch.float16)
+    torch.save(state, path)
+
+
+def tiny_imagebind(seed: int = 0) -> torch.nn.Module:
+    """Tiny real ImageBindModel (the objective tests' sizes), random weights."""
+    from objectives.imagebind_audio import import_imagebind_model
+
+    torch.manual_seed(seed)
+    return import_imagebind_model().ImageBindModel(**TINY_IMAGEBIND_CONFIG).eval()
+
+
+def write_tiny_imagebind(path: Path, seed: int = 0) -> torch.nn.Module:
+    """Save a tiny ImageBind as a plain torch state dict (imagebind_huge.pth's format); returns the model."""
+    model = tiny_imagebind(seed)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def write_tiny_clip_vision(path: Path, seed: int = 0) -> torch.nn.Module:
+    """Save a tiny Hugging Face CLIPVisionModelWithProjection as .safetensors (clip_vision layout)."""
+    model = tiny_hf_vision_model(seed)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model
+
+
+def write_tiny_open_clip(path: Path, seed: int = 0) -> str:
+    """Save a tiny open_clip CLIP (.safetensors) and its config as <stem>.json beside it; returns the config name."""
+    import open_clip
+
+    config_path = path.with_suffix(".json")
+    config_path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG), encoding="utf-8")
+    open_clip.add_model_config(config_path)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(config_path.stem, pretrained=None).eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return config_path.stem
+
+
+def write_bundled_open_clip_layout(path: Path, name: str = "ViT-S-32") -> None:
+    """Save zero weights (fp16) with the keys and shapes of open_clip's bundled architecture `name`."""
+    import open_clip
+
+    with torch.device("meta"):
+        layout = open_clip.create_model(name, pretrained=None, device=torch.device("meta")).state_dict()
+    save_file({key: torch.zeros(value.shape, dtype=torch.float16) for key, value in layout.items()}, str(path))
