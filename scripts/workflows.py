@@ -1,0 +1,522 @@
+#!/usr/bin/env python3
+"""Generate the shareable UI-format workflows in workflows/ from compact node tables.
+
+    .venv/bin/python scripts/workflows.py            # start a ComfyUI host, write every workflows/*.json
+    .venv/bin/python scripts/workflows.py --check    # exit 1 if a committed file differs from the tables
+
+Widget order comes from the live /object_info of a test host (tests/comfy_host.py, with AnimateDiff-Evolved and
+the CogVideoXWrapper loaded), so it follows the nodes' declarations exactly: the widget inputs in input order
+(required, then optional), a "fixed" control_after_generate value after every seed widget that has one, linked
+inputs never as widgets. Unset widgets take the node's default. tests/test_workflows.py validates the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW_DIR = REPO_ROOT / "workflows"
+
+# Weight files the workflows expect (the names users have), and where they go under ComfyUI/models.
+SD15_CHECKPOINT = "epicrealism_naturalSinRC1VAE.safetensors"
+SD15_BASE_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+MOTION_MODULE = "mm_sd_v15_v2.ckpt"
+DOVER_WEIGHTS = "DOVER.pth"
+IMAGEBIND_WEIGHTS = "imagebind_huge.pth"
+CLIP_STYLE_WEIGHTS = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+T5_ENCODER = "t5xxl_fp16.safetensors"
+COGVIDEO_MODEL = "THUDM/CogVideoX-5b"
+# Files the workflows read from ComfyUI/input.
+STYLE_IMAGE = "style_reference.png"
+TARGET_AUDIO = "target_audio.wav"
+FIRST_KEYFRAME = "first_frame.png"
+LAST_KEYFRAME = "last_frame.png"
+
+# (combo input) -> folder under ComfyUI/models, or "input" for ComfyUI/input; used by the test's placeholders.
+FILE_INPUTS = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("ADE_LoadAnimateDiffModel", "model_name"): "animatediff_models",
+    ("TitanDoverLoader", "weights_name"): "dover",
+    ("TitanImageBindLoader", "weights_name"): "imagebind",
+    ("TitanClipStyleLoader", "clip_name"): "clip_vision",
+    ("CLIPLoader", "clip_name"): "text_encoders",
+    ("LoadImage", "image"): "input",
+    ("LoadAudio", "audio"): "input",
+}
+FRONTEND_ONLY_TYPES = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
+WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+# Paper settings (TITAN-Guide, AnimateDiff): 16 frames at 256x256, 20 steps, 8 fps, strength 0.1, Adam,
+# look-ahead 1, sampled-gradient guess on 2 frames.
+SEED = 42
+FRAMES = 16
+SIZE = 256
+STEPS = 20
+FPS = 8.0
+TITAN_KNOBS = {"sampler": "ddim", "eta": 0.0, "strength": 0.1, "strength_schedule": "constant", "lookahead": 1,
+               "guidance_start": 0.0, "guidance_end": 1.0, "iterations": 1, "optimizer": "adam",
+               "max_grad_norm": 0.0, "per_frame": False, "decode_chunk_frames": 0, "frames_per_video": FRAMES}
+GUESS_KNOBS = {"kind": "sampled_gradient", "k": 1, "sampled_frames": 2, "frame_choice": "even",
+               "frame_indices": "", "expansion": "tile", "random_weight": 0.5}
+NEGATIVE_TEXT = "blurry, low quality, watermark, text, deformed"
+
+
+def node(node_id: int, node_type: str, pos, size=(320, 120), links=None, title=None, **widgets) -> dict:
+    """One table row: id, type, layout, links {input: (source id, output slot)}, widget values by name."""
+    row = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "links": dict(links or {}),
+           "widgets": widgets}
+    if title:
+        row["title"] = title
+    return row
+
+
+def note(node_id: int, pos, text: str, size=(420, 360)) -> dict:
+    """A frontend-only Note node holding `text`."""
+    return {"id": node_id, "type": "Note", "pos": list(pos), "size": list(size), "text": text}
+
+
+def group(title: str, bounding, color="#3f789e") -> dict:
+    """A frame around nodes on the canvas."""
+    return {"title": title, "bounding": list(bounding), "color": color}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------------------------
+def animatediff_backbone(prompt: str, checkpoint: str = SD15_CHECKPOINT) -> list:
+    """Nodes 1-7: SD1.5 checkpoint, prompts, 16-frame latent, AnimateDiff-Evolved Gen2 motion model."""
+    return [
+        node(1, "CheckpointLoaderSimple", (20, 60), (320, 100), ckpt_name=checkpoint),
+        node(2, "CLIPTextEncode", (380, 60), (400, 160), {"clip": (1, 1)}, "Positive prompt", text=prompt),
+        node(3, "CLIPTextEncode", (380, 260), (400, 130), {"clip": (1, 1)}, "Negative prompt", text=NEGATIVE_TEXT),
+        node(4, "EmptyLatentImage", (380, 430), (320, 110), title="16 frames, 256x256",
+             width=SIZE, height=SIZE, batch_size=FRAMES),
+        node(5, "ADE_LoadAnimateDiffModel", (20, 220), (320, 80), model_name=MOTION_MODULE),
+        node(6, "ADE_ApplyAnimateDiffModelSimple", (20, 340), (320, 130), {"motion_model": (5, 0)}),
+        node(7, "ADE_UseEvolvedSampling", (20, 510), (320, 120), {"model": (1, 0), "m_models": (6, 0)},
+             beta_schedule="autoselect"),
+    ]
+
+
+def titan_sampler(node_id: int, pos, objective: int, *, model=(7, 0), guess=None, method=None, title=None,
+                  seed: int = SEED, cfg: float = 7.5, **knobs) -> dict:
+    """A TitanGuideSampler on the AnimateDiff backbone (nodes 2-4 and the checkpoint's VAE)."""
+    links = {"model": model, "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0), "vae": (1, 2),
+             "objective": (objective, 0)}
+    if guess is not None:
+        links["guess"] = (guess, 0)
+    if method is not None:
+        links["method"] = (method, 0)
+    return node(node_id, "TitanGuideSampler", pos, (340, 640), links, title, seed=seed, steps=STEPS, cfg=cfg,
+                scheduler="normal", denoise=1.0, **{**TITAN_KNOBS, **knobs})
+
+
+def video_outputs(first_id: int, sampler: int, pos, prefix: str, title="Guided video") -> list:
+    """VAEDecode -> SaveAnimatedWEBP (8 fps) plus the sampler's loss plot and report."""
+    x, y = pos
+    return [
+        node(first_id, "VAEDecode", (x, y), (210, 50), {"samples": (sampler, 0), "vae": (1, 2)}),
+        node(first_id + 1, "SaveAnimatedWEBP", (x + 240, y), (340, 380), {"images": (first_id, 0)}, title,
+             filename_prefix=prefix, fps=FPS, lossless=False, quality=90, method="default"),
+        node(first_id + 2, "SaveImage", (x, y + 420), (340, 300), {"images": (sampler, 2)}, "Loss per step",
+             filename_prefix=prefix + "_loss"),
+        node(first_id + 3, "PreviewAny", (x + 360, y + 420), (340, 300), {"source": (sampler, 1)},
+             "Guidance report"),
+    ]
+
+
+def weights_note(task: str, files: list, extra: str = "") -> str:
+    """The Note text: what the workflow does and which weight files go where."""
+    lines = [task, "", "Weight files this workflow expects (put them in these ComfyUI folders, then press R in "
+             "the canvas to refresh the lists):"]
+    lines += [f"- {where}/{name}  ({source})" for name, where, source in files]
+    if extra:
+        lines += ["", extra]
+    lines += ["", "Paper defaults (TITAN-Guide, ICCV 2025): strength 0.1, Adam, look-ahead 1, sampled-gradient "
+              "guess on 2 frames, 20 steps. Lower decode_chunk_frames or use per_frame if memory runs out."]
+    return "\n".join(lines)
+
+
+ANIMATEDIFF_FILES = [
+    (SD15_CHECKPOINT, "models/checkpoints", "epiCRealism, the paper's SD1.5 base; any SD1.5 checkpoint works"),
+    (MOTION_MODULE, "models/animatediff_models", "AnimateDiff v2 motion module, huggingface.co/guoyww/animatediff"),
+]
+BACKBONE_GROUP = group("SD1.5 + AnimateDiff-Evolved (16 frames, 256x256)", (0, 0, 800, 660))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The workflows
+# ---------------------------------------------------------------------------------------------------------
+def aesthetic_dover_animatediff() -> dict:
+    """AnimateDiff video guided by DOVER's aesthetic + technical quality score."""
+    nodes = animatediff_backbone("a lighthouse on a cliff at sunset, waves crashing, cinematic")
+    nodes += [
+        node(8, "TitanDoverLoader", (20, 700), (320, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
+        node(9, "TitanAestheticObjective", (20, 830), (320, 180), {"dover": (8, 0)}, mode="fused", weight=1.0,
+             fragment_sampling="random", fragment_seed=0, technical_samples=1),
+        node(10, "TitanGradientGuess", (380, 700), (320, 220), **GUESS_KNOBS),
+        titan_sampler(11, (820, 60), 9, guess=10, title="TITAN-Guide: DOVER aesthetics"),
+        *video_outputs(12, 11, (1200, 60), "titan/aesthetic_dover"),
+    ]
+    files = ANIMATEDIFF_FILES + [(DOVER_WEIGHTS, "models/dover", "github.com/VQAssessment/DOVER release DOVER.pth")]
+    text = weights_note("TITAN-Guide: aesthetic guidance with DOVER on AnimateDiff", files)
+    return {"nodes": nodes + [note(16, (380, 960), text)], "groups": [BACKBONE_GROUP]}
+
+
+def style_clip_animatediff() -> dict:
+    """AnimateDiff video guided towards a reference image's style (and an optional text) through CLIP."""
+    nodes = animatediff_backbone("a city street at night with neon lights, people walking")
+    nodes += [
+        node(8, "TitanClipStyleLoader", (20, 700), (320, 150), clip_name=CLIP_STYLE_WEIGHTS, architecture="auto",
+             pretrained_tag="", dtype="fp32"),
+        node(9, "LoadImage", (20, 890), (320, 320), title="Style reference", image=STYLE_IMAGE),
+        node(10, "TitanStyleObjective", (380, 700), (340, 330), {"clip": (8, 0), "style_image": (9, 0)},
+             loss_kind="cosine", weight=1.0, text="", style_weight=1.0, text_weight=1.0, content_weight=0.0,
+             gram_layer=-2, frames_per_chunk=0),
+        node(11, "TitanGradientGuess", (380, 1060), (320, 220), **GUESS_KNOBS),
+        titan_sampler(12, (820, 60), 10, guess=11, title="TITAN-Guide: CLIP style"),
+        *video_outputs(13, 12, (1200, 60), "titan/style_clip"),
+    ]
+    files = ANIMATEDIFF_FILES + [
+        (CLIP_STYLE_WEIGHTS, "models/clip_vision", "open_clip ViT-H-14 laion2b_s32b_b79k, the CLIP vision file "
+         "ComfyUI users already have"),
+        (STYLE_IMAGE, "input", "your style image; any size"),
+    ]
+    text = weights_note("TITAN-Guide: style guidance (Style-CLIP) on AnimateDiff", files,
+                        "Optional: type a target text in the objective's text box (text_weight sets its share).")
+    return {"nodes": nodes + [note(17, (20, 1250), text)], "groups": [BACKBONE_GROUP]}
+
+
+def audio_imagebind_animatediff() -> dict:
+    """AnimateDiff video aligned with an audio clip through ImageBind."""
+    nodes = animatediff_backbone("a dog barking in a backyard")
+    nodes += [
+        node(8, "TitanImageBindLoader", (20, 700), (320, 90), weights_name=IMAGEBIND_WEIGHTS, dtype="fp32"),
+        node(9, "LoadAudio", (20, 830), (320, 140), title="Target audio", audio=TARGET_AUDIO),
+        node(10, "TitanAudioObjective", (380, 700), (340, 330), {"imagebind": (8, 0), "audio": (9, 0)}, fps=FPS,
+             audio_start=0.0, weight=1.0, text="", audio_weight=1.0, text_weight=1.0, vision_clips="pairs",
+             spatial_crops="3", clips_per_chunk=0),
+        node(11, "TitanGradientGuess", (380, 1060), (320, 220), **GUESS_KNOBS),
+        titan_sampler(12, (820, 60), 10, guess=11, title="TITAN-Guide: ImageBind audio"),
+        *video_outputs(13, 12, (1200, 60), "titan/audio_imagebind"),
+    ]
+    files = ANIMATEDIFF_FILES + [
+        (IMAGEBIND_WEIGHTS, "models/imagebind", "dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"),
+        (TARGET_AUDIO, "input", "your audio; the 2 s from audio_start are matched to the 16 frames at 8 fps"),
+    ]
+    text = weights_note("TITAN-Guide: audio-video alignment with ImageBind on AnimateDiff", files)
+    return {"nodes": nodes + [note(17, (20, 1010), text)], "groups": [BACKBONE_GROUP]}
+
+
+def frame_interpolation_animatediff() -> dict:
+    """AnimateDiff video whose first and last frames are pulled towards two keyframe images."""
+    nodes = animatediff_backbone("a flower blooming, time-lapse, studio light")
+    nodes += [
+        node(8, "LoadImage", (20, 700), (320, 320), title="First keyframe", image=FIRST_KEYFRAME),
+        node(9, "LoadImage", (20, 1060), (320, 320), title="Last keyframe", image=LAST_KEYFRAME),
+        node(10, "ImageBatch", (380, 700), (210, 50), {"image1": (8, 0), "image2": (9, 0)}),
+        node(11, "ImageScale", (380, 800), (320, 150), {"image": (10, 0)}, title="Keyframes to 256x256",
+             upscale_method="bilinear", width=SIZE, height=SIZE, crop="center"),
+        node(12, "TitanFrameInterpolationObjective", (380, 990), (320, 150), {"keyframes": (11, 0)},
+             frame_indices="0, -1", space="pixels", weight=1.0),
+        node(13, "TitanGradientGuess", (380, 1180), (320, 220), **GUESS_KNOBS),
+        titan_sampler(14, (820, 60), 12, guess=13, title="TITAN-Guide: keyframe interpolation"),
+        *video_outputs(15, 14, (1200, 60), "titan/frame_interpolation"),
+    ]
+    files = ANIMATEDIFF_FILES + [
+        (FIRST_KEYFRAME, "input", "the first frame you want"),
+        (LAST_KEYFRAME, "input", "the last frame you want (scaled to the first one's size, then to 256x256)"),
+    ]
+    text = weights_note("TITAN-Guide: frame interpolation (given first and last frames) on AnimateDiff", files)
+    return {"nodes": nodes + [note(19, (20, 1420), text)], "groups": [BACKBONE_GROUP]}
+
+
+def cogvideox_titan() -> dict:
+    """CogVideoX-5b (kijai's wrapper) guided by DOVER: 33 frames at 384x256, as the paper's CogVideoX runs."""
+    nodes = [
+        node(1, "DownloadAndLoadCogVideoModel", (20, 60), (340, 250), model=COGVIDEO_MODEL, precision="bf16",
+             quantization="disabled", enable_sequential_cpu_offload=False, attention_mode="sdpa",
+             load_device="main_device"),
+        node(2, "CLIPLoader", (20, 350), (340, 110), title="T5-XXL text encoder", clip_name=T5_ENCODER,
+             type="sd3", device="default"),
+        node(3, "CogVideoTextEncode", (400, 60), (400, 200), {"clip": (2, 0)}, "Positive prompt",
+             prompt="a golden retriever running on a beach at sunset, slow motion", strength=1.0,
+             force_offload=True),
+        node(4, "CogVideoTextEncode", (400, 300), (400, 160), {"clip": (3, 1)}, "Negative prompt",
+             prompt=NEGATIVE_TEXT, strength=1.0, force_offload=True),
+        node(5, "EmptyLatentImage", (400, 500), (320, 110), title="384x256 (frames are set on the sampler)",
+             width=384, height=256, batch_size=1),
+        node(6, "TitanDoverLoader", (20, 500), (340, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
+        node(7, "TitanAestheticObjective", (20, 630), (340, 180), {"dover": (6, 0)}, mode="fused", weight=1.0,
+             fragment_sampling="random", fragment_seed=0, technical_samples=1),
+        node(8, "TitanGradientGuess", (400, 650), (320, 220), **GUESS_KNOBS),
+        node(9, "TitanGuideCogVideoSampler", (840, 60), (340, 620),
+             {"model": (1, 0), "vae": (1, 1), "positive": (3, 0), "negative": (4, 0), "objective": (7, 0),
+              "samples": (5, 0), "guess": (8, 0)}, "TITAN-Guide: CogVideoX + DOVER",
+             num_frames=33, steps=50, cfg=6.0, seed=SEED, scheduler="CogVideoXDDIM", strength=0.1,
+             strength_schedule="constant", lookahead=1, guidance_start=0.0, guidance_end=1.0, iterations=1,
+             optimizer="adam", max_grad_norm=0.0, per_frame=False, decode_chunk_frames=0, denoise_strength=1.0),
+        node(10, "CogVideoDecode", (1220, 60), (340, 250), {"vae": (1, 1), "samples": (9, 0)},
+             enable_vae_tiling=True, tile_sample_min_height=240, tile_sample_min_width=360,
+             tile_overlap_factor_height=0.2, tile_overlap_factor_width=0.2, auto_tile_size=True),
+        node(11, "SaveAnimatedWEBP", (1600, 60), (360, 380), {"images": (10, 0)}, "Guided video",
+             filename_prefix="titan/cogvideox_dover", fps=16.0, lossless=False, quality=90, method="default"),
+        node(12, "SaveImage", (1220, 480), (340, 300), {"images": (9, 2)}, "Loss per step",
+             filename_prefix="titan/cogvideox_dover_loss"),
+        node(13, "PreviewAny", (1600, 480), (360, 300), {"source": (9, 1)}, "Guidance report"),
+    ]
+    files = [
+        (COGVIDEO_MODEL.split("/")[-1], "models/CogVideo", "the wrapper downloads it there on first run "
+         "(huggingface.co/THUDM/CogVideoX-5b), or put the diffusers folder there yourself"),
+        (T5_ENCODER, "models/text_encoders", "T5-XXL, the same file SD3 / Flux users have "
+         "(t5xxl_fp8_e4m3fn.safetensors also works)"),
+        (DOVER_WEIGHTS, "models/dover", "github.com/VQAssessment/DOVER release DOVER.pth"),
+    ]
+    text = weights_note("TITAN-Guide on CogVideoX-5b (kijai's ComfyUI-CogVideoXWrapper): aesthetic guidance "
+                        "with DOVER, 33 frames at 384x256 (the paper's CogVideoX setting)", files,
+                        "Swap the objective for any other TITAN objective node; the sampler takes the "
+                        "wrapper's MODEL/VAE and CogVideoTextEncode conditionings.")
+    return {"nodes": nodes + [note(14, (20, 900), text, (420, 400))],
+            "groups": [group("CogVideoX-5b (kijai wrapper)", (0, 0, 820, 880))]}
+
+
+def sd15_image_titan() -> dict:
+    """A single SD1.5 image guided towards a reference image's style."""
+    nodes = [
+        node(1, "CheckpointLoaderSimple", (20, 60), (320, 100), ckpt_name=SD15_BASE_CHECKPOINT),
+        node(2, "CLIPTextEncode", (380, 60), (400, 160), {"clip": (1, 1)}, "Positive prompt",
+             text="a cosy cabin in a snowy forest, warm light in the windows"),
+        node(3, "CLIPTextEncode", (380, 260), (400, 130), {"clip": (1, 1)}, "Negative prompt", text=NEGATIVE_TEXT),
+        node(4, "EmptyLatentImage", (380, 430), (320, 110), width=512, height=512, batch_size=1),
+        node(5, "TitanClipStyleLoader", (20, 220), (320, 150), clip_name=CLIP_STYLE_WEIGHTS, architecture="auto",
+             pretrained_tag="", dtype="fp32"),
+        node(6, "LoadImage", (20, 410), (320, 320), title="Style reference", image=STYLE_IMAGE),
+        node(7, "TitanStyleObjective", (380, 580), (340, 330), {"clip": (5, 0), "style_image": (6, 0)},
+             loss_kind="cosine", weight=1.0, text="", style_weight=1.0, text_weight=1.0, content_weight=0.0,
+             gram_layer=-2, frames_per_chunk=0),
+        node(8, "TitanGradientGuess", (20, 770), (320, 220), title="Gradient guess (image: all of it)",
+             **{**GUESS_KNOBS, "sampled_frames": 0}),
+        node(9, "TitanGuideSampler", (820, 60), (340, 640),
+             {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0), "vae": (1, 2),
+              "objective": (7, 0), "guess": (8, 0)}, "TITAN-Guide: CLIP style",
+             seed=SEED, steps=STEPS, cfg=7.5, scheduler="normal", denoise=1.0,
+             **{**TITAN_KNOBS, "frames_per_video": 0}),
+        node(10, "VAEDecode", (1200, 60), (210, 50), {"samples": (9, 0), "vae": (1, 2)}),
+        node(11, "SaveImage", (1440, 60), (400, 440), {"images": (10, 0)}, "Guided image",
+             filename_prefix="titan/sd15_style"),
+        node(12, "SaveImage", (1200, 540), (340, 300), {"images": (9, 2)}, "Loss per step",
+             filename_prefix="titan/sd15_style_loss"),
+        node(13, "PreviewAny", (1560, 540), (340, 300), {"source": (9, 1)}, "Guidance report"),
+    ]
+    files = [
+        (SD15_BASE_CHECKPOINT, "models/checkpoints", "Stable Diffusion 1.5; any SD1.5 checkpoint works"),
+        (CLIP_STYLE_WEIGHTS, "models/clip_vision", "open_clip ViT-H-14 laion2b_s32b_b79k"),
+        (STYLE_IMAGE, "input", "your style image; any size"),
+    ]
+    text = weights_note("TITAN-Guide on a plain SD1.5 image (no video model): style guidance through CLIP",
+                        files, "frames_per_video 0 and sampled_frames 0: the batch is images, not a video.")
+    return {"nodes": nodes + [note(14, (380, 950), text)],
+            "groups": [group("SD1.5 image", (0, 0, 800, 940))]}
+
+
+def compare_same_seed() -> dict:
+    """Unguided, TITAN-Guide, FreeDoM and TFG on AnimateDiff + DOVER, all from the same seed."""
+    nodes = animatediff_backbone("a lighthouse on a cliff at sunset, waves crashing, cinematic")
+    nodes += [
+        node(8, "TitanDoverLoader", (20, 700), (320, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
+        node(9, "TitanAestheticObjective", (20, 830), (320, 180), {"dover": (8, 0)}, mode="fused", weight=1.0,
+             fragment_sampling="random", fragment_seed=0, technical_samples=1),
+        node(10, "TitanGradientGuess", (380, 700), (320, 220), **GUESS_KNOBS),
+        node(11, "TitanGuidanceMethod", (380, 960), (340, 520), title="FreeDoM", method="freedom"),
+        node(12, "TitanGuidanceMethod", (380, 1520), (340, 520), title="TFG", method="tfg"),
+        titan_sampler(13, (820, 60), 9, guess=10, title="Unguided (strength 0, same seed)", strength=0.0),
+        titan_sampler(14, (820, 740), 9, guess=10, title="TITAN-Guide"),
+        titan_sampler(15, (820, 1420), 9, method=11, title="FreeDoM (backprop)"),
+        titan_sampler(16, (820, 2100), 9, method=12, title="TFG (backprop)"),
+    ]
+    next_id = 17
+    for sampler, label in ((13, "unguided"), (14, "titan"), (15, "freedom"), (16, "tfg")):
+        y = 60 + (sampler - 13) * 680
+        nodes += [
+            node(next_id, "VAEDecode", (1200, y), (210, 50), {"samples": (sampler, 0), "vae": (1, 2)}),
+            node(next_id + 1, "SaveAnimatedWEBP", (1440, y), (340, 380), {"images": (next_id, 0)}, label,
+                 filename_prefix=f"titan/compare_{label}", fps=FPS, lossless=False, quality=90, method="default"),
+            node(next_id + 2, "PreviewAny", (1200, y + 100), (220, 300), {"source": (sampler, 1)},
+                 f"{label} report"),
+        ]
+        next_id += 3
+    files = ANIMATEDIFF_FILES + [(DOVER_WEIGHTS, "models/dover", "github.com/VQAssessment/DOVER release DOVER.pth")]
+    text = weights_note(
+        "Same seed, four ways: unguided, TITAN-Guide (forward-mode, no backprop), FreeDoM and TFG (both "
+        "backpropagate through the denoiser and need far more memory) on AnimateDiff with the DOVER objective",
+        files, "Each report shows the objective per step. FreeDoM / TFG use only the method node's own "
+        "strengths (freedom_rho, tfg_rho / tfg_mu); strength / optimiser knobs on their samplers are ignored. "
+        "Mute (Ctrl+M) a sampler to skip it.")
+    return {"nodes": nodes + [note(next_id, (20, 1060), text, (340, 560))],
+            "groups": [BACKBONE_GROUP, group("Same seed: unguided / TITAN / FreeDoM / TFG", (800, 0, 1000, 2780),
+                                             "#8A8")]}
+
+
+WORKFLOWS = {
+    "aesthetic_dover_animatediff.json": aesthetic_dover_animatediff,
+    "style_clip_animatediff.json": style_clip_animatediff,
+    "audio_imagebind_animatediff.json": audio_imagebind_animatediff,
+    "frame_interpolation_animatediff.json": frame_interpolation_animatediff,
+    "cogvideox_titan.json": cogvideox_titan,
+    "sd15_image_titan.json": sd15_image_titan,
+    "compare_same_seed.json": compare_same_seed,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Table -> UI workflow
+# ---------------------------------------------------------------------------------------------------------
+def input_specs(info: dict) -> list:
+    """[(name, spec list)] of a node's inputs in /object_info order, required then optional."""
+    order = info.get("input_order", {})
+    specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+    return [(name, specs[name]) for name in list(order.get("required", [])) + list(order.get("optional", []))]
+
+
+def is_widget_spec(spec: list) -> bool:
+    """True for inputs the frontend shows as widgets (numbers, strings, booleans, combos)."""
+    return isinstance(spec[0], list) or spec[0] in WIDGET_KINDS
+
+
+def spec_options(spec: list) -> dict:
+    """The options dict of an input spec ({} when absent)."""
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def widgets_values(row: dict, info: dict) -> list:
+    """The node's widgets_values in frontend order; unset widgets take the declared default."""
+    given = dict(row["widgets"])
+    values = []
+    for name, spec in input_specs(info):
+        if name in row["links"] or not is_widget_spec(spec):
+            continue
+        options = spec_options(spec)
+        if name in given:
+            value = given.pop(name)
+        elif "default" in options:
+            value = options["default"]
+        else:
+            raise ValueError(f"{row['type']} node {row['id']}: widget {name!r} has no default; set it in the table")
+        values.append(value)
+        if options.get("control_after_generate"):
+            values.append("fixed")
+    if given:
+        raise ValueError(f"{row['type']} node {row['id']}: {sorted(given)} are not widgets of the node")
+    return values
+
+
+def build_workflow(table: dict, object_info: dict, workflow_id: str) -> dict:
+    """Turn a node table into the frontend's workflow JSON (version 0.4)."""
+    rows = {row["id"]: row for row in table["nodes"]}
+    for row in table["nodes"]:
+        if row["type"] not in FRONTEND_ONLY_TYPES and row["type"] not in object_info:
+            raise ValueError(f"node {row['id']}: type {row['type']!r} is not in /object_info")
+    links, outgoing, nodes = [], {}, []
+    socket_inputs = {}
+    for row in table["nodes"]:
+        if row["type"] in FRONTEND_ONLY_TYPES:
+            continue
+        sockets = [(name, spec) for name, spec in input_specs(object_info[row["type"]])
+                   if not is_widget_spec(spec)]
+        unknown = set(row["links"]) - {name for name, _ in sockets}
+        if unknown:
+            raise ValueError(f"{row['type']} node {row['id']}: {sorted(unknown)} are not socket inputs")
+        entries = []
+        for slot, (name, spec) in enumerate(sockets):
+            entry = {"name": name, "type": spec[0], "link": None}
+            if name in row["links"]:
+                source, output = row["links"][name]
+                source_info = object_info[rows[source]["type"]]
+                link_type = source_info["output"][output]
+                link_id = len(links) + 1
+                links.append([link_id, source, output, row["id"], slot, link_type])
+                outgoing.setdefault((source, output), []).append(link_id)
+                entry["link"] = link_id
+            if spec_options(spec).get("optional") or name in object_info[row["type"]]["input"].get("optional", {}):
+                entry["shape"] = 7  # the frontend's hollow dot for optional sockets
+            entries.append(entry)
+        socket_inputs[row["id"]] = entries
+    for order, row in enumerate(table["nodes"]):
+        if row["type"] in FRONTEND_ONLY_TYPES:
+            nodes.append({"id": row["id"], "type": row["type"], "pos": row["pos"], "size": row["size"],
+                          "flags": {}, "order": order, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                          "widgets_values": [row["text"]], "color": "#432", "bgcolor": "#653"})
+            continue
+        info = object_info[row["type"]]
+        outputs = [{"name": out_name, "type": out_type, "links": outgoing.get((row["id"], slot), []),
+                    "slot_index": slot}
+                   for slot, (out_name, out_type) in enumerate(zip(info["output_name"], info["output"]))]
+        entry = {"id": row["id"], "type": row["type"], "pos": row["pos"], "size": row["size"], "flags": {},
+                 "order": order, "mode": 0, "inputs": socket_inputs[row["id"]], "outputs": outputs,
+                 "properties": {"Node name for S&R": row["type"]}, "widgets_values": widgets_values(row, info)}
+        if "title" in row:
+            entry["title"] = row["title"]
+        nodes.append(entry)
+    groups = [{"id": index + 1, "title": g["title"], "bounding": g["bounding"], "color": g["color"],
+               "font_size": 24, "flags": {}} for index, g in enumerate(table.get("groups", []))]
+    return {"id": workflow_id, "revision": 0, "last_node_id": max(rows), "last_link_id": len(links),
+            "nodes": nodes, "links": links, "groups": groups, "config": {},
+            "extra": {"ds": {"scale": 0.65, "offset": [0, 0]}}, "version": 0.4}
+
+
+def workflow_uuid(name: str) -> str:
+    """A stable id per workflow file (the frontend wants a UUID)."""
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "titan-guide/workflows/" + name))
+
+
+def build_all(object_info: dict) -> dict:
+    """file name -> workflow JSON for every table in WORKFLOWS."""
+    return {name: build_workflow(make(), object_info, workflow_uuid(name)) for name, make in WORKFLOWS.items()}
+
+
+def dump(workflow: dict) -> str:
+    """The file text of a workflow (2-space indented JSON)."""
+    return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+
+
+def live_object_info() -> dict:
+    """/object_info of a throw-away test host with this pack and the vendored packs."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from comfy_host import ComfyHost
+
+    with tempfile.TemporaryDirectory(prefix="titan_workflows_") as workdir:
+        with ComfyHost(workdir) as host:
+            return host.object_info()
+
+
+def main() -> int:
+    """Write (or --check) every workflow file."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare with the committed files")
+    parser.add_argument("--object-info", type=Path, help="use this saved /object_info JSON instead of a host")
+    args = parser.parse_args()
+    info = json.loads(args.object_info.read_text()) if args.object_info else live_object_info()
+    stale = []
+    for name, workflow in build_all(info).items():
+        path = WORKFLOW_DIR / name
+        text = dump(workflow)
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path.relative_to(REPO_ROOT)}")
+    if stale:
+        print("out of date (run scripts/workflows.py): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
