@@ -17,8 +17,8 @@ embedded_classifier.safetensors). Everything measured afterwards uses only the i
   CPU); seconds: wall time to sample all of the method's videos.
 
 Sampling: DDIM (eta 0) on the SD1.5 schedule, `steps` timesteps evenly spaced (DiscreteSchedule.spaced_sigmas).
-TITAN is run as in scripts/demo.py: look-ahead 1, strength 0.1, Adam, guidance on the first 75 % of the
-steps. The baselines' strengths are picked from a small grid (TUNE_GRID) on a separate seed and TUNE_VIDEOS
+TITAN is run as in scripts/demo.py (look-ahead 1, Adam, guidance on the first 75 % of the steps), but like
+every method its strength is picked from a small grid (TUNE_GRID) on a separate seed and TUNE_VIDEOS
 videos by judge success rate (ties broken by the judge's mean probability of the target), as
 benchmarks/toy_moons.py's `tune` does. MPGD runs without the AE projection: the codec is exact, so
 encode(decode(x0)) = x0 and the projection would be the identity.
@@ -55,7 +55,8 @@ ORTHOGONAL_K = 4
 DOODL_ITERATIONS = 4
 TUNE_VIDEOS = 64
 TUNE_GRID = {  # method: (field(s), values)
-    "exact": ("strength", (0.03, 0.1, 0.3)),
+    "titan": ("strength", (0.003, 0.01, 0.03, 0.1)),
+    "exact": ("strength", (0.01, 0.03, 0.1, 0.3)),
     "freedom": ("rho", (0.1, 1.0, 10.0, 100.0)),
     "mpgd": ("scale", (0.1, 1.0, 10.0, 100.0)),
     "tfg": (("rho", "mu"), (0.1, 1.0, 10.0, 100.0)),
@@ -311,7 +312,7 @@ def judge_like_logits(classifier: torch.nn.Module, videos: torch.Tensor, batch: 
 
 def tune(models: Models, table: dict, steps: int, seed: int, batch: int, targets: dict, videos: int,
          grid_values: int | None = None) -> dict:
-    """Pick each baseline's strength from TUNE_GRID by judge success on a separate seed (ties: target prob).
+    """Pick each method's strength from TUNE_GRID by judge success on a separate seed (ties: target prob).
 
     `grid_values` (smoke runs) keeps only the grid's ends.
     """
@@ -437,8 +438,6 @@ def main(argv=None) -> None:
                             reference["features"], videos_overrides={"doodl": args.doodl_videos}, keep_videos=4)
     for row in rows:
         row["strength"] = chosen.get(row["method"])
-        if row["method"].startswith("titan"):
-            row["strength"] = {"field": "strength", "value": TITAN["strength"], "grid": None}
     print_table(rows, real)
 
     device_name = torch.cuda.get_device_name(models.device) if models.device.type == "cuda" else "cpu"
