@@ -115,8 +115,8 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class SpatialAttention(nn.Module):
-    """Self-attention over the H*W positions of each frame."""
+class _TokenAttention(nn.Module):
+    """Shared parts of the spatial and temporal attention: GroupNorm, multi-head self-attention, zero-init output."""
 
     def __init__(self, channels: int, head_channels: int, groups: int) -> None:
         super().__init__()
@@ -127,26 +127,29 @@ class SpatialAttention(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def attend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention over (sequences, length, channels) tokens, heads merged back."""
+        sequences, length, channels = tokens.shape
+        q, k, v = self.qkv(tokens).reshape(sequences, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return attention(q, k, v).transpose(1, 2).reshape(sequences, length, channels)
+
+
+class SpatialAttention(_TokenAttention):
+    """Self-attention over the H*W positions of each frame."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         tokens = self.norm(x).reshape(batch, channels, height * width).transpose(1, 2)
-        q, k, v = self.qkv(tokens).reshape(batch, height * width, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        mixed = attention(q, k, v).transpose(1, 2).reshape(batch, height * width, channels)
+        mixed = self.attend(tokens)
         return x + self.out(mixed).transpose(1, 2).reshape(batch, channels, height, width)
 
 
-class TemporalAttention(nn.Module):
+class TemporalAttention(_TokenAttention):
     """Motion module: self-attention over the frames at every pixel, with sinusoidal frame positions."""
 
     def __init__(self, channels: int, head_channels: int, groups: int, num_frames: int) -> None:
-        super().__init__()
-        self.heads = channels // head_channels
+        super().__init__(channels, head_channels, groups)
         self.num_frames = num_frames
-        self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
-        self.out = nn.Linear(channels, channels)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch_frames, channels, height, width = x.shape
@@ -155,8 +158,7 @@ class TemporalAttention(nn.Module):
         tokens = h.permute(0, 3, 1, 2).reshape(clips * height * width, self.num_frames, channels)
         positions = torch.arange(self.num_frames, device=x.device, dtype=torch.float32)
         tokens = tokens + sinusoidal_embedding(positions, channels).to(tokens.dtype)
-        q, k, v = self.qkv(tokens).reshape(-1, self.num_frames, 3, self.heads, channels // self.heads).permute(2, 0, 3, 1, 4)
-        mixed = attention(q, k, v).transpose(1, 2).reshape(-1, self.num_frames, channels)
+        mixed = self.attend(tokens)
         mixed = self.out(mixed).reshape(clips, height * width, self.num_frames, channels)
         return x + mixed.permute(0, 2, 3, 1).reshape(batch_frames, channels, height, width)
 
