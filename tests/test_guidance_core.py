@@ -281,3 +281,24 @@ def test_every_public_function_has_a_docstring():
                             if inspect.isfunction(f) and not m.startswith("_") and not (f.__doc__ or "").strip()
                             and not any(m in vars(b) for b in obj.__mro__[1:])]
     assert not missing, missing
+
+
+def test_forward_ad_scope_op_fixes_are_exact_and_restored():
+    import torch.nn.functional as F
+    original_gn, original_ln = F.group_norm, F.layer_norm
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    tangent = torch.randn(2, 4, 4, 8, dtype=torch.float64).permute(0, 3, 1, 2)  # strided tangent
+    ref = torch.func.jvp(lambda t: F.group_norm(t, 4), (x,), (tangent.contiguous(),))
+    with gc.forward_ad_attention():
+        got = torch.func.jvp(lambda t: F.group_norm(t, 4), (x,), (tangent,))
+        half = torch.randn(3, 16).bfloat16()
+        weight, bias = torch.randn(16).bfloat16(), torch.randn(16).bfloat16()
+        out = F.layer_norm(half, (16,), weight, bias)
+        assert out.dtype == torch.bfloat16
+        expected = F.layer_norm(half.float(), (16,), weight.float(), bias.float()).bfloat16()
+        assert torch.equal(out, expected)
+    assert torch.allclose(got[0], ref[0]) and torch.allclose(got[1], ref[1], rtol=1e-12, atol=1e-12)
+    assert F.group_norm is original_gn and F.layer_norm is original_ln
+    with pytest.raises(RuntimeError, match="boom"), gc.forward_ad_attention():
+        raise RuntimeError("boom")
+    assert F.group_norm is original_gn and F.layer_norm is original_ln
