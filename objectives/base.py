@@ -143,6 +143,22 @@ def describe_key_mismatch(missing, unexpected, limit: int = 5) -> str:
     return "; ".join(parts) if parts else "no key differences"
 
 
+def load_state_dict_checked(model: nn.Module, weights, source, expected: str) -> None:
+    """Load `weights` strictly into `model`, or raise a ValueError naming `source`, `expected` and the mismatch."""
+    reference = model.state_dict()
+    missing = set(reference) - set(weights)
+    unexpected = set(weights) - set(reference)
+    wrong_shape = [key for key in set(reference) & set(weights) if reference[key].shape != weights[key].shape]
+    if missing or unexpected or wrong_shape:
+        detail = describe_key_mismatch(missing, unexpected)
+        if wrong_shape:
+            key = sorted(wrong_shape)[0]
+            detail += (f"; {len(wrong_shape)} with other shapes (e.g. {key}: file {tuple(weights[key].shape)} vs "
+                       f"model {tuple(reference[key].shape)})")
+        raise ValueError(f"{source} does not match {expected}: {detail}.")
+    model.load_state_dict(weights, strict=True)
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Put a module in eval mode and stop gradients into its parameters; return it."""
     module.eval()

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import VideoObjective, describe_key_mismatch, forward_ad_safe_attention, freeze, load_weights_file
+from .base import VideoObjective, forward_ad_safe_attention, freeze, load_state_dict_checked, load_weights_file
 from .preprocess import (
     IMAGEBIND_AUDIO_CLIPS_PER_VIDEO,
     IMAGEBIND_IMAGE_SIZE,
@@ -187,16 +187,7 @@ def imagebind_from_state_dict(
     imagebind_model = import_imagebind_model()
     config = imagebind_config_from_state_dict(state_dict, num_heads, audio_stride)
     model = imagebind_model.ImageBindModel(**config)
-    expected = model.state_dict()
-    missing = set(expected) - set(state_dict)
-    unexpected = set(state_dict) - set(expected)
-    wrong_shape = [key for key in set(expected) & set(state_dict) if expected[key].shape != state_dict[key].shape]
-    if missing or unexpected or wrong_shape:
-        detail = describe_key_mismatch(missing, unexpected)
-        if wrong_shape:
-            detail += f"; {len(wrong_shape)} with other shapes (e.g. {sorted(wrong_shape)[0]})"
-        raise ValueError(f"{source} does not match ImageBindModel (expected {EXPECTED_LAYOUT}): {detail}.")
-    model.load_state_dict(state_dict, strict=True)
+    load_state_dict_checked(model, state_dict, source, f"ImageBindModel (expected {EXPECTED_LAYOUT})")
     for modality in MODALITIES:
         if modality not in modalities:  # unused towers only cost memory
             for container in (

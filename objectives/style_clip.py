@@ -28,9 +28,9 @@ from torch import nn
 from .base import (
     VideoObjective,
     check_video,
-    describe_key_mismatch,
     forward_ad_safe_attention,
     freeze,
+    load_state_dict_checked,
     load_weights_file,
 )
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess, image_to_nchw
@@ -230,16 +230,7 @@ def clip_vision_from_state_dict(
     config = clip_vision_config_from_state_dict(state_dict, num_attention_heads, hidden_act)
     weights = {key: value for key, value in state_dict.items() if not HF_IGNORABLE_KEY.match(key)}
     model = CLIPVisionModelWithProjection(config)
-    expected = model.state_dict()
-    missing = set(expected) - set(weights)
-    unexpected = set(weights) - set(expected)
-    wrong_shape = [key for key in set(expected) & set(weights) if expected[key].shape != weights[key].shape]
-    if missing or unexpected or wrong_shape:
-        detail = describe_key_mismatch(missing, unexpected)
-        if wrong_shape:
-            detail += f"; {len(wrong_shape)} with other shapes (e.g. {sorted(wrong_shape)[0]})"
-        raise ValueError(f"{source} does not match {HF_VISION_EXPECTED}: {detail}.")
-    model.load_state_dict(weights, strict=True)
+    load_state_dict_checked(model, weights, source, HF_VISION_EXPECTED)
     return HFClipVision(model)
 
 
@@ -343,20 +334,7 @@ def open_clip_from_state_dict(
     if getattr(model, "logit_bias", None) is not None and "logit_bias" not in weights:
         weights["logit_bias"] = torch.zeros_like(model.logit_bias)  # non-SigLIP checkpoint, as open_clip does
     weights.pop("text.transformer.embeddings.position_ids", None)
-    expected = model.state_dict()
-    missing = set(expected) - set(weights)
-    unexpected = set(weights) - set(expected)
-    wrong_shape = [key for key in set(expected) & set(weights) if expected[key].shape != weights[key].shape]
-    if missing or unexpected or wrong_shape:
-        detail = describe_key_mismatch(missing, unexpected)
-        if wrong_shape:
-            key = sorted(wrong_shape)[0]
-            detail += (
-                f"; {len(wrong_shape)} with other shapes (e.g. {key}: file {tuple(weights[key].shape)} vs "
-                f"model {tuple(expected[key].shape)})"
-            )
-        raise ValueError(f"{source} does not match the open_clip architecture {model_name!r}: {detail}.")
-    model.load_state_dict(weights, strict=True)
+    load_state_dict_checked(model, weights, source, f"the open_clip architecture {model_name!r}")
 
     preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
     for key in ("mean", "std", "interpolation", "resize_mode"):
