@@ -57,3 +57,30 @@ class DecodedLoss:
             raise ValueError("this objective has no per-frame loss; turn per-frame derivatives off")
         pixels = chunked_decode(self.decode, x0, self.chunk_frames, self.layout, self.checkpointed)
         return (self.frame_score if per_frame else self.score)(pixels, frame_indices)
+
+
+def plan_chunk_frames(decode: Callable[[Tensor], Tensor], z: Tensor, layout: Layout = Layout(),
+                      free_fraction: float = 0.5) -> int:
+    """Frames per decode chunk whose forward-mode pass fits in `free_fraction` of free CUDA memory.
+
+    Measures one frame's JVP decode (its peak above what is allocated now) and divides the free memory (the
+    device's plus the caching allocator's unused blocks) by it. Resets CUDA's peak-memory counter. On the
+    CPU, where no allocator statistics exist, every frame is decoded at once.
+    """
+    from .attention import forward_ad_attention
+
+    if not 0 < free_fraction <= 1:
+        raise ValueError(f"free_fraction must be in (0, 1], got {free_fraction}")
+    frames = layout.frames(z)
+    if not z.is_cuda:
+        return frames
+    one = layout.select_frames(z, torch.zeros(1, dtype=torch.long, device=z.device))
+    torch.cuda.synchronize(z.device)
+    base = torch.cuda.memory_allocated(z.device)
+    torch.cuda.reset_peak_memory_stats(z.device)
+    with torch.inference_mode(False), torch.no_grad(), forward_ad_attention():
+        torch.func.jvp(decode, (one,), (torch.randn_like(one),))
+    per_frame = max(torch.cuda.max_memory_allocated(z.device) - base, 1)
+    free = torch.cuda.mem_get_info(z.device)[0] + torch.cuda.memory_reserved(z.device) \
+        - torch.cuda.memory_allocated(z.device)
+    return max(1, min(frames, int(free * free_fraction // per_frame)))

@@ -35,12 +35,20 @@ class DiscreteSchedule:
         self.alphas_cumprod = alphas_cumprod.double()
         self.sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod)
         self.log_sigmas = self.sigmas.log()
+        self._log_sigmas_on: dict[torch.device, Tensor] = {}
+
+    def _log_sigmas(self, device: torch.device) -> Tensor:
+        # one copy per device: no host-to-device copy per call (none is allowed while a CUDA graph is captured)
+        if device not in self._log_sigmas_on:
+            self._log_sigmas_on[device] = self.log_sigmas.to(device)
+        return self._log_sigmas_on[device]
 
     def timestep(self, sigma: Tensor) -> Tensor:
         """Fractional timestep whose sigma is `sigma` (linear interpolation in log sigma, as k-diffusion)."""
         log_sigma = sigma.double().log().reshape(-1)
-        idx = torch.searchsorted(self.log_sigmas.to(log_sigma.device), log_sigma).clamp(1, len(self.log_sigmas) - 1)
-        lo, hi = self.log_sigmas.to(log_sigma.device)[idx - 1], self.log_sigmas.to(log_sigma.device)[idx]
+        table = self._log_sigmas(log_sigma.device)
+        idx = torch.searchsorted(table, log_sigma).clamp(1, len(table) - 1)
+        lo, hi = table[idx - 1], table[idx]
         w = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
         return (idx - 1 + w).reshape(sigma.shape).to(sigma.dtype)
 

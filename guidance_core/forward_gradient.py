@@ -59,15 +59,19 @@ def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, 
 
 
 def forward_gradient(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Tensor, layout: Layout = Layout(),
-                     estimator: str = "jvp", delta: float = 1e-3) -> ForwardGradient:
-    """Average of h_k V_k over the K tangents (K, *x.shape), one forward-mode pass each."""
+                     estimator: str = "jvp", delta: float = 1e-3,
+                     jvp: Callable[..., tuple[Tensor, Tensor]] | None = None) -> ForwardGradient:
+    """Average of h_k V_k over the K tangents (K, *x.shape), one forward-mode pass each.
+
+    `jvp(f, x, v) -> (f(x), <grad f, v>)` replaces the estimator where given (a CUDA-graph replay).
+    """
     if tangents.shape[1:] != x.shape:
         raise ValueError(f"tangents must have shape (K, {', '.join(map(str, x.shape))}), got {tuple(tangents.shape)}")
     layout.check(x)
     gradient = torch.zeros_like(x)
     losses, derivatives = [], []
     for v in tangents:
-        loss, h = directional_derivative(f, x, v, estimator, delta)
+        loss, h = directional_derivative(f, x, v, estimator, delta) if jvp is None else jvp(f, x, v)
         h = _per_sample(h, layout)
         gradient += (layout.per_frame(h, v) if h.dim() == 2 else layout.per_sample(h, v)) * v
         losses.append(loss)

@@ -7,16 +7,39 @@ they differ only in how the gradient of f is obtained.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
+from .cuda_graph import GraphedJvp
 from .forward_gradient import ESTIMATORS, forward_gradient
 from .guesses import GuessContext, RandomGuess
 from .sampling import SamplingContext
 from .unroll import lookahead_sigmas, unroll
 from .update import apply_update, clip_per_sample, guided_steps, make_optimizer, strength_schedule
+
+
+@dataclass(frozen=True)
+class Traverse:
+    """f(z) = loss(decode(unroll(z))) along fixed look-ahead sigmas: the function guidance differentiates."""
+
+    ctx: SamplingContext
+    sigmas: Tensor
+    per_frame: bool = False
+    checkpointed: bool = False
+
+    def __call__(self, z: Tensor) -> Tensor:
+        x0 = unroll(self.ctx.denoise, z, self.sigmas, self.ctx.step, self.checkpointed)
+        return self.ctx.loss(x0, per_frame=self.per_frame)
+
+    def with_sigmas(self, sigmas: Tensor) -> "Traverse":
+        """The same traverse reading its sigmas from `sigmas` (a CUDA graph's static buffer)."""
+        return replace(self, sigmas=sigmas)
+
+    def graph_key(self) -> tuple:
+        """What a captured graph of this traverse depends on besides its static inputs."""
+        return (id(self.ctx), len(self.sigmas), self.per_frame, self.checkpointed, self.ctx.step)
 
 
 @dataclass
@@ -50,10 +73,8 @@ class LookaheadGuidance:
         remaining = ctx.sigmas[i:]
         available = int((remaining > 0).sum()) - 1
         k = available if self.lookahead == "all" else min(self.lookahead, available)
-        sigmas = lookahead_sigmas(remaining, k)
-        checkpointed = self.checkpoint_model_calls()
-        return lambda z: ctx.loss(unroll(ctx.denoise, z, sigmas, ctx.step, checkpointed),
-                                  per_frame=self.per_frame), k
+        traverse = Traverse(ctx, lookahead_sigmas(remaining, k), self.per_frame, self.checkpoint_model_calls())
+        return traverse, k
 
     def checkpoint_model_calls(self) -> bool:
         """Whether the traverse recomputes model activations in backward (only backprop methods care)."""
@@ -98,11 +119,15 @@ class Titan(LookaheadGuidance):
     guess: object = field(default_factory=RandomGuess)
     estimator: str = "jvp"
     delta: float = 1e-3
+    cuda_graph: bool = False  # replay the JVP as a CUDA graph (fixed look-ahead; see cuda_graph.py)
 
     def __post_init__(self):
         super().__post_init__()
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {ESTIMATORS}")
+        if self.cuda_graph and self.estimator != "jvp":
+            raise ValueError(f"cuda_graph replays torch.func.jvp; it needs estimator 'jvp', got {self.estimator!r}")
+        self.graphs = GraphedJvp() if self.cuda_graph else None
 
     def estimate(self, f, x, i, ctx):
         sigma = ctx.sigmas[i]
@@ -110,7 +135,7 @@ class Titan(LookaheadGuidance):
         with torch.no_grad():
             denoised = ctx.denoise(x, sigma) if needs_denoised else None
         tangents = self.guess(GuessContext(x, sigma, denoised, ctx.loss, ctx.layout, ctx.generator))
-        est = forward_gradient(f, x, tangents, ctx.layout, self.estimator, self.delta)
+        est = forward_gradient(f, x, tangents, ctx.layout, self.estimator, self.delta, jvp=self.graphs)
         return est.loss, est.gradient, est.derivatives
 
 

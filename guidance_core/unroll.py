@@ -17,6 +17,13 @@ from .denoiser import Denoiser
 STEPS = ("euler", "ddim", "heun")
 
 
+def _is_zero(sigma: Tensor) -> bool:
+    """Whether a step ends at sigma 0; never asked while a CUDA graph is captured (unroll never passes 0 then)."""
+    if sigma.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    return float(sigma) == 0.0
+
+
 def euler_step(denoise: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor | None = None) -> Tensor:
     """One Euler / DDIM(eta=0) step from sigma to sigma_next."""
     denoised = denoise(x, sigma) if denoised is None else denoised
@@ -28,7 +35,7 @@ def heun_step(denoise: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, d
     denoised = denoise(x, sigma) if denoised is None else denoised
     d = (x - denoised) / sigma
     x_euler = x + (sigma_next - sigma) * d
-    if float(sigma_next) == 0.0:
+    if _is_zero(sigma_next):
         return x_euler
     d_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
     return x + (sigma_next - sigma) * (d + d_next) / 2
@@ -78,13 +85,18 @@ def unroll(denoise: Denoiser, x: Tensor, sigmas: Tensor, step: str = "euler", ch
     """Run the deterministic sampler along `sigmas` (ending in 0) and return the clean estimate x0.
 
     The last step to sigma 0 is the Tweedie estimate at the last nonzero sigma. `checkpointed` recomputes each
-    model call during backward (activation checkpointing) for the exact-gradient baseline.
+    model call during backward (activation checkpointing) for the exact-gradient baseline. The sigmas must be
+    positive but the last (as `lookahead_sigmas` builds them); the check is skipped while a CUDA graph is
+    captured, so the traverse never synchronises with the CPU.
     """
     step_fn = get_step(step)
+    if len(sigmas) < 2:
+        raise ValueError(f"unroll needs at least one sigma and the final 0, got {len(sigmas)} value(s)")
+    capturing = sigmas.is_cuda and torch.cuda.is_current_stream_capturing()
+    if not capturing and not (bool((sigmas[:-1] > 0).all()) and float(sigmas[-1]) == 0.0):
+        raise ValueError(f"unroll needs positive sigmas ending in one 0, got {sigmas.tolist()}")
     sigmas = sigmas.clone()  # inference-mode sigmas cannot be saved for backward
     call = (lambda t, s: checkpoint(denoise, t, s, use_reentrant=False)) if checkpointed else denoise
-    for i in range(len(sigmas) - 1):
-        if float(sigmas[i + 1]) == 0.0:
-            return call(x, sigmas[i])
+    for i in range(len(sigmas) - 2):
         x = step_fn(call, x, sigmas[i], sigmas[i + 1])
-    return x
+    return call(x, sigmas[-2])  # the Tweedie estimate at the last nonzero sigma
