@@ -14,8 +14,9 @@ context, whose fused kernels have no forward derivative.
 
 `motion_attention_for_forward_ad()` sets, for its scope only, a data descriptor `actual_attention` on each
 loaded CrossAttentionMM class. A data descriptor on the class takes precedence over the instance attribute,
-so every instance (of the class and its subclasses) reads ComfyUI's explicit `attention_basic` (einsum and
-softmax, forward-AD capable; ADE's own default when no optimised attention is enabled), while assignments
+so every instance (of the class and its subclasses) reads ComfyUI's `attention_pytorch` outside its
+backend-priority context, whose SDPA call inside the JVP scope is guidance_core's forward-AD router (fused
+flash JVP for long sequences on CUDA, chunked MATH otherwise; ADE's temporal sequences are short), while assignments
 (ADE's CUDA-error fallback, `reset_attention_type`) still land in the instance. On exit, also after an error,
 the descriptor is removed and every instance reads its own choice again; no model, module or instance is
 changed. `install()` registers the scope with guidance_core, which enters it inside
@@ -34,7 +35,10 @@ import sys
 import threading
 from typing import Iterator
 
-from comfy.ldm.modules.attention import attention_basic
+import torch.nn.functional as F
+
+import comfy.ops
+from comfy.ldm.modules.attention import attention_pytorch
 
 LOG = logging.getLogger("titan_guide")
 
@@ -55,16 +59,27 @@ def routed_call_count() -> int:
 
 
 def forward_ad_motion_attention(q, k, v, heads, mask=None, *args, **kwargs):
-    """ADE's attention signature `(q, k, v, heads, mask)` computed by ComfyUI's explicit attention_basic."""
+    """ADE's attention signature `(q, k, v, heads, mask)` through ComfyUI's attention_pytorch, whose SDPA call is
+    guidance_core's forward-AD router inside the JVP scope (chunked MATH for ADE's short temporal sequences)."""
     global _routed_calls, _logged_route
     with _lock:
         _routed_calls += 1
         first = not _logged_route
         _logged_route = True
     if first:
-        LOG.info("TITAN-Guide: AnimateDiff-Evolved motion attention runs through attention_basic inside "
-                 "forward-mode passes")
-    return attention_basic(q, k, v, heads, mask, *args, **kwargs)
+        LOG.info("TITAN-Guide: AnimateDiff-Evolved motion attention runs through guidance_core's forward-AD "
+                 "SDPA inside forward-mode passes")
+    previous = comfy.ops.scaled_dot_product_attention
+    comfy.ops.scaled_dot_product_attention = _plain_sdpa  # ComfyUI's CUDA backend-priority context would undo MATH
+    try:
+        return attention_pytorch(q, k, v, heads, mask, *args, **kwargs)
+    finally:
+        comfy.ops.scaled_dot_product_attention = previous
+
+
+def _plain_sdpa(q, k, v, *args, **kwargs):
+    """torch's SDPA as bound now: guidance_core's forward-AD router inside its scope."""
+    return F.scaled_dot_product_attention(q, k, v, *args, **kwargs)
 
 
 class _ForwardADAttentionDescriptor:

@@ -200,6 +200,7 @@ def validate_run(settings: glue.GuidanceSettings, objective: glue.ObjectiveSet, 
                 raise ValueError(f"the sampled-gradient guess decodes {sampled} latent frame(s) to {sampled_pixels} "
                                  f"frame(s), but the objective needs at least {objective.min_frames}; raise "
                                  "'sampled frames'")
+    return pixel_frames
 
 
 class TitanGuideCogVideoSampler(io.ComfyNode):
@@ -283,7 +284,7 @@ class TitanGuideCogVideoSampler(io.ComfyNode):
         settings = glue.settings_from_inputs({**knobs, "sampler": schedule.step, "eta": schedule.eta,
                                               "frames_per_video": 0})
         decoder = cx.CogVideoXDecoder(vae, settings.decode_chunk_frames, padding)
-        validate_run(settings, objective, guess, method, schedule, shape[1], padding, decoder)
+        pixel_frames = validate_run(settings, objective, guess, method, schedule, shape[1], padding, decoder)
         if init is not None and tuple(init.shape) != tuple(shape):
             raise ValueError(f"the input samples have shape {tuple(init.shape)} but num_frames={num_frames} at "
                              f"{width}x{height} needs {tuple(shape)}; set num_frames to match the input video")
@@ -299,6 +300,8 @@ class TitanGuideCogVideoSampler(io.ComfyNode):
         if uses_pixels:
             vae.to(device)
         objective.to(device, device)
+        with torch.inference_mode(False):  # as the guided loop: its constants must not be inference tensors
+            objective.prepare(pixel_frames)  # constant targets (ImageBind's audio), once, before any JVP
         cx.reset_wrapper_state(transformer)
         disable_wrapper_enhance(transformer)
 

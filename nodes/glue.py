@@ -40,7 +40,7 @@ import comfy.model_management as model_management
 import comfy.model_sampling
 import comfy.ops
 import comfy.samplers
-from comfy.ldm.modules.attention import attention_basic
+from comfy.ldm.modules.attention import attention_pytorch
 from comfy.ldm.modules.diffusionmodules.model import AttnBlock
 from comfy_api.latest import io
 
@@ -59,6 +59,7 @@ if os.environ.get("PYTORCH_JIT", "1") == "1" and __debug__:
 LOG = logging.getLogger("titan_guide")
 
 CATEGORY = "sampling/titan_guide"
+ADDITIONAL_MODELS_KEY = "titan_guide"  # ModelPatcher.set_additional_models key of the guidance models
 
 TitanObjective = io.Custom("TITAN_OBJECTIVE")
 TitanGuess = io.Custom("TITAN_GUESS")
@@ -188,6 +189,23 @@ class ObjectiveSet:
         """Move each objective to the device of what it reads."""
         for spec in self.specs:
             spec.module.to(latent_device if spec.input_space == "latent" else pixel_device)
+
+    def comfy_patchers(self) -> list[tuple[str, Any]]:
+        """(objective name, ModelPatcher) of every guidance network the objectives run (each patcher once)."""
+        found = []
+        for spec in self.specs:
+            for patcher in getattr(spec.module, "comfy_patchers", ()):
+                if all(patcher is not known for _, known in found):
+                    found.append((spec.name, patcher))
+        return found
+
+    def prepare(self, num_frames: int) -> None:
+        """Before guidance, outside forward-mode passes: every objective computes its constant targets (e.g. the
+        audio embedding) for videos of `num_frames` frames, the length frame subsets refer to."""
+        for spec in self.specs:
+            prepare = getattr(spec.module, "prepare", None)
+            if prepare is not None:
+                prepare(num_frames)
 
     def loss(self, pixels: torch.Tensor | None, latents: torch.Tensor | None, per_frame: bool = False,
              frame_indices: torch.Tensor | None = None) -> torch.Tensor:
@@ -422,7 +440,7 @@ class GuidanceSettings:
         if self.max_grad_norm < 0:
             raise ValueError(f"max grad norm must be >= 0 (0 = off), got {self.max_grad_norm}")
         if self.decode_chunk_frames < 0:
-            raise ValueError(f"decode chunk frames must be >= 0 (0 = all at once), got {self.decode_chunk_frames}")
+            raise ValueError(f"decode chunk frames must be >= 0 (0 = automatic), got {self.decode_chunk_frames}")
         if self.frames_per_video < 0:
             raise ValueError(f"frames per video must be >= 0 (0 = the whole batch is one video), "
                              f"got {self.frames_per_video}")
@@ -476,8 +494,10 @@ def guidance_inputs() -> list:
                                  "forward pass, so each frame is steered by its own loss (objectives with per-frame "
                                  "losses only)."),
         io.Int.Input("decode_chunk_frames", default=0, min=0, max=4096,
-                     tooltip="Decode this many frames at a time inside the objective (0 = all at once). Lower "
-                             "values lower peak memory; the result is the same for image VAEs."),
+                     tooltip="Decode this many frames at a time inside the objective. 0 = automatic: on a GPU "
+                             "the most frames whose forward-mode decode fits in half the free memory (measured "
+                             "on one frame at the start), on the CPU all at once. Lower values lower peak "
+                             "memory; the result is the same for image VAEs."),
         io.Int.Input("frames_per_video", default=0, min=0, max=4096,
                      tooltip="Frames of one video in the latent batch (AnimateDiff-style latents keep frames in the "
                              "batch). 0 = the whole batch is one video. The batch must be a multiple of it."),
@@ -565,13 +585,15 @@ class _CloneInferenceTensors(TorchFunctionMode):
 # Attention with forward derivatives
 # ---------------------------------------------------------------------------------------------------------
 def _forward_ad_attention_override(func, *args, **kwargs):
-    """`optimized_attention_override` for guidance model calls: ComfyUI's explicit einsum/softmax attention.
+    """`optimized_attention_override` for guidance model calls: ComfyUI's SDPA attention, routed by guidance_core.
 
-    Fused kernels (SDPA flash / efficient / cuDNN, xformers, sage, flash-attn) have no forward derivative;
-    attention_basic is plain einsum / softmax, which has, and it does not size chunks from free memory as the
-    split and sub-quadratic variants do (a forward-mode pass needs about twice the memory they plan for).
+    Fused kernels (SDPA flash / efficient / cuDNN, xformers, sage, flash-attn) have no forward derivative.
+    attention_pytorch calls torch's SDPA, which inside a forward-mode pass is guidance_core's
+    `forward_ad_sdpa`: the fused flash JVP kernel for long self-attention on CUDA, chunked MATH elsewhere.
+    The split and sub-quadratic variants are not used: they size chunks from free memory for a plain
+    forward, and a forward-mode pass needs about twice that.
     """
-    return attention_basic(*args, **kwargs)
+    return attention_pytorch(*args, **kwargs)
 
 
 def _plain_sdpa(q, k, v, *args, **kwargs):
@@ -584,7 +606,7 @@ def _vae_math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
     shape = q.shape
     b, c = shape[0], shape[1]
     q, k, v = (t.reshape(b, 1, c, -1).transpose(2, 3) for t in (q, k, v))
-    out = core.math_attention(q, k, v)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # forward_ad_sdpa inside a JVP
     return out.transpose(2, 3).reshape(shape)
 
 
@@ -611,7 +633,7 @@ class ComfyDenoiser:
 
     Checks for an interrupt before every model call. Inside `forward_ad_scope()` (entered by guidance_core
     around every JVP) the calls get a copy of the model options whose transformer_options route attention to
-    `attention_basic`; plain steps keep the user's attention.
+    `attention_pytorch` (and so to guidance_core's forward-AD SDPA); plain steps keep the user's attention.
     """
 
     def __init__(self, model: Callable, extra_args: dict, clones: InferenceTensorClones):
@@ -668,17 +690,27 @@ class GuidanceLoss:
     """The loss guidance_core differentiates: latent x0 (sampler space) -> per-video (B,) or per-frame (B, F).
 
     Called as loss(x0, frame_indices=None, per_frame=False): `frame_indices` says which frames of each video
-    x0 holds when the sampled-gradient guess passes a subset.
+    x0 holds when the sampled-gradient guess passes a subset. With `frames` (frames per video) given, a subset
+    that is every frame in order is passed on as None, so the objectives gather nothing.
     """
 
     def __init__(self, objective: ObjectiveSet, decode: Callable, process_latent_out: Callable,
-                 layout: core.Layout, chunk_frames: int, checkpointed: bool, clones: InferenceTensorClones):
+                 layout: core.Layout, chunk_frames: int, checkpointed: bool, clones: InferenceTensorClones,
+                 frames: int | None = None):
         self.objective, self.decode, self.process_latent_out = objective, decode, process_latent_out
         self.clones = clones
         self.layout, self.chunk_frames, self.checkpointed = layout, chunk_frames, checkpointed
+        self.frames = frames
+
+    def covers_all_frames(self, frame_indices: torch.Tensor) -> bool:
+        """Whether `frame_indices` is 0, 1, ..., frames - 1 (no subset at all)."""
+        return (self.frames is not None and frame_indices.numel() == self.frames
+                and torch.equal(frame_indices.detach().flatten().cpu().long(), torch.arange(self.frames)))
 
     def __call__(self, x0: torch.Tensor, frame_indices: torch.Tensor | None = None,
                  per_frame: bool = False) -> torch.Tensor:
+        if frame_indices is not None and self.covers_all_frames(frame_indices):
+            frame_indices = None
         samples = self.layout.samples
         pixels = latents = None
         if "pixels" in self.objective.spaces:
@@ -713,6 +745,19 @@ def guidance_seed(seed: int) -> int:
 # ---------------------------------------------------------------------------------------------------------
 # The guided run
 # ---------------------------------------------------------------------------------------------------------
+def plan_decode_chunk(loss: "GuidanceLoss", x: torch.Tensor, layout: core.Layout, frames: int, setting: int) -> str:
+    """Set `loss.chunk_frames` (0 = automatic: the most frames whose forward-mode decode fits half the free GPU
+    memory, measured on one frame; all frames on the CPU); returns the report line."""
+    if "pixels" not in loss.objective.spaces:
+        return ""
+    if setting:
+        loss.chunk_frames = setting
+        return f"{min(setting, frames)} of {frames} frame(s) per VAE call (set by decode_chunk_frames)"
+    loss.chunk_frames = core.plan_chunk_frames(loss.decode, x, layout)
+    how = "planned from free GPU memory" if x.is_cuda else "all at once on the CPU"
+    return f"{loss.chunk_frames} of {frames} frame(s) per VAE call (automatic: {how})"
+
+
 @dataclasses.dataclass
 class RunRecord:
     """What one guided sampling run reports."""
@@ -729,6 +774,8 @@ class RunRecord:
     model_calls: int = 0
     peak_memory_bytes: int = 0
     memory_source: str = ""
+    loaded_models: list = dataclasses.field(default_factory=list)  # lines from describe_loaded_models
+    decode_chunk: str = ""  # frames per decode inside the objective, and how they were chosen
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -739,6 +786,35 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     rss_bytes = rss if sys.platform == "darwin" else rss * 1024
     return rss_bytes, ("process peak RSS of the ComfyUI server since it started (ru_maxrss; "
                        f"the latent is on {device.type}, so no per-run GPU figure exists)")
+
+
+def managed_entry(patcher):
+    """ComfyUI's LoadedModel entry holding `patcher` (or a clone of it), or None when it is not loaded."""
+    for entry in model_management.current_loaded_models:
+        loaded = entry.model
+        if loaded is not None and (loaded is patcher or patcher.is_clone(loaded)):
+            return entry
+    return None
+
+
+def describe_loaded_models(models: Sequence[tuple[str, Any]], loaded_late: Sequence = ()) -> list[str]:
+    """One line per (role, ModelPatcher): what ComfyUI's model management holds of it now, and where.
+
+    `loaded_late`: patchers that were not loaded with the diffusion model and had to be loaded when guidance
+    started (ComfyUI did not plan memory for them together).
+    """
+    lines = []
+    for role, patcher in models:
+        entry = managed_entry(patcher)
+        size = patcher.model_size() / 2**20
+        kind = type(patcher.model).__name__
+        if entry is None:
+            lines.append(f"{role} ({kind}, {size:.1f} MiB): not loaded")
+            continue
+        late = any(patcher is other for other in loaded_late)
+        lines.append(f"{role} ({kind}): {entry.model_loaded_memory() / 2**20:.1f} of {size:.1f} MiB on "
+                     f"{entry.device}" + (", loaded separately when guidance started" if late else ""))
+    return lines
 
 
 class GuidedRun:
@@ -766,6 +842,38 @@ class GuidedRun:
     def ksampler(self) -> comfy.samplers.KSAMPLER:
         """A KSAMPLER whose sampler function is this run."""
         return comfy.samplers.KSAMPLER(self.sample)
+
+    def comfy_models(self) -> list[tuple[str, Any]]:
+        """(role, ModelPatcher) of the models guidance adds to sampling: the VAE and the objectives' networks.
+
+        TitanGuideSampler registers them as additional models of the diffusion model, so ComfyUI's
+        `prepare_sampling` loads them in one `load_models_gpu` call with it and plans memory for all of them.
+        """
+        return [("VAE", self.vae.patcher)] + self.objective.comfy_patchers()
+
+    def load_models(self, guider, decode_memory: int) -> tuple[list[tuple[str, Any]], list]:
+        """Make sure the VAE and the objectives' networks are loaded, keeping the models sampling runs on.
+
+        Models not loaded yet (TitanGuideSamplerSelect, whose GUIDER comes from elsewhere; or offloaded since)
+        are loaded in one `load_models_gpu` call. Memory for the guidance activations is then freed from idle
+        models only: every model of this run is kept. Returns (role, patcher) of all of them for the report,
+        and the patchers that had to be loaded here.
+        """
+        guidance = self.comfy_models()
+        sampling = [("diffusion model", guider.model_patcher)] if getattr(guider, "model_patcher", None) else []
+        for extra in getattr(guider, "loaded_models", None) or ():  # controlnets etc. (and ours, listed once)
+            if hasattr(extra, "model_size") and not any(extra is p or extra.is_clone(p) for _, p in guidance):
+                sampling.append(("additional model", extra))
+        missing = [patcher for _, patcher in guidance if managed_entry(patcher) is None]
+        if missing:
+            model_management.load_models_gpu(missing, memory_required=decode_memory)
+        device = torch.device(self.vae.patcher.load_device)
+        if device.type != "cpu":
+            keep = [entry for entry in (managed_entry(p) for _, p in sampling + guidance) if entry is not None]
+            needed = max(model_management.minimum_inference_memory(),
+                         decode_memory + model_management.extra_reserved_memory())  # as load_models_gpu reserves
+            model_management.free_memory(needed, device, keep_loaded=keep)
+        return sampling + guidance, missing
 
     def layout_for(self, shape: Sequence[int]) -> tuple[core.Layout, int]:
         """(layout, frames per video) for a latent of `shape`; raises if the batch cannot hold whole videos."""
@@ -819,13 +927,14 @@ class GuidedRun:
 
         decoded_rows = layout.samples * min(s.decode_chunk_frames, frames) if s.decode_chunk_frames else x.shape[0]
         decode_shape = (decoded_rows, *x.shape[1:])
-        model_management.load_models_gpu([self.vae.patcher],
-                                         memory_required=self.vae.memory_used_decode(decode_shape, self.vae.vae_dtype))
+        run_models, loaded_late = self.load_models(guider, self.vae.memory_used_decode(decode_shape,
+                                                                                      self.vae.vae_dtype))
         self.objective.to(self.vae.device, x.device)
+        record.loaded_models = describe_loaded_models(run_models, loaded_late)
         clones = InferenceTensorClones()
         denoiser = ComfyDenoiser(model, extra_args, clones)
         loss = GuidanceLoss(self.objective, vae_decoder(self.vae, base_model, clones), base_model.process_latent_out,
-                            layout, s.decode_chunk_frames, self.method.checkpointed, clones)
+                            layout, s.decode_chunk_frames, self.method.checkpointed, clones, frames=frames)
         method = self.method.build(s, self.guess.build())
         generator = torch.Generator(device="cpu").manual_seed(guidance_seed(seed))
 
@@ -843,9 +952,11 @@ class GuidedRun:
         try:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(torch.inference_mode(False))
+                self.objective.prepare(frames)  # constant targets, computed once before any forward-mode pass
                 stack.enter_context(vae_forward_ad_attention(self.vae.first_stage_model))
                 stack.callback(core.register_attention_context(denoiser.forward_ad_scope))
                 stack.enter_context(clones.scope())  # for the few operations outside the wrappers
+                record.decode_chunk = plan_decode_chunk(loss, x, layout, frames, s.decode_chunk_frames)
                 caught = stack.enter_context(warnings.catch_warnings(record=True))
                 warnings.simplefilter("always")
                 result = core.sample(denoiser, x.clone(), sigmas.clone(), method, loss=loss, layout=layout,
@@ -927,8 +1038,13 @@ def format_report(record: RunRecord) -> str:
     lines.append(f"guided entries: {len(record.reports)}, skipped (non-finite loss or gradient): {skipped}")
     for message in dict.fromkeys(record.warnings):
         lines.append(f"warning: {message}")
+    if record.decode_chunk:
+        lines.append(f"decode chunk: {record.decode_chunk}")
     lines.append(f"time: {record.seconds:.2f} s, model calls: {record.model_calls}")
     lines.append(f"peak memory: {record.peak_memory_bytes / 2**20:.1f} MiB ({record.memory_source})")
+    if record.loaded_models:
+        lines.append("models in ComfyUI's model management for this run:")
+        lines += [f"  {line}" for line in record.loaded_models]
     return "\n".join(lines)
 
 

@@ -3,15 +3,17 @@
 Loaders read weights from ComfyUI model folders (dover/, imagebind/, clip_vision/) through the objectives' own
 loaders (safetensors or `torch.load(weights_only=True)`), build the networks outside inference mode (so
 backprop-based guesses and baselines can differentiate through them) and hand them to ComfyUI's model
-management as a `ModelPatcher`: `load_models_gpu` puts them on the VAE's device when a guided run starts and
-may offload them under memory pressure. Loaded networks are cached per (file, dtype, options), so re-running a
-graph does not read the weights again.
+management as a `GuidanceNetworkPatcher` (a ModelPatcher that loads and unloads the network whole): the
+guided samplers pass it to `load_models_gpu` together with the diffusion model and the VAE, which puts it on
+the VAE's device for the run and lets ComfyUI offload it (or other models) under memory pressure. Loaded
+networks are cached per (file, dtype, options), so re-running a graph does not read the weights again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -33,8 +35,9 @@ from . import glue
 from ..objectives import dover as dover_objective
 from ..objectives import imagebind_audio, style_clip
 from ..objectives._swin3d import relative_position_index
-from ..objectives.base import VideoObjective
-from ..objectives.frame_interpolation import FrameInterpolationLoss, LatentFrameInterpolationLoss
+from ..objectives.base import VideoObjective, subset_frame_indices
+from ..objectives.frame_interpolation import (DECODED_RANGE_TOLERANCE, FrameInterpolationLoss,
+                                              LatentFrameInterpolationLoss)
 
 LOG = logging.getLogger("titan_guide")
 
@@ -130,14 +133,38 @@ CLIP_FOLDER = WeightsFolder(
 class GuidanceNetwork(torch.nn.Module):
     """What the ModelPatcher manages: one guidance network (the patcher keeps its bookkeeping on this wrapper)."""
 
-    def __init__(self, network: torch.nn.Module, dtype: torch.dtype):
+    def __init__(self, network: torch.nn.Module, dtype: torch.dtype, kind: str = ""):
         super().__init__()
         self.network = network
         self.weight_dtype = dtype
+        self.kind = kind
 
     def get_dtype(self) -> torch.dtype:
         """Weight dtype (ModelPatcher.model_dtype reads it)."""
         return self.weight_dtype
+
+
+# ComfyUI's own "load everything" amount for partially_load (LoadedModel.model_load uses 1e32 too).
+FULL_LOAD_MEMORY = 1e32
+
+
+class GuidanceNetworkPatcher(comfy.model_patcher.ModelPatcher):
+    """ModelPatcher of a plain-PyTorch guidance network: loaded and unloaded whole, never in part.
+
+    Under memory pressure ComfyUI loads only part of a model and runs the rest from the offload device through
+    comfy.ops layers, which cast their weights on the fly. DOVER, ImageBind and CLIP use plain torch layers, which
+    would meet weights on two devices. So this patcher always loads all of the network (ComfyUI makes the room by
+    offloading other models first) and, asked to free part of it, frees nothing, after which ComfyUI unloads it
+    completely.
+    """
+
+    def partially_load(self, device_to, extra_memory=0, *args, **kwargs):
+        """Load the whole network, whatever amount ComfyUI offers."""
+        return super().partially_load(device_to, FULL_LOAD_MEMORY, *args, **kwargs)
+
+    def partially_unload(self, device_to, memory_to_free=0, *args, **kwargs):
+        """Free nothing (a partial unload would split the network across devices); ComfyUI unloads it whole."""
+        return 0
 
 
 def _same_device(a, b) -> bool:
@@ -182,14 +209,29 @@ class LoadedGuidanceModel:
         """Where the network runs when loaded (ComfyUI's VAE device)."""
         return torch.device(self.patcher.load_device)
 
+    def is_loaded(self) -> bool:
+        """Whether ComfyUI's model management holds the whole network on its load device now."""
+        patcher = self.patcher
+        managed = any(entry.model is not None and (entry.model is patcher or patcher.is_clone(entry.model))
+                      for entry in model_management.current_loaded_models)
+        where = getattr(patcher.model, "device", None)  # set by ModelPatcher.load
+        return (managed and where is not None and _same_device(where, patcher.load_device)
+                and patcher.loaded_size() >= patcher.model_size())
+
     def load(self, device=None) -> None:
-        """Load the network onto its device through ComfyUI (may offload other models to make room)."""
+        """Load the network onto its device through ComfyUI (may offload other models to make room).
+
+        Nothing is loaded when it is there already (the guided samplers load it together with the diffusion
+        model and the VAE): a second `load_models_gpu` call would free memory for it again, possibly offloading
+        part of those models.
+        """
         if device is not None and not _same_device(device, self.patcher.load_device):
             raise ValueError(
                 f"the {self.kind} network is managed for {self.patcher.load_device} (ComfyUI's VAE device) but the "
                 f"guided run decodes on {device}; load the VAE on ComfyUI's default VAE device")
-        with torch.inference_mode(False):
-            model_management.load_models_gpu([self.patcher], force_full_load=True)
+        if not self.is_loaded():
+            with torch.inference_mode(False):
+                model_management.load_models_gpu([self.patcher], force_full_load=True)
         _make_tensors_normal(self.patcher.model)
 
     def __str__(self) -> str:
@@ -223,9 +265,9 @@ def cached_load(kind: str, path: str, dtype_name: str, options: tuple,
     with torch.inference_mode(False):
         network, summary = build(path, DTYPES[dtype_name])
         network.eval().requires_grad_(False)
-    patcher = comfy.model_patcher.ModelPatcher(GuidanceNetwork(network, DTYPES[dtype_name]),
-                                               load_device=model_management.vae_device(),
-                                               offload_device=model_management.vae_offload_device())
+    patcher = GuidanceNetworkPatcher(GuidanceNetwork(network, DTYPES[dtype_name], kind),
+                                     load_device=model_management.vae_device(),
+                                     offload_device=model_management.vae_offload_device())
     loaded = LoadedGuidanceModel(kind, path, dtype_name, patcher, summary)
     _RECENT[kind] = loaded
     _ALIVE[key] = loaded
@@ -505,8 +547,11 @@ def build_clip(path: str, dtype: torch.dtype, architecture: str, pretrained_tag:
 class ManagedObjective(VideoObjective):
     """An objective whose guidance network (if any) ComfyUI's model management places.
 
-    `to(device)` (the sampler calls it before guiding) loads the network through `load_models_gpu`, then moves
-    the objective's own tensors (targets, embeddings). `comfy_patchers` lists the ModelPatchers to load.
+    `comfy_patchers` lists the ModelPatchers the guided samplers load together with the diffusion model and the
+    VAE; `to(device)` (called after that load) makes sure the network is there and moves the objective's own
+    tensors (targets, embeddings). `prepare(num_frames)` computes the constant targets before guidance and sets
+    the full video length frame subsets (`frame_indices`) refer to; a subset covering every frame is passed on
+    as no subset.
     """
 
     def __init__(self, objective: VideoObjective, model: Optional[LoadedGuidanceModel] = None):
@@ -517,6 +562,7 @@ class ManagedObjective(VideoObjective):
         self.input_space = objective.input_space
         self.has_frame_losses = bool(objective.has_frame_losses)
         self.min_frames = int(objective.min_frames)
+        self.video_frames: Optional[int] = None
 
     @property
     def comfy_patchers(self) -> list:
@@ -524,7 +570,7 @@ class ManagedObjective(VideoObjective):
         return [] if self.guidance_model is None else [self.guidance_model.patcher]
 
     def to(self, *args, **kwargs) -> "ManagedObjective":
-        """Load the network onto `device` through ComfyUI and move the objective's tensors there."""
+        """Load the network onto `device` through ComfyUI (if not there) and move the objective's tensors there."""
         device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
         if dtype is not None:
             raise ValueError("a guidance objective keeps the weight dtype chosen in its loader node")
@@ -535,75 +581,68 @@ class ManagedObjective(VideoObjective):
         return self
 
     def prepare(self, num_frames: int) -> None:
-        """Precompute per-run state for videos of `num_frames` frames (outside torch.func), where the objective
-        has any (ImageBind's audio embedding); others need nothing."""
+        """Before guidance: the full video has `num_frames` frames; compute the objective's constant targets."""
+        self.video_frames = int(num_frames)
         inner = getattr(self.objective, "prepare", None)
         if inner is not None:
-            inner(num_frames)
+            inner(self.video_frames)
 
     def check_video(self, video: torch.Tensor) -> None:
         """The wrapped objective's input checks."""
         self.objective.check_video(video)
 
-    def frame_losses(self, video: torch.Tensor) -> torch.Tensor:
-        """Per-frame losses (B, F) of the wrapped objective."""
-        return self.objective.frame_losses(video)
+    def subset(self, video: torch.Tensor, frame_indices) -> Optional[tuple[int, ...]]:
+        """Validated `frame_indices` of the frames `video` holds; None for no subset or one covering every frame."""
+        return subset_frame_indices(frame_indices, video.shape[1], self.video_frames)
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """Per-video loss (B,) of the wrapped objective."""
-        return self.objective(video)
+    def _call(self, method: Callable, video: torch.Tensor, frame_indices) -> torch.Tensor:
+        indices = self.subset(video, frame_indices)
+        if indices is not None and "frame_indices" in inspect.signature(method).parameters:
+            return method(video, frame_indices=indices)
+        return method(video)  # objectives without frame positions see a subset as a shorter video
 
+    def frame_losses(self, video: torch.Tensor, frame_indices=None) -> torch.Tensor:
+        """Per-frame losses (B, F) of the wrapped objective; `frame_indices`: which frames of the video it holds."""
+        return self._call(self.objective.frame_losses, video, frame_indices)
 
-class ManagedStyleObjective(ManagedObjective):
-    """Style objective that also accepts a frame subset (sampled-gradient guess): the content reference follows it."""
-
-    def frame_losses(self, video: torch.Tensor, frame_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Per-frame losses (B, F'); `frame_indices` (F',) says which frames of the full video `video` holds."""
-        style = self.objective
-        reference = style.content_embeddings
-        if frame_indices is None or style.content_weight <= 0 or reference is None:
-            return style.frame_losses(video)
-        style.content_embeddings = reference.index_select(1, frame_indices.to(reference.device))
-        try:
-            return style.frame_losses(video)
-        finally:
-            style.content_embeddings = reference
-
-    def forward(self, video: torch.Tensor, frame_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Per-video loss (B,): mean of the per-frame losses."""
-        return self.frame_losses(video, frame_indices).mean(dim=1)
+    def forward(self, video: torch.Tensor, frame_indices=None) -> torch.Tensor:
+        """Per-video loss (B,) of the wrapped objective; `frame_indices`: which frames of the video it holds."""
+        return self._call(self.objective.forward, video, frame_indices)
 
 
 class ManagedInterpolationObjective(ManagedObjective):
     """Frame interpolation that also accepts a frame subset (sampled-gradient guess) and keeps keyframes aligned."""
 
-    def _known_frames(self, frame_indices: torch.Tensor) -> dict[int, int]:
-        """{full-video frame index: keyframe row} for the keyframes, resolved without the full frame count."""
+    def _known_frames(self, frame_indices: Sequence[int]) -> dict[int, int]:
+        """{full-video frame index: keyframe row} for the keyframes (negative indices need the full frame count)."""
         objective = self.objective
+        if self.video_frames is not None:  # set by prepare(): the full video's length resolves every index
+            return {frame: row for row, frame in enumerate(objective.resolved_indices(self.video_frames))}
         if objective.mask_frames is not None:
-            if int(frame_indices.max()) >= objective.mask_frames:
+            if max(frame_indices) >= objective.mask_frames:
                 raise ValueError(f"the mask covers {objective.mask_frames} frames but the video has at least "
-                                 f"{int(frame_indices.max()) + 1}")
+                                 f"{max(frame_indices) + 1}")
             return {frame: row for row, frame in enumerate(objective.indices)}
         if any(index < 0 for index in objective.indices):
             raise ValueError(
                 f"keyframe indices {objective.indices} count from the end, but the sampled-gradient guess shows the "
-                f"objective only frames {frame_indices.tolist()} of the video; give non-negative indices "
+                f"objective only frames {list(frame_indices)} of the video; give non-negative indices "
                 "(e.g. '0, 15') or a MASK, or use another gradient guess")
         return {frame: row for row, frame in enumerate(objective.indices)}
 
     def frame_losses(self, video: torch.Tensor, frame_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per-frame losses (B, F'); `frame_indices` (F',) says which frames of the full video `video` holds."""
+        frame_indices = self.subset(video, frame_indices)
         if frame_indices is None:
             return self.objective.frame_losses(video)
         self.objective.check_video(video)
         known = self._known_frames(frame_indices)
-        pairs = [(position, known[int(frame)]) for position, frame in enumerate(frame_indices.tolist())
-                 if int(frame) in known]
+        pairs = [(position, known[frame]) for position, frame in enumerate(frame_indices) if frame in known]
         if not pairs:  # no keyframe among the shown frames: zero loss that still depends on the input
             return (video * 0).sum(dim=tuple(range(2, video.ndim)))
         targets = self.objective.targets[[row for _, row in pairs]]
-        subset = type(self.objective)(targets, indices=[position for position, _ in pairs])
+        extra = {"range_tolerance": self.objective.range_tolerance} if hasattr(self.objective, "range_tolerance") else {}
+        subset = type(self.objective)(targets, indices=[position for position, _ in pairs], **extra)
         return subset.frame_losses(video)
 
     def forward(self, video: torch.Tensor, frame_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -868,7 +907,7 @@ class TitanStyleObjective(io.ComfyNode):
         parts = (["style image"] if style_image is not None else []) + ([f"text {prompt!r}"] if prompt else [])
         name = f"CLIP style {loss_kind} ({', '.join(parts)}" + (f"; content {content_weight:g}" if reference is not None
                                                                   else "") + ")"
-        return objective_output(ManagedStyleObjective(loss, model), weight, name)
+        return objective_output(ManagedObjective(loss, model), weight, name)
 
 
 class TitanAudioObjective(io.ComfyNode):
@@ -1013,7 +1052,10 @@ class TitanFrameInterpolationObjective(io.ComfyNode):
                 loss = LatentFrameInterpolationLoss(key_latents.float().clone(), **selection)
         else:
             with torch.inference_mode(False):
-                loss = FrameInterpolationLoss(keyframes.float().clone(), **selection)
+                # the video comes from the sampler's own decode (fixed convention); early Tweedie estimates of
+                # unclamped decoders (the embedded codec) overshoot [0, 1] by far more than the default allows
+                loss = FrameInterpolationLoss(keyframes.float().clone(), range_tolerance=DECODED_RANGE_TOLERANCE,
+                                              **selection)
         name = f"frame interpolation ({space}, {keyframes.shape[0]} keyframe(s) at {where})"
         return objective_output(ManagedInterpolationObjective(loss), weight, name)
 

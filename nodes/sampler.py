@@ -83,7 +83,11 @@ class TitanGuideSampler(io.ComfyNode):
             return io.NodeOutput(latent, "denoise is 0: the latent was returned unchanged",
                                  glue.plot_losses(run.record))
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
-        guider = comfy.samplers.CFGGuider(model.clone())
+        diffusion_model = model.clone()
+        # The VAE and the objectives' networks run at every guided step: as additional models of the diffusion
+        # model, ComfyUI's prepare_sampling loads them in one load_models_gpu call with it and plans memory for all.
+        diffusion_model.set_additional_models(glue.ADDITIONAL_MODELS_KEY, [p for _, p in run.comfy_models()])
+        guider = comfy.samplers.CFGGuider(diffusion_model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         callback = latent_preview.prepare_callback(guider.model_patcher, len(sigmas) - 1)

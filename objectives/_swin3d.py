@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .constants import on_device
+
 Triple = Tuple[int, int, int]
 
 # Value that upstream uses to mask attention across shifted-window regions (not -inf).
@@ -61,7 +63,17 @@ def relative_position_index(window: Sequence[int]) -> torch.Tensor:
     return (rel * strides).sum(-1)
 
 
+def _plain(function):
+    """Run a constant-building function outside torch.func's wrapping, so its cached result is a plain tensor."""
+    @functools.wraps(function)
+    def run(*args):
+        with torch._C._DisableFuncTorch():
+            return function(*args)
+    return run
+
+
 @functools.lru_cache(maxsize=128)
+@_plain
 def _shift_mask_cpu(padded: Triple, window: Triple, shift: Triple) -> torch.Tensor:
     """(num_windows, N, N) additive mask: 0 inside one shifted-window region, -100 across regions."""
     labels = []
@@ -78,6 +90,7 @@ def _shift_mask_cpu(padded: Triple, window: Triple, shift: Triple) -> torch.Tens
 
 
 @functools.lru_cache(maxsize=128)
+@_plain
 def _fragment_gate_cpu(padded: Triple, window: Triple, shift: Triple) -> torch.Tensor:
     """(num_windows, N, N) L1 distance between the fragment cells of each token pair (DOVER's gate).
 
@@ -95,8 +108,8 @@ def _fragment_gate_cpu(padded: Triple, window: Triple, shift: Triple) -> torch.T
 
 
 def _on(cached: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Move a cached CPU constant to the device/dtype of ``like``."""
-    return cached.to(device=like.device, dtype=like.dtype)
+    """The cached CPU constant on the device/dtype of ``like`` (the device copy is cached too)."""
+    return on_device(cached, like.device, like.dtype)
 
 
 def linear_drop_rates(max_rate: float, count: int) -> list:

@@ -8,11 +8,13 @@ per-video loss (lower is better) and is differentiable in reverse mode
 from __future__ import annotations
 
 import contextlib
-from typing import FrozenSet, Iterator
+from typing import Callable, FrozenSet, Hashable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .constants import capturing
 
 # Decoded videos may overshoot [0, 1] slightly (an unclamped VAE decode); anything
 # further out means a wrong value range (e.g. [-1, 1] or [0, 255]).
@@ -29,7 +31,9 @@ def _describe_range(tensor: torch.Tensor) -> tuple[float, float]:
 
 
 def check_finite(tensor: torch.Tensor, name: str) -> None:
-    """Raise ValueError if a tensor holds NaN or infinite values."""
+    """Raise ValueError if a tensor holds NaN or infinite values (not checked while a CUDA graph is captured)."""
+    if capturing(tensor):  # the eager call before every capture saw the same computation
+        return
     with torch.no_grad():
         finite = bool(torch.isfinite(tensor.detach()).all())
     if not finite:
@@ -61,6 +65,8 @@ def check_video(
     if video.shape[1] < min_frames:
         raise ValueError(f"{name} has {video.shape[1]} frame(s) but this objective needs at least {min_frames}.")
     check_finite(video, name)
+    if capturing(video):  # values cannot be read back during capture; the eager call before it checked them
+        return
     low, high = _describe_range(video)
     if low < -range_tolerance or high > 1.0 + range_tolerance:
         raise ValueError(
@@ -184,6 +190,112 @@ def forward_ad_safe_attention() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(previous_fastpath)
 
 
+def inside_function_transform() -> bool:
+    """Whether a torch.func transform (jvp, grad, vmap, ...) is active around the caller."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
+@contextlib.contextmanager
+def outside_function_transforms() -> Iterator[bool]:
+    """Suspend the torch.func transforms active around the caller for the body; yields whether it could.
+
+    Inside a transform every result is wrapped for that transform's level and must not outlive it; a
+    constant computed in this scope is a plain tensor that may be cached. Uses torch's own helper for
+    suspending the transform stack (private API); where it is missing the body runs inside the transforms
+    and this yields False.
+    """
+    if not inside_function_transform():
+        yield True
+        return
+    try:
+        from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+    except ImportError:
+        yield False
+        return
+    with temporarily_clear_interpreter_stack():
+        yield True
+
+
+class ConstantTargets:
+    """Cache of an objective's constant targets (embeddings of a fixed audio, image or text).
+
+    ``get(key, compute)`` runs ``compute()`` once per key, without gradient, outside inference mode (so
+    the value is a normal tensor) and outside any torch.func transform around the caller, so that a
+    forward-mode pass only runs the branch of the objective that depends on its input. Keys should include
+    the dtype and device the value was computed for.
+    """
+
+    def __init__(self):
+        self._values: dict = {}
+
+    def get(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The cached value for ``key``, computed by ``compute()`` on first use."""
+        value = self._values.get(key)
+        if value is not None:
+            return value
+        with outside_function_transforms() as outside, torch.inference_mode(False), torch.no_grad():
+            value = compute()
+        if outside:  # a value made inside a transform is tied to it: recompute next time instead
+            self._values[key] = value
+        return value
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keys(self) -> list:
+        """The cached keys, in insertion order."""
+        return list(self._values)
+
+    def clear(self) -> None:
+        """Forget every cached value."""
+        self._values.clear()
+
+
+FrameIndices = Union[torch.Tensor, Sequence[int], None]
+
+
+def subset_frame_indices(frame_indices: FrameIndices, shown_frames: int,
+                         total_frames: Optional[int] = None) -> Optional[tuple[int, ...]]:
+    """Validate the frames (F',) of a full video that a frame subset holds, as ints; None when there is no subset.
+
+    ``frame_indices`` says which frames of the full video the ``shown_frames`` frames of the input are
+    (the sampled-gradient guess passes a subset). A subset that is all of ``total_frames`` frames in order
+    is returned as None, so objectives skip every gather and the full-video path runs unchanged.
+    """
+    if frame_indices is None:
+        return None
+    # Plain Python from here: inside torch.func transforms every tensor op's result is wrapped for the
+    # transform and its values cannot be read back.
+    if isinstance(frame_indices, torch.Tensor):
+        if frame_indices.dtype.is_floating_point or frame_indices.dtype == torch.bool or frame_indices.ndim != 1:
+            raise ValueError(f"frame_indices must be a 1-D sequence of whole numbers, got shape "
+                             f"{tuple(frame_indices.shape)} and dtype {frame_indices.dtype}.")
+        with outside_function_transforms():  # integer labels: no derivative, read them outside any transform
+            while torch._C._functorch.is_functorch_wrapped_tensor(frame_indices):
+                frame_indices = torch._C._functorch.get_unwrapped(frame_indices)
+            values = frame_indices.tolist()
+    else:
+        values = list(frame_indices)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"frame_indices must be a 1-D sequence of whole numbers, got {values!r}.")
+    if len(values) != shown_frames:
+        raise ValueError(f"frame_indices names {len(values)} frame(s) but the video holds {shown_frames}; "
+                         "give one index per frame of the video.")
+    if values and min(values) < 0:
+        raise ValueError(f"frame_indices must be >= 0, got {values}.")
+    if any(later <= earlier for earlier, later in zip(values, values[1:])):
+        raise ValueError(f"frame_indices must be strictly increasing (frames in video order), got {values}.")
+    if total_frames is not None:
+        if values and max(values) >= total_frames:
+            raise ValueError(f"frame_indices {values} reach past the {total_frames} frames of the full video.")
+        if shown_frames == total_frames:
+            return None  # strictly increasing within [0, total): exactly 0..total-1
+    return tuple(int(v) for v in values)
+
+
 class VideoObjective(nn.Module):
     """Base class of guidance objectives (losses; lower is better).
 
@@ -204,7 +316,14 @@ class VideoObjective(nn.Module):
       (``torch.func.jvp``): no in-place ops on tangent-carrying tensors, attention
       only through decomposed kernels (see ``forward_ad_safe_attention``).
     * Guidance networks inside an objective are frozen (eval mode, no parameter
-      gradients); targets are computed once at construction.
+      gradients). Constant targets (embeddings of a reference image, audio or
+      text) are computed once, outside forward-mode passes: at construction, or
+      in ``prepare(num_frames)`` where they depend on the video's length, and
+      cached (``ConstantTargets``), so a JVP only runs the input's branch.
+    * ``frame_indices`` (optional keyword of ``forward`` / ``frame_losses`` where
+      supported): the input holds only these frames of the full video (the
+      sampled-gradient guess); ``subset_frame_indices`` validates them and
+      turns a subset that covers every frame into None.
     """
 
     needs: FrozenSet[str] = frozenset()
@@ -218,6 +337,9 @@ class VideoObjective(nn.Module):
             check_latents(video, min_frames=self.min_frames)
         else:
             check_video(video, min_frames=self.min_frames)
+
+    def prepare(self, num_frames: int) -> None:
+        """Compute the constant targets for videos of ``num_frames`` frames before guidance (default: none)."""
 
     def frame_losses(self, video: torch.Tensor) -> torch.Tensor:
         """Per-frame loss terms (B, F); objectives without per-frame terms raise NotImplementedError."""

@@ -20,8 +20,14 @@ from typing import Optional, Sequence
 
 import torch
 
-from .base import VideoObjective, check_finite
+from .base import VIDEO_RANGE_TOLERANCE, VideoObjective, check_finite, check_video
 from .preprocess import image_to_nchw
+
+# A range tolerance for decoders that overshoot [0, 1] by more than an image VAE: the embedded model's exact,
+# unclamped linear codec decodes the x0 estimate of the first step of an unguided 6-step run to [-1.8, 2.1],
+# and guided runs reach a few units more. The squared error is defined for any values; this tolerance still
+# refuses [0, 255] data (but no longer [-1, 1] data, which the default tolerance catches).
+DECODED_RANGE_TOLERANCE = 20.0
 
 
 def _as_index_list(indices) -> list[int]:
@@ -116,14 +122,24 @@ class FrameInterpolationLoss(_KnownFrameMSE):
     resized: resize the keyframes before, e.g. with ComfyUI's Upscale Image).
     ``indices``: K distinct ints (negative counts from the end, e.g. [0, -1]
     for first and last) or ``mask``: booleans over the F frames with K True.
-    The same keyframes apply to every video of the batch.
+    The same keyframes apply to every video of the batch. ``range_tolerance``:
+    how far the video may leave [0, 1] (default 0.25, an image VAE's overshoot;
+    ``DECODED_RANGE_TOLERANCE`` for the embedded model's unclamped codec).
     """
 
     target_name = "keyframes"
     mismatch_advice = "resize the keyframes to the video size (e.g. ComfyUI 'Upscale Image') first."
 
-    def __init__(self, keyframes: torch.Tensor, indices: Optional[Sequence[int]] = None, mask=None):
+    def __init__(self, keyframes: torch.Tensor, indices: Optional[Sequence[int]] = None, mask=None,
+                 range_tolerance: float = VIDEO_RANGE_TOLERANCE):
+        if not range_tolerance >= 0:
+            raise ValueError(f"range_tolerance must be >= 0, got {range_tolerance}")
         super().__init__(image_to_nchw(keyframes, name="keyframes"), indices=indices, mask=mask)
+        self.range_tolerance = float(range_tolerance)
+
+    def check_video(self, video: torch.Tensor) -> None:
+        """Validate (B, F, 3, H, W) in [0, 1] up to ``range_tolerance`` outside."""
+        check_video(video, min_frames=self.min_frames, range_tolerance=self.range_tolerance)
 
 
 class LatentFrameInterpolationLoss(_KnownFrameMSE):

@@ -21,7 +21,17 @@ Audio: a video of F frames at ``fps`` covers F / fps seconds starting at
 frames, normalised). Multi-channel audio is averaged to mono (the official
 loader's fbank reads only the first channel); other sample rates are resampled
 to 16 kHz. Audio shorter than ``audio_start_s + F / fps`` is refused. The audio
-embedding is computed once per frame count, without gradient, and cached.
+embedding is a constant target: it is computed once per frame count, dtype and
+device, without gradient and outside any forward-mode pass (``prepare`` or the
+first call, see ``objectives.base.ConstantTargets``), so a JVP runs only the
+vision tower.
+
+Frame subsets (``frame_indices``, the sampled-gradient guess): the input holds
+frames ``frame_indices`` of a video of ``prepare(num_frames)`` frames. The loss
+is the full video's loss with every missing frame replaced by the nearest shown
+frame (the earlier one on ties): the same audio span and the same clips, each
+clip frame read from its nearest shown frame. A subset covering every frame
+gives exactly the full-video loss.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import math
+import operator
 import re
 import sys
 import types
@@ -39,7 +50,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import VideoObjective, forward_ad_safe_attention, freeze, load_state_dict_checked, load_weights_file
+from .base import (
+    ConstantTargets,
+    FrameIndices,
+    VideoObjective,
+    forward_ad_safe_attention,
+    freeze,
+    load_state_dict_checked,
+    load_weights_file,
+    subset_frame_indices,
+)
+from .constants import constant
 from .preprocess import (
     IMAGEBIND_AUDIO_CLIPS_PER_VIDEO,
     IMAGEBIND_IMAGE_SIZE,
@@ -240,8 +261,10 @@ class ImageBindAudioLoss(VideoObjective):
     batch B pairs audio b with video b. ``fps``: frame rate of the videos that
     will be passed (maps frames to audio time). ``clips_per_chunk`` bounds how
     many 2-frame clips go through the vision tower at once. ``num_frames``
-    (optional) precomputes the audio embedding for that video length; otherwise
-    the first call outside ``torch.func`` transforms computes and caches it.
+    (optional) calls ``prepare(num_frames)``: it precomputes the audio embedding
+    for that video length and sets the full length frame subsets refer to;
+    otherwise the first call computes and caches the embedding (outside any
+    ``torch.func`` transform around it).
     """
 
     needs = frozenset({"audio", "fps"})
@@ -292,7 +315,8 @@ class ImageBindAudioLoss(VideoObjective):
         self.video_clips_per_video = video_clips_per_video
         self.clips_per_chunk = clips_per_chunk
         self.register_buffer("mono_audio", audio_to_mono(audio), persistent=False)
-        self._audio_embeddings: dict[tuple, torch.Tensor] = {}  # (frames, dtype, device) -> (A, D)
+        self.audio_targets = ConstantTargets()  # (frames, dtype, device) -> normalised (A, D)
+        self.video_frames: Optional[int] = None  # full video length, set by prepare(); frame subsets refer to it
         self.register_buffer("text_embedding", None)
         if text is not None:
             if "text" not in trunks:
@@ -312,11 +336,13 @@ class ImageBindAudioLoss(VideoObjective):
         return Fraction(num_frames) / Fraction(self.fps)
 
     def audio_embedding(self, num_frames: int) -> torch.Tensor:
-        """Normalised audio embeddings (A, D) of the span a ``num_frames`` video covers (cached, no grad)."""
+        """Normalised audio embeddings (A, D) of the span a ``num_frames`` video covers (computed once, cached)."""
         dtype, device = _model_dtype_device(self.model)
-        key = (num_frames, dtype, device)
-        if key in self._audio_embeddings:
-            return self._audio_embeddings[key]
+        return self.audio_targets.get((num_frames, dtype, device),
+                                      lambda: self._compute_audio_embedding(num_frames, dtype, device))
+
+    def _compute_audio_embedding(self, num_frames: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Run the audio tower on the mel clips of the span a ``num_frames`` video covers."""
         duration = self.video_duration(num_frames)
         mels = torch.stack(
             [
@@ -324,29 +350,49 @@ class ImageBindAudioLoss(VideoObjective):
                 for mono in self.mono_audio
             ]
         )
-        with torch.no_grad(), forward_ad_safe_attention():
-            embeds = F.normalize(self.model({"audio": mels.to(device=device, dtype=dtype)})["audio"], dim=-1)
-        # Inside torch.func transforms results are wrapped for that transform's level and must not
-        # outlive it; such calls recompute (call prepare(num_frames) beforehand to avoid that).
-        if torch._C._functorch.maybe_current_level() is None:
-            self._audio_embeddings[key] = embeds
-        return embeds
+        with forward_ad_safe_attention():
+            embeds = self.model({"audio": mels.to(device=device, dtype=dtype)})["audio"]
+        return F.normalize(embeds, dim=-1)
 
     def prepare(self, num_frames: int) -> None:
-        """Compute and cache the audio embedding for videos of ``num_frames`` frames (call outside torch.func)."""
-        if torch._C._functorch.maybe_current_level() is not None:
-            raise RuntimeError("call prepare() outside torch.func transforms so the cached embedding stays valid.")
+        """Set the full video length to ``num_frames`` and compute its audio embedding now (before guidance)."""
+        try:
+            num_frames = operator.index(num_frames) if not isinstance(num_frames, bool) else None
+        except TypeError:
+            num_frames = None
+        if num_frames is None or num_frames < 1:
+            raise ValueError("num_frames must be a whole number >= 1 (the frame count of the full video).")
         self.audio_embedding(num_frames)
+        dtype, device = _model_dtype_device(self.model)
+        if (num_frames, dtype, device) not in self.audio_targets:
+            raise RuntimeError("this torch cannot suspend torch.func transforms; call prepare() outside them so the "
+                               "audio embedding can be cached.")
+        self.video_frames = num_frames
 
-    def vision_embedding(self, video: torch.Tensor) -> torch.Tensor:
-        """Mean ImageBind vision embedding (B, D) over the video's 2-frame clips and spatial crops."""
+    def clip_frame_pairs(self, num_frames: int, frame_indices: Optional[Sequence[int]] = None) -> list[tuple[int, int]]:
+        """2-frame clips as positions in the input: the full video's clips, each frame mapped to the nearest shown one.
+
+        Without ``frame_indices`` the input is the whole ``num_frames``-frame video and positions are frames.
+        """
+        pairs = imagebind_clip_frame_pairs(num_frames, self.fps, self.vision_clips, self.video_clips_per_video)
+        if frame_indices is None:
+            return pairs
+        shown = list(frame_indices)
+        # position of the nearest shown frame for every frame; min() keeps the first: the earlier frame on ties
+        nearest = [min(range(len(shown)), key=lambda slot: abs(shown[slot] - frame)) for frame in range(num_frames)]
+        return [(nearest[first], nearest[last]) for first, last in pairs]
+
+    def vision_embedding(self, video: torch.Tensor, frame_indices: FrameIndices = None) -> torch.Tensor:
+        """Mean ImageBind vision embedding (B, D) over the video's 2-frame clips and spatial crops.
+
+        With ``frame_indices`` the video holds those frames of the full ``video_frames``-frame video.
+        """
         batch, num_frames = video.shape[:2]
-        pairs, pair_counts = count_unique(
-            imagebind_clip_frame_pairs(num_frames, self.fps, self.vision_clips, self.video_clips_per_video)
-        )
+        full_frames, frame_indices = self._full_length(num_frames, frame_indices)
+        pairs, pair_counts = count_unique(self.clip_frame_pairs(full_frames, frame_indices))
         frame_ids = sorted({index for pair in pairs for index in pair})
         position = {frame: slot for slot, frame in enumerate(frame_ids)}
-        picked = video[:, frame_ids]
+        picked = video.index_select(1, constant(frame_ids, video.device, torch.long))  # no host copy per call
         frames = imagebind_vision_frames(picked.reshape(-1, *picked.shape[2:]))
         frames = frames.reshape(batch, len(frame_ids), *frames.shape[1:])
         clips = torch.stack(
@@ -369,17 +415,30 @@ class ImageBindAudioLoss(VideoObjective):
                 ]
             )
         embeds = embeds.reshape(batch, len(pairs) * len(offsets), -1)
-        weights = torch.tensor(
-            [pair_count * crop_count for pair_count in pair_counts for crop_count in crop_counts],
-            dtype=embeds.dtype,
-            device=embeds.device,
-        )
+        weights = constant([pair_count * crop_count for pair_count in pair_counts for crop_count in crop_counts],
+                           embeds.device, embeds.dtype)
         return (embeds * (weights / weights.sum())[None, :, None]).sum(dim=1)
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """Per-video loss (B,): weighted ``1 - cos`` to the audio (and text) embeddings."""
+    def _full_length(self, shown_frames: int, frame_indices: FrameIndices) -> tuple[int, Optional[tuple[int, ...]]]:
+        """(frames of the full video, validated subset indices or None when the input is the full video)."""
+        if frame_indices is None:
+            return shown_frames, None
+        if self.video_frames is None:
+            raise ValueError(
+                "frame_indices were given but the full video's frame count is unknown: call prepare(num_frames) "
+                "with the full video's frame count first (the TITAN-Guide samplers do)."
+            )
+        indices = subset_frame_indices(frame_indices, shown_frames, self.video_frames)
+        return self.video_frames, indices
+
+    def forward(self, video: torch.Tensor, frame_indices: FrameIndices = None) -> torch.Tensor:
+        """Per-video loss (B,): weighted ``1 - cos`` to the audio (and text) embeddings.
+
+        ``frame_indices`` (F',): the video holds only these frames of the full video (see the module docstring).
+        """
         self.check_video(video)
-        batch, num_frames = video.shape[:2]
+        batch = video.shape[0]
+        num_frames, frame_indices = self._full_length(video.shape[1], frame_indices)
         audio = self.audio_embedding(num_frames)
         if audio.shape[0] not in (1, batch):
             raise ValueError(
@@ -387,7 +446,7 @@ class ImageBindAudioLoss(VideoObjective):
                 f"give one audio for all videos or one per video."
             )
         compute_dtype = torch.promote_types(video.dtype, torch.float32)
-        vision = F.normalize(self.vision_embedding(video).to(compute_dtype), dim=-1)
+        vision = F.normalize(self.vision_embedding(video, frame_indices).to(compute_dtype), dim=-1)
         loss = self.audio_weight * (1 - (vision * audio.to(compute_dtype)).sum(dim=-1))
         if self.text_weight > 0:
             loss = loss + self.text_weight * (1 - vision @ self.text_embedding.to(compute_dtype))

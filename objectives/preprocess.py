@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import IMAGE_RANGE_TOLERANCE, check_finite
+from .constants import constant
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -81,8 +82,8 @@ def image_to_nchw(
 def normalize_channels(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Normalise channel dimension 1 with per-channel mean and std (out of place)."""
     shape = [1, len(mean)] + [1] * (images.ndim - 2)
-    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(shape)
-    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(shape)
+    mean_t = constant(mean, images.device, images.dtype).view(shape)
+    std_t = constant(std, images.device, images.dtype).view(shape)
     return (images - mean_t) / std_t
 
 

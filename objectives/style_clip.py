@@ -26,12 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (
+    FrameIndices,
     VideoObjective,
     check_video,
     forward_ad_safe_attention,
     freeze,
     load_state_dict_checked,
     load_weights_file,
+    subset_frame_indices,
 )
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess, image_to_nchw
 
@@ -424,6 +426,14 @@ class StyleLoss(VideoObjective):
     ``frame_losses`` = weighted sum of the terms, (B, F); ``forward`` = its mean
     over frames. Style images may have any size: each is preprocessed on its own.
     ``frames_per_chunk`` bounds how many frames go through CLIP at once.
+
+    The style, text and content-reference embeddings are constant targets,
+    computed once at construction (or in ``set_content_reference``), without
+    gradient; each evaluation runs CLIP on the video's frames only.
+    ``frame_indices`` (the sampled-gradient guess's frame subset) says which
+    frames of the full video the input holds: the content term compares each
+    with the reference frame of the same index (the other terms are per frame
+    and need no index).
     """
 
     has_frame_losses = True
@@ -506,24 +516,32 @@ class StyleLoss(VideoObjective):
         embeds = torch.cat(embeds).reshape(batch, frames, -1)
         return embeds, (torch.cat(tokens) if token_layer is not None else None)
 
-    def frame_losses(self, video: torch.Tensor) -> torch.Tensor:
-        """Weighted per-frame style/text/content terms (B, F)."""
+    def frame_losses(self, video: torch.Tensor, frame_indices: FrameIndices = None) -> torch.Tensor:
+        """Weighted per-frame style/text/content terms (B, F); ``frame_indices``: the frames of the full video held."""
         self.check_video(video)
         batch, frames = video.shape[:2]
         compute_dtype = torch.promote_types(video.dtype, torch.float32)
         use_content = self.content_weight > 0
+        reference = None
         if use_content:
             if self.content_embeddings is None:
                 raise ValueError(
                     "content_weight > 0 needs a reference: pass content_video or call set_content_reference."
                 )
-            ref_batch, ref_frames = self.content_embeddings.shape[:2]
+            reference = self.content_embeddings
+            ref_batch, ref_frames = reference.shape[:2]
+            indices = subset_frame_indices(frame_indices, frames, ref_frames)
+            if indices is not None:  # the reference frames the subset shows; a full subset skips the gather
+                reference = reference[:, list(indices)]
+                ref_frames = frames
             if ref_frames != frames or ref_batch not in (1, batch):
                 raise ValueError(
                     f"content reference has shape (batch {ref_batch}, {ref_frames} frames) but the video has "
                     f"batch {batch} and {frames} frames; the reference must have the same frame count and "
                     f"batch 1 or {batch}."
                 )
+        else:
+            subset_frame_indices(frame_indices, frames)  # validated only: the other terms are per frame
         embeds, tokens = self._encode_frames(video, self.gram_layer)
         unit = F.normalize(embeds.to(compute_dtype), dim=-1)
         total = torch.zeros(batch, frames, dtype=compute_dtype, device=video.device)
@@ -537,6 +555,9 @@ class StyleLoss(VideoObjective):
         if self.text_weight > 0:
             total = total + self.text_weight * (1 - unit @ self.text_embedding.to(compute_dtype))
         if use_content:
-            reference = self.content_embeddings.to(compute_dtype)
-            total = total + self.content_weight * (1 - (unit * reference).sum(dim=-1))
+            total = total + self.content_weight * (1 - (unit * reference.to(compute_dtype)).sum(dim=-1))
         return total
+
+    def forward(self, video: torch.Tensor, frame_indices: FrameIndices = None) -> torch.Tensor:
+        """Per-video loss (B,): the mean of ``frame_losses`` over the frames."""
+        return self.frame_losses(video, frame_indices).mean(dim=1)

@@ -40,6 +40,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .constants import constant
+
 DOVER_MEAN_255 = (123.675, 116.28, 103.53)
 DOVER_STD_255 = (58.395, 57.12, 57.375)
 
@@ -85,8 +87,8 @@ def normalize_for_dover(frames: torch.Tensor, channel_dim: int = -3) -> torch.Te
     """Map [0, 1] RGB to DOVER's input space, ``(255 * x - mean) / std`` along ``channel_dim``."""
     shape = [1] * frames.ndim
     shape[channel_dim] = 3
-    mean = torch.tensor(DOVER_MEAN_255, dtype=frames.dtype, device=frames.device).reshape(shape)
-    std = torch.tensor(DOVER_STD_255, dtype=frames.dtype, device=frames.device).reshape(shape)
+    mean = constant(DOVER_MEAN_255, frames.device, frames.dtype).reshape(shape)
+    std = constant(DOVER_STD_255, frames.device, frames.dtype).reshape(shape)
     return (frames * 255.0 - mean) / std
 
 
@@ -102,7 +104,8 @@ def temporal_indices(num_frames: int, clip_len: Optional[int]) -> torch.Tensor:
 def _to_model_layout(frames: torch.Tensor, clip_len: Optional[int]) -> torch.Tensor:
     """(B, F, 3, h, w) -> temporally resampled, normalised (B, 3, T, h, w)."""
     if clip_len is not None:
-        frames = frames.index_select(1, temporal_indices(frames.shape[1], clip_len).to(frames.device))
+        indices = [i * frames.shape[1] // clip_len for i in range(clip_len)]  # temporal_indices, in Python
+        frames = frames.index_select(1, constant(indices, frames.device, torch.long))
     return normalize_for_dover(frames).permute(0, 2, 1, 3, 4)
 
 
@@ -170,16 +173,20 @@ def technical_view(
     """Fragment view (B, 3, T, gh*fh, gw*fw), normalised; ``positions`` overrides the sampled corners."""
     video = upsample_to_cover(video, *config.technical_size)
     batch, frames, channels, height, width = video.shape
-    if positions is None:
-        positions = fragment_positions(height, width, config, sampling, generator)
-    tops, lefts = positions
+    # plain CPU index arithmetic: outside torch.func's wrapping, so the index can key a cached device copy
+    with torch._C._DisableFuncTorch():
+        if positions is None:
+            positions = fragment_positions(height, width, config, sampling, generator)
+        tops, lefts = positions
     fh, fw = config.fragment_size_h, config.fragment_size_w
     grid = (config.fragments_h, config.fragments_w)
     if tuple(tops.shape) != grid or tuple(lefts.shape) != grid:
         raise ValueError(f"fragment positions must be two {grid} tensors, got {tuple(tops.shape)} and {tuple(lefts.shape)}")
-    if tops.min() < 0 or lefts.min() < 0 or tops.max() + fh > height or lefts.max() + fw > width:
-        raise ValueError(f"fragment positions fall outside the {height}x{width} frame")
-    index = fragment_gather_index(width, tops, lefts, fh, fw).to(video.device)
+    with torch._C._DisableFuncTorch():
+        if tops.min() < 0 or lefts.min() < 0 or tops.max() + fh > height or lefts.max() + fw > width:
+            raise ValueError(f"fragment positions fall outside the {height}x{width} frame")
+        flat_index = fragment_gather_index(width, tops, lefts, fh, fw).tolist()
+    index = constant(flat_index, video.device, torch.long)
     view_h, view_w = config.technical_size
     stitched = video.reshape(batch, frames, channels, height * width).index_select(-1, index)
     return _to_model_layout(stitched.reshape(batch, frames, channels, view_h, view_w), config.technical_clip_len)

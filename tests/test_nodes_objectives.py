@@ -11,8 +11,12 @@ fail with a clear message while the server keeps serving.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import shutil
+import subprocess
 import wave
 
 import numpy as np
@@ -20,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_host import ComfyExecutionError, ComfyValidationError
+from comfy_host import PACK_LINK_DIR, PACK_NAME, ComfyExecutionError, ComfyValidationError, default_python
 from graphs import Prompt, add_color_objective, add_guess, add_titan_sampler, link, sd15_inputs
 from objectives.dover import DoverLoss, load_dover
 from objectives.frame_interpolation import FrameInterpolationLoss, LatentFrameInterpolationLoss
@@ -256,6 +260,55 @@ def test_missing_weights_name_the_file_folder_and_source(host):
     assert host.is_running()
 
 
+PATCHER_CHECK = """
+import importlib, json, sys
+comfy_dir, packs_dir, pack = sys.argv[1:4]
+sys.path[:] = [comfy_dir, packs_dir] + [p for p in sys.path if p not in ("", "tests")]
+import torch
+from comfy.cli_args import args
+args.cpu = True
+import comfy.model_patcher
+objectives = importlib.import_module(pack + ".nodes.objectives")
+
+def patcher(cls):
+    network = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    wrapped = objectives.GuidanceNetwork(network, torch.float32, "test")
+    return cls(wrapped, load_device=torch.device("cpu"), offload_device=torch.device("cpu")), network
+
+def devices(network):
+    return sorted({p.device.type for p in network.parameters()})
+
+result = {}
+for name, cls in (("guidance", objectives.GuidanceNetworkPatcher), ("plain", comfy.model_patcher.ModelPatcher)):
+    model, network = patcher(cls)
+    model.partially_load(torch.device("meta"), extra_memory=1)  # ComfyUI offers one byte of room
+    result[name] = {"devices": devices(network), "loaded": model.loaded_size(), "size": model.model_size()}
+    if name == "guidance":
+        result[name]["freed"] = model.partially_unload(torch.device("cpu"), 1)
+        result[name]["after_unload"] = devices(network)
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_guidance_network_patcher_loads_and_unloads_only_whole_networks(comfyui_dir):
+    """ComfyUI loads part of a model under memory pressure; a plain-torch guidance network must not be split.
+
+    Offered one byte of room (on the meta device, to see where weights go on a CPU-only machine), ComfyUI's own
+    ModelPatcher leaves a plain network's weights where they were while reporting it loaded; the guidance
+    patcher moves all of it. Asked to free part of it, the guidance patcher frees nothing (ComfyUI then unloads
+    it whole)."""
+    completed = subprocess.run([default_python(), "-c", PATCHER_CHECK, str(comfyui_dir), str(PACK_LINK_DIR),
+                                PACK_NAME], capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"))
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert completed.returncode == 0 and lines, completed.stdout[-3000:] + completed.stderr[-5000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["plain"]["devices"] == ["cpu"] and result["plain"]["loaded"] == 0  # why the override exists
+    assert result["guidance"]["devices"] == ["meta"]
+    assert result["guidance"]["loaded"] == result["guidance"]["size"] == (4 * 4 + 4 + 4 * 2 + 2) * 4
+    assert result["guidance"]["freed"] == 0 and result["guidance"]["after_unload"] == ["meta"]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Objectives guide the sampler
 # ---------------------------------------------------------------------------------------------------------
@@ -313,8 +366,8 @@ def read_wav(path) -> dict:
     return {"waveform": torch.from_numpy(pcm.T.astype(np.float32) / 2**15)[None], "sample_rate": rate}
 
 
-def add_audio(prompt: Prompt, sources: dict, audio_file: str = AUDIO_FILE) -> list:
-    prompt.add("imagebind", "TitanImageBindLoader", weights_name=IMAGEBIND_FILE, dtype="fp32")
+def add_audio(prompt: Prompt, sources: dict, audio_file: str = AUDIO_FILE, weights: str = IMAGEBIND_FILE) -> list:
+    prompt.add("imagebind", "TitanImageBindLoader", weights_name=weights, dtype="fp32")
     prompt.add("audio", "LoadAudio", audio=audio_file)
     prompt.add("objective", "TitanAudioObjective", imagebind=link("imagebind"), audio=link("audio"), fps=FPS,
                audio_start=0.5, weight=1.0, text="", audio_weight=1.0, text_weight=1.0, vision_clips="pairs",
@@ -322,10 +375,44 @@ def add_audio(prompt: Prompt, sources: dict, audio_file: str = AUDIO_FILE) -> li
     return link("objective")
 
 
+def managed_models(report: str) -> dict[str, str]:
+    """The report's "models in ComfyUI's model management" lines: {role (class): what is loaded where}."""
+    lines = report.split("models in ComfyUI's model management for this run:\n", 1)[-1].splitlines()
+    return dict(line.strip().split(": ", 1) for line in lines if line.startswith("  "))
+
+
 def test_audio_objective_lowers_imagebind_loss(host, unguided):
-    """A 22.05 kHz stereo WAV (resampled, averaged to mono) through LoadAudio guides the video towards it."""
-    guided, report = run_frames(host, guided_prompt("objectives/audio", add_audio))
+    """A 22.05 kHz stereo WAV (resampled, averaged to mono) through LoadAudio guides the video towards it. The
+    ImageBind network runs under ComfyUI's model management, loaded with the diffusion model and the VAE: the
+    report lists what the memory manager holds during the run, the whole network included."""
+    fresh = "titan_test_tiny_imagebind_fresh.pth"  # a network no earlier test loaded: its first load happens here
+    shutil.copyfile(host.models_dir / "imagebind" / IMAGEBIND_FILE, host.models_dir / "imagebind" / fresh)
+    guided, report = run_frames(host, guided_prompt("objectives/audio", lambda p, s: add_audio(p, s, weights=fresh)))
     assert len(guided_report_lines(report)) == STEPS, report
+    model = load_imagebind(host.models_dir / "imagebind" / IMAGEBIND_FILE)
+    loss = ImageBindAudioLoss(model, read_wav(host.input_dir / AUDIO_FILE), FPS, audio_start_s=0.5)
+    with torch.no_grad():
+        before, after = loss(unguided).item(), loss(guided).item()
+    assert_lowered(before, after, report)
+
+    managed = managed_models(report)
+    network_mib = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+    # The whole network, loaded by ComfyUI's prepare_sampling in one load_models_gpu call with the diffusion
+    # model (as its additional model), not separately once guidance started.
+    assert managed[f"ImageBind audio ({FPS:g} fps from 0.5 s) (GuidanceNetwork)"] == \
+        f"{network_mib:.1f} of {network_mib:.1f} MiB on cpu", report
+    assert re.fullmatch(r"([\d.]+) of \1 MiB on cpu", managed["diffusion model (BaseModel)"]), report
+    assert re.fullmatch(r"([\d.]+) of \1 MiB on cpu", managed["VAE (AutoencoderKL)"]), report
+
+
+def test_audio_objective_with_a_frame_subset_uses_the_whole_videos_audio(host, unguided):
+    """The sampled-gradient guess on 2 of the 4 frames: ImageBind sees a frame subset, places it in the full
+    video (whose length the sampler passes before guiding) and still lowers the full video's loss."""
+    prompt = guided_prompt("objectives/audio_subset", add_audio)
+    prompt["guess"]["inputs"]["sampled_frames"] = 2
+    guided, report = run_frames(host, prompt)
+    assert len(guided_report_lines(report)) == STEPS, report
+    assert "skipped (non-finite loss or gradient): 0" in report, report
     model = load_imagebind(host.models_dir / "imagebind" / IMAGEBIND_FILE)
     loss = ImageBindAudioLoss(model, read_wav(host.input_dir / AUDIO_FILE), FPS, audio_start_s=0.5)
     with torch.no_grad():
@@ -445,8 +532,13 @@ def test_keyframe_count_and_indices_mismatch_is_refused(host):
     assert_execution_error(host, prompt, "objective", "got 2 keyframes but 3 known frame indices")
 
 
-def test_negative_keyframe_index_with_a_frame_subset_is_refused(host):
-    """'-1' cannot be placed when the sampled-gradient guess shows the objective a subset of frames."""
-    prompt = guided_prompt("objectives/bad_index", lambda p, s: add_pixel_interpolation(p, s, "0, -1"))
+def test_negative_keyframe_index_with_a_frame_subset_is_placed_in_the_full_video(host, unguided):
+    """'0, -1' with the sampled-gradient guess on 2 frames: the sampler tells the objective the video's length,
+    so '-1' is the last frame even though the objective is shown a subset, and the keyframe error goes down."""
+    prompt = guided_prompt("objectives/interp_subset", lambda p, s: add_pixel_interpolation(p, s, "0, -1"))
     prompt["guess"]["inputs"]["sampled_frames"] = 2
-    assert_execution_error(host, prompt, "sampler", "count from the end", "non-negative indices")
+    guided, report = run_frames(host, prompt)
+    assert len(guided_report_lines(report)) == STEPS, report
+    loss = FrameInterpolationLoss(keyframes_tensor(), indices=[0, 3])
+    before, after = loss(unguided).item(), loss(guided).item()
+    assert_lowered(before, after, report)

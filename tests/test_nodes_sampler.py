@@ -274,6 +274,10 @@ def test_every_gradient_guess_kind_runs(comfy_host):
         assert not torch.equal(latent, unguided), f"guess {name} did not change the sample"
         calls[name] = int(re.search(r"model calls: (\d+)", report).group(1))
     assert "2 video(s) x 1 frame(s)" in report_of(outputs, "orthogonal_report")
+    # decode chunk: set by the knob, or automatic (all frames at once on the CPU), and reported either way
+    assert "decode chunk: 1 of 2 frame(s) per VAE call (set by decode_chunk_frames)" in report_of(outputs, "sampled_report")
+    assert "decode chunk: 2 of 2 frame(s) per VAE call (automatic: all at once on the CPU)" in \
+        report_of(outputs, "random_report")
     # one model call per plain step and per tangent's forward pass (look-ahead 0); score adds its Tweedie call,
     # heun a second call per step except the last; central differences evaluate f at x and x +- delta V
     assert calls["random"] == 3 and calls["orthogonal"] == 4 and calls["score"] == 5

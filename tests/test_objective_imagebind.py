@@ -130,6 +130,17 @@ def test_audio_clips_equal_official_loader_steps(imagebind):
     torch.testing.assert_close(ours, torch.stack(official), atol=1e-5, rtol=0)
 
 
+# Two float32 CPU bilinear kernels disagree by this much (in CLIP-normalised units). torch picks the
+# channels-last kernel for 3-channel inputs when it runs on one thread (UpSampleKernel.cpp,
+# upsample_bilinear2d_kernel_impl_float: `at::get_num_threads() == 1 && input.size(1) == 3`) and the generic one
+# otherwise. pytorchvideo resizes (C, T, H, W) clips, i.e. T = 2 "channels"; we resize (T, 3, H, W) frames, so
+# with OMP_NUM_THREADS=1 the two sides take different kernels, which compute the source coordinate
+# (dst + 0.5) * scale - 0.5 with different float32 rounding: up to ~1.6e-5 per pixel value at these sizes (2.8e-5
+# between the kernels in the worst case here, 6e-5 normalised). A wrong size, crop offset or align_corners setting
+# moves values by 1e-2 or more.
+FLOAT32_RESIZE_TOLERANCE = 2e-4
+
+
 @pytest.mark.parametrize("height,width", [(180, 260), (300, 200), (224, 224), (100, 100)])
 def test_vision_frames_and_crops_equal_official_video_transform(imagebind, height, width):
     from pytorchvideo import transforms as pv_transforms
@@ -138,17 +149,27 @@ def test_vision_frames_and_crops_equal_official_video_transform(imagebind, heigh
     clip = torch.rand(3, 2, height, width, generator=torch.Generator().manual_seed(3))  # (C, T, H, W)
     official = data.SpatialCrop(224, num_crops=3)([
         data.NormalizeVideo(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))(
-            pv_transforms.ShortSideScale(224)(clip)
+            pv_transforms.ShortSideScale(224)(clip)  # pytorchvideo accepts float32 only
         )
     ])
-    frames = imagebind_vision_frames(clip.permute(1, 0, 2, 3))  # (T, 3, h, w)
-    ours = [
-        frames[:, :, top : top + 224, left : left + 224].permute(1, 0, 2, 3)
-        for top, left in imagebind_crop_offsets(frames.shape[-2], frames.shape[-1], 224, 3)
-    ]
-    assert len(ours) == len(official) == 3
-    for mine, theirs in zip(ours, official):
-        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=0)
+
+    def crops(frames):
+        return [
+            frames[:, :, top : top + 224, left : left + 224].permute(1, 0, 2, 3)
+            for top, left in imagebind_crop_offsets(frames.shape[-2], frames.shape[-1], 224, 3)
+        ]
+
+    ours = crops(imagebind_vision_frames(clip.permute(1, 0, 2, 3)))  # (T, 3, h, w) frames
+    exact = crops(imagebind_vision_frames(clip.permute(1, 0, 2, 3).double()))  # float64: no kernel rounding
+    assert len(ours) == len(official) == len(exact) == 3
+    for mine, theirs, reference in zip(ours, official, exact):
+        assert mine.shape == theirs.shape == (3, 2, 224, 224)
+        # official float32 geometry == our geometry evaluated exactly, up to float32 kernel rounding
+        torch.testing.assert_close(theirs.double(), reference, atol=FLOAT32_RESIZE_TOLERANCE / 2, rtol=0)
+        torch.testing.assert_close(mine, theirs, atol=FLOAT32_RESIZE_TOLERANCE, rtol=0)
+    if (height, width) == (224, 224):  # no resize: both sides only normalise and crop, so they agree exactly
+        for mine, theirs in zip(ours, official):
+            torch.testing.assert_close(mine, theirs, atol=0, rtol=0)
 
 
 def test_official_frame_selection_equals_uniform_temporal_subsample():
@@ -352,22 +373,158 @@ def test_audio_embedding_is_cached_and_resampling_is_transparent(tiny_model):
     audio = sine_audio(2.5, sample_rate=16000, seed=12)
     loss = ImageBindAudioLoss(tiny_model, audio, fps=8, vision_clips="official")  # 16 frames: 1 distinct clip
     first = loss.audio_embedding(16)
-    assert loss.audio_embedding(16) is first and len(loss._audio_embeddings) == 1
+    assert loss.audio_embedding(16) is first and len(loss.audio_targets) == 1
     loss(video_batch(12, batch=1, frames=16, height=16, width=16))
-    assert len(loss._audio_embeddings) == 1
+    assert len(loss.audio_targets) == 1
     loss.audio_embedding(8)
-    assert len(loss._audio_embeddings) == 2
+    assert [key[0] for key in loss.audio_targets.keys()] == [16, 8]  # keyed by frames, dtype and device
+    assert loss.audio_targets.keys()[0][1:] == (torch.float64, torch.device("cpu"))
+    # First asked inside a forward-mode pass: computed outside it, so it is cached and stays valid.
     inside_first = ImageBindAudioLoss(tiny_model, audio, fps=8)
     tiny_video = video_batch(12, batch=1, frames=2, height=8, width=8)
     jvp(inside_first, (tiny_video,), (torch.ones_like(tiny_video),))
-    assert inside_first._audio_embeddings == {}  # results inside torch.func must not be cached
-    with pytest.raises(RuntimeError, match="outside torch.func"):
-        jvp(lambda v: inside_first.prepare(2) or v, (tiny_video,), (tiny_video,))
+    (cached,) = [inside_first.audio_targets.get(key, None) for key in inside_first.audio_targets.keys()]
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(cached) and not cached.requires_grad
+    torch.testing.assert_close(cached, inside_first._compute_audio_embedding(2, torch.float64, torch.device("cpu")),
+                               atol=0, rtol=0)
+    jvp(lambda v: inside_first.prepare(16) or v, (tiny_video,), (tiny_video,))
+    assert inside_first.video_frames == 16 and len(inside_first.audio_targets) == 2
     prepared = ImageBindAudioLoss(tiny_model, audio, fps=8, num_frames=16)
-    torch.testing.assert_close(next(iter(prepared._audio_embeddings.values())), first, atol=0, rtol=0)
+    assert prepared.video_frames == 16
+    torch.testing.assert_close(prepared.audio_embedding(16), first, atol=0, rtol=0)
     downsampled = {"waveform": torchaudio.functional.resample(audio["waveform"], 16000, 48000), "sample_rate": 48000}
     other = ImageBindAudioLoss(tiny_model, downsampled, fps=8)
     assert F.cosine_similarity(other.audio_embedding(16), first).item() > 0.999
+
+
+class TowerCalls:
+    """Forward hooks counting the calls of ImageBind's audio and vision trunks (the real modules)."""
+
+    def __init__(self, model):
+        self.counts = {"audio": 0, "vision": 0}
+        self.handles = [model.modality_trunks[name].register_forward_hook(self._counter(name)) for name in self.counts]
+
+    def _counter(self, name):
+        def hook(module, inputs, output):
+            self.counts[name] += 1
+        return hook
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def uncached_loss(model, audio, fps, text, text_weight, objective):
+    """The loss as defined, recomputing the audio (and text) embedding at every call (no cache)."""
+    def loss(video):
+        num_frames = video.shape[1]
+        mels = torch.stack([imagebind_audio_clips(m, 0.0, Fraction(num_frames) / fps, 3) for m in audio_to_mono(audio)])
+        with torch.no_grad():
+            audio_embeds = F.normalize(model({"audio": mels.double()})["audio"], dim=-1)
+            text_embed = F.normalize(model({"text": imagebind_tokenize([text])})["text"][0], dim=0)
+        vision = F.normalize(objective.vision_embedding(video), dim=-1)
+        return (1 - (vision * audio_embeds).sum(-1)) + text_weight * (1 - vision @ text_embed)
+    return loss
+
+
+def test_audio_tower_runs_once_across_evaluations_with_unchanged_values_and_derivatives(tiny_model):
+    """The audio embedding is a constant target: one audio-tower call for any number of evaluations, JVPs and
+    backward passes (the first one inside a JVP); values and derivatives equal the uncached definition."""
+    import torch.autograd.forward_ad as fwAD
+
+    audio = sine_audio(2.0, seed=20)
+    video = video_batch(20, batch=1, frames=5, height=20, width=28)
+    tangents = [torch.randn(video.shape, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                for s in range(2)]
+    calls = TowerCalls(tiny_model)
+    try:
+        loss = ImageBindAudioLoss(tiny_model, audio, fps=8, text="a bell", text_weight=0.4)
+        reference = uncached_loss(tiny_model, audio, 8, "a bell", 0.4, loss)
+        assert calls.counts == {"audio": 0, "vision": 0}  # nothing is computed before the first evaluation
+        results = [jvp(loss, (video,), (tangent,)) for tangent in tangents]  # first call inside torch.func.jvp
+        with torch.no_grad():
+            value = loss(video)
+        grad_input = video.clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(loss(grad_input).sum(), grad_input)
+        with fwAD.dual_level():
+            dual_tangent = fwAD.unpack_dual(loss(fwAD.make_dual(video, tangents[0]))).tangent
+        assert calls.counts == {"audio": 1, "vision": 5}  # only the video branch runs per evaluation
+
+        expected = [jvp(reference, (video,), (tangent,)) for tangent in tangents]
+        grad_input = video.clone().requires_grad_(True)
+        (expected_gradient,) = torch.autograd.grad(reference(grad_input).sum(), grad_input)
+        assert calls.counts["audio"] == 1 + 3  # the uncached definition runs the audio tower every time
+    finally:
+        calls.remove()
+    for (got_value, got_tangent), (want_value, want_tangent) in zip(results, expected):
+        torch.testing.assert_close(got_value, want_value, atol=1e-13, rtol=0)
+        torch.testing.assert_close(got_tangent, want_tangent, atol=1e-13, rtol=1e-11)
+    torch.testing.assert_close(value, expected[0][0], atol=1e-13, rtol=0)
+    torch.testing.assert_close(gradient, expected_gradient, atol=1e-13, rtol=1e-11)
+    torch.testing.assert_close(dual_tangent, expected[0][1], atol=1e-13, rtol=1e-11)
+    assert abs(expected[0][1].item()) > 1e-6
+
+
+def nearest_shown(frames, shown):
+    """For every frame of a video of `frames` frames, the position in `shown` of the nearest shown frame (earlier
+    on ties)."""
+    return [min(range(len(shown)), key=lambda p: (abs(shown[p] - k), shown[p])) for k in range(frames)]
+
+
+@pytest.mark.parametrize("mode,frames,fps,shown", [("pairs", 7, 8, [1, 4, 6]), ("pairs", 6, 8, [0, 5]),
+                                                    ("official", 9, 2, [0, 3, 4, 8])])
+def test_frame_subset_is_the_full_video_with_each_frame_held_from_the_nearest_shown_one(tiny_model, mode, frames,
+                                                                                        fps, shown):
+    """frame_indices: loss and JVP equal the full video's (same audio span) with missing frames filled in."""
+    loss = ImageBindAudioLoss(tiny_model, sine_audio(5.0, seed=21), fps=fps, vision_clips=mode, spatial_crops=1)
+    video = video_batch(21, batch=2, frames=len(shown), height=16, width=16)
+    tangent = torch.randn(video.shape, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"call prepare\(num_frames\)"):
+        loss(video, frame_indices=shown)
+    loss.prepare(frames)
+    hold = torch.tensor(nearest_shown(frames, shown))
+    value, derivative = jvp(lambda v: loss(v, frame_indices=torch.tensor(shown)), (video,), (tangent,))
+    full_value, full_derivative = jvp(loss, (video[:, hold],), (tangent[:, hold],))
+    torch.testing.assert_close(value, full_value, atol=1e-13, rtol=0)
+    torch.testing.assert_close(derivative, full_derivative, atol=1e-13, rtol=1e-11)
+    assert [key[0] for key in loss.audio_targets.keys()] == [frames]  # the full video's audio span only
+    grad_input = video.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(loss(grad_input, frame_indices=shown).sum(), grad_input)
+    assert (gradient.flatten(2).abs().sum(-1) > 0).all()  # every shown frame stands in for some clip frame
+
+
+def test_a_subset_of_every_frame_is_the_full_video_and_bad_subsets_are_refused(tiny_model):
+    """frame_indices covering every frame take the full-video path (same operations, same value)."""
+    from torch.overrides import TorchFunctionMode
+
+    class Recorder(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    loss = ImageBindAudioLoss(tiny_model, sine_audio(2.0, seed=22), fps=8, num_frames=5)
+    video = video_batch(22, batch=1, frames=5, height=16, width=16)
+    every_frame = torch.arange(5)
+    with Recorder() as plain:
+        expected = loss(video)
+    with Recorder() as everything:
+        got = loss(video, frame_indices=every_frame)
+    assert torch.equal(got, expected)
+    def computations(calls):
+        return [name for name in calls if name not in ("__get__", "tolist")]  # not attribute reads / index labels
+
+    assert computations(everything.calls) == computations(plain.calls)  # no gather, no other extra operation
+    subset = video[:, [0, 2, 4]]
+    for bad, message in (([0, 2], "names 2 frame"), ([2, 0, 4], "strictly increasing"), ([0, 2, 5], "reach past"),
+                         ([-1, 2, 4], ">= 0"), (torch.tensor([0.0, 2.0, 4.0]), "whole numbers")):
+        with pytest.raises(ValueError, match=message):
+            loss(subset, frame_indices=bad)
+    with pytest.raises(ValueError, match="whole number >= 1"):
+        loss.prepare(0)
 
 
 def test_bad_inputs_are_refused(tiny_model, tiny_checkpoint):

@@ -386,6 +386,108 @@ def test_text_and_content_terms(open_clip_model):
     torch.testing.assert_close(content(video)[0], torch.tensor(0.0, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
+class CallCounter:
+    """Forward hooks on real modules: how often each ran and the batch size of each call."""
+
+    def __init__(self, **modules):
+        self.calls = {name: [] for name in modules}
+        self.handles = [module.register_forward_hook(self._hook(name)) for name, module in modules.items()]
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            self.calls[name].append(int(inputs[0].shape[0]))
+        return hook
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def test_style_and_text_targets_are_encoded_once_with_unchanged_values_and_derivatives(open_clip_model):
+    """The style image and the text go through CLIP once, at construction; each evaluation (forward, JVP,
+    backward) runs the image tower on the video's frames only. Values and derivatives equal the definition
+    with both targets recomputed at every call."""
+    style = smooth_image(33, 41, seed=12)
+    video = video_batch(12)
+    tangents = [torch.randn(video.shape, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                for s in range(2)]
+    model = open_clip_model.model
+    counter = CallCounter(image=model.visual, text=model.transformer)
+    try:
+        loss = StyleLoss(open_clip_model, style_image=style, text="ink wash", text_weight=0.6)
+        assert counter.calls == {"image": [1], "text": [1]}
+        results = [jvp(loss, (video,), (tangent,)) for tangent in tangents]
+        grad_input = video.clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(loss(grad_input).sum(), grad_input)
+        assert counter.calls == {"image": [1, 6, 6, 6], "text": [1]}  # B * F = 6 frames per evaluation
+
+        def uncached(v):
+            with torch.no_grad():
+                style_embed, _ = open_clip_model.encode_pixels(open_clip_model.preprocess(style[None]))
+                text_embed = open_clip_model.encode_text(["ink wash"])
+            frames, _ = open_clip_model.encode_pixels(open_clip_model.preprocess(v.flatten(0, 1)))
+            unit = F.normalize(frames, dim=-1).view(2, 3, -1)
+            style_term = 1 - unit @ F.normalize(style_embed[0], dim=0)
+            text_term = 1 - unit @ F.normalize(text_embed[0], dim=0)
+            return (style_term + 0.6 * text_term).mean(1)
+
+        expected = [jvp(uncached, (video,), (tangent,)) for tangent in tangents]
+        grad_input = video.clone().requires_grad_(True)
+        (expected_gradient,) = torch.autograd.grad(uncached(grad_input).sum(), grad_input)
+        assert counter.calls["text"] == [1, 1, 1, 1]  # the definition re-encodes the text every time
+    finally:
+        counter.remove()
+    for (value, tangent), (want_value, want_tangent) in zip(results, expected):
+        torch.testing.assert_close(value, want_value, atol=1e-13, rtol=0)
+        torch.testing.assert_close(tangent, want_tangent, atol=1e-13, rtol=1e-11)
+    torch.testing.assert_close(gradient, expected_gradient, atol=1e-13, rtol=1e-11)
+
+
+def test_content_reference_follows_a_frame_subset(open_clip_model):
+    """frame_indices: each shown frame is compared with the reference frame of the same index; a subset of every
+    frame is the full video (no gather); bad subsets are refused."""
+    from torch.overrides import TorchFunctionMode
+
+    class Recorder(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    reference = video_batch(30, batch=1, frames=4)
+    loss = StyleLoss(open_clip_model, text="chalk", content_weight=0.8, content_video=reference)
+    video = video_batch(31, frames=4)
+    shown = [0, 2, 3]
+    tangent = torch.randn(video[:, shown].shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    per_frame = loss.frame_losses(video)
+    torch.testing.assert_close(loss.frame_losses(video[:, shown], frame_indices=shown), per_frame[:, shown],
+                               atol=1e-13, rtol=0)
+    value, derivative = jvp(lambda v: loss(v, frame_indices=torch.tensor(shown)), (video[:, shown],), (tangent,))
+    on_their_own = StyleLoss(open_clip_model, text="chalk", content_weight=0.8, content_video=reference[:, shown])
+    want_value, want_derivative = jvp(on_their_own, (video[:, shown],), (tangent,))
+    torch.testing.assert_close(value, want_value, atol=1e-13, rtol=0)
+    torch.testing.assert_close(derivative, want_derivative, atol=1e-13, rtol=1e-11)
+
+    every_frame = torch.arange(4)
+    with Recorder() as plain:
+        expected = loss(video)
+    with Recorder() as everything:
+        got = loss(video, frame_indices=every_frame)
+    assert torch.equal(got, expected)
+    assert [n for n in everything.calls if n not in ("__get__", "tolist")] == [n for n in plain.calls if n != "__get__"]
+    with pytest.raises(ValueError, match="reach past the 4 frames"):
+        loss(video[:, :2], frame_indices=[3, 4])
+    with pytest.raises(ValueError, match="names 3 frame"):
+        loss(video[:, :2], frame_indices=shown)
+    no_content = StyleLoss(open_clip_model, text="chalk")  # per-frame terms only: indices are checked, not used
+    torch.testing.assert_close(no_content(video[:, shown], frame_indices=shown), no_content(video[:, shown]))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        no_content(video[:, :2], frame_indices=[2, 1])
+
+
 # ---------------------------------------------------------------- bad inputs
 
 def test_bad_configuration_is_refused(hf_clip, open_clip_model):
