@@ -66,7 +66,7 @@ def widget(name, value):
 
 def _sampler(title, strength, pos):
     return {
-        "type": "TitanGuideSampler", "title": title, "pos": pos, "size": [330, 620],
+        "type": "TitanGuideSampler", "title": title, "pos": pos, "size": [330, 630],
         "links": {"model": ("1", 0), "positive": ("1", 2), "negative": ("1", 3), "latent_image": ("2", 0),
                   "vae": ("1", 1), "objective": ("3", 0), "guess": ("13", 0)},
         "widgets": [widget("seed", SEED), widget("steps", FULL["steps"]), widget("cfg", 1.0),
@@ -77,38 +77,38 @@ def _sampler(title, strength, pos):
 
 # The demo graph: node id -> type, links {input: (source id, output slot)}, widgets in input order, layout.
 DEMO_NODES = {
-    "1": {"type": "TitanEmbeddedModelLoader", "pos": [40, 80], "size": [320, 130], "links": {},
+    "1": {"type": "TitanEmbeddedModelLoader", "pos": [40, 100], "size": [320, 130], "links": {},
           "widgets": [widget("unet_name", "embedded_unet.safetensors")]},
-    "2": {"type": "TitanEmbeddedEmptyLatent", "pos": [40, 260], "size": [320, 60], "links": {},
+    "2": {"type": "TitanEmbeddedEmptyLatent", "pos": [40, 290], "size": [320, 60], "links": {},
           "widgets": [widget("videos", FULL["videos"])]},
-    "3": {"type": "TitanAttributeObjective", "pos": [40, 370], "size": [320, 200], "links": {},
+    "3": {"type": "TitanAttributeObjective", "pos": [40, 410], "size": [320, 200], "links": {},
           "widgets": [widget("colour", TARGET["colour"]), widget("shape", TARGET["shape"]),
                       widget("direction", TARGET["direction"]), widget("speed", TARGET["speed"]),
                       widget("weight", 1.0), widget("classifier_name", "embedded_classifier.safetensors")]},
-    "4": _sampler("Unguided (strength 0)", 0.0, [420, 40]),
-    "5": _sampler("Guided: colour = red", 0.1, [420, 700]),
-    "6": {"type": "VAEDecode", "pos": [800, 60], "size": [210, 50], "links": {"samples": ("4", 0), "vae": ("1", 1)},
+    "4": _sampler("Unguided (strength 0)", 0.0, [420, 100]),
+    "5": _sampler("Guided: colour = red", 0.1, [420, 790]),
+    "6": {"type": "VAEDecode", "pos": [800, 100], "size": [210, 50], "links": {"samples": ("4", 0), "vae": ("1", 1)},
           "widgets": []},
-    "7": {"type": "VAEDecode", "pos": [800, 720], "size": [210, 50], "links": {"samples": ("5", 0), "vae": ("1", 1)},
+    "7": {"type": "VAEDecode", "pos": [800, 790], "size": [210, 50], "links": {"samples": ("5", 0), "vae": ("1", 1)},
           "widgets": []},
-    "8": {"type": "SaveAnimatedWEBP", "title": "Unguided videos", "pos": [1060, 40], "size": [320, 340],
+    "8": {"type": "SaveAnimatedWEBP", "title": "Unguided videos", "pos": [1060, 100], "size": [320, 340],
           "links": {"images": ("6", 0)},
           "widgets": [widget("filename_prefix", "titan_demo/unguided"), widget("fps", 8.0), widget("lossless", True),
                       widget("quality", 100), widget("method", "default")]},
-    "9": {"type": "SaveAnimatedWEBP", "title": "Guided videos", "pos": [1060, 700], "size": [320, 340],
+    "9": {"type": "SaveAnimatedWEBP", "title": "Guided videos", "pos": [1060, 790], "size": [320, 340],
           "links": {"images": ("7", 0)},
           "widgets": [widget("filename_prefix", "titan_demo/guided"), widget("fps", 8.0), widget("lossless", True),
                       widget("quality", 100), widget("method", "default")]},
-    "10": {"type": "SaveImage", "title": "Guided loss per step", "pos": [800, 1080], "size": [420, 330],
+    "10": {"type": "SaveImage", "title": "Guided loss per step", "pos": [800, 1190], "size": [420, 330],
            "links": {"images": ("5", 2)}, "widgets": [widget("filename_prefix", "titan_demo/loss_plot")]},
-    "11": {"type": "PreviewAny", "title": "Guided report", "pos": [1240, 1080], "size": [420, 330],
+    "11": {"type": "PreviewAny", "title": "Guided report", "pos": [1240, 1190], "size": [420, 330],
            "links": {"source": ("5", 1)}, "widgets": []},
-    "12": {"type": "PreviewAny", "title": "Unguided report", "pos": [1420, 40], "size": [420, 330],
+    "12": {"type": "PreviewAny", "title": "Unguided report", "pos": [1420, 100], "size": [420, 330],
            "links": {"source": ("4", 1)}, "widgets": []},
     # Sampled-gradient guess on all 16 frames (the classifier needs whole clips): V = the loss gradient at
     # the Tweedie estimate, through the codec and classifier only; the JVP then measures <grad f, V> through
     # the look-ahead. Measured: a single random tangent barely moves 98k-dimensional latents.
-    "13": {"type": "TitanGradientGuess", "pos": [40, 600], "size": [320, 230], "links": {},
+    "13": {"type": "TitanGradientGuess", "pos": [40, 670], "size": [320, 230], "links": {},
            "widgets": [widget("kind", "sampled_gradient"), widget("k", 1), widget("sampled_frames", 0),
                        widget("frame_choice", "even"), widget("frame_indices", ""), widget("expansion", "tile"),
                        widget("random_weight", 0.5)]},
@@ -133,6 +133,13 @@ NOTE_NODE_ID = 14
 FRONTEND_ONLY_TYPES = ("Note", "MarkdownNote")
 # Widgets followed by a frontend "control_after_generate" value in widgets_values.
 SEED_WIDGETS = {("TitanGuideSampler", "seed")}
+# Widgets the ComfyUI frontend (1.27) adds by itself after every declared widget, with values in widgets_values
+# but no input on the server: "audioUI" (extension Comfy.AudioWidget, on these node types; the UI sends it in its
+# prompt and the server ignores it) and one "upload" button (Comfy.UploadImage for an image/video upload combo,
+# Comfy.UploadAudio for an audio_upload combo). A LoadImage saved by the UI has widgets_values [file, "image"], a
+# LoadAudio [file, null, ""].
+AUDIO_UI_NODE_TYPES = ("LoadAudio", "SaveAudio", "PreviewAudio", "SaveAudioMP3", "SaveAudioOpus")
+MEDIA_UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload")
 
 
 def api_prompt(videos: int = FULL["videos"], steps: int = FULL["steps"], seed: int = SEED) -> dict:
@@ -179,19 +186,33 @@ def ui_workflow() -> dict:
         if "title" in node:
             entry["title"] = node["title"]
         nodes.append(entry)
-    nodes.append({"id": NOTE_NODE_ID, "type": "Note", "pos": [40, 880], "size": [340, 420], "flags": {},
+    nodes.append({"id": NOTE_NODE_ID, "type": "Note", "pos": [40, 980], "size": [340, 420], "flags": {},
                   "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
                   "widgets_values": [NOTE_TEXT], "color": "#432", "bgcolor": "#653"})
     return {
         "id": "7c1f3a52-5e0b-4f43-9a61-2f6d7e8a9b01", "revision": 0,
         "last_node_id": NOTE_NODE_ID, "last_link_id": len(links),
         "nodes": nodes, "links": links,
-        "groups": [{"id": 1, "title": "Embedded model, latent and objective", "bounding": [20, 0, 370, 860],
+        "groups": [{"id": 1, "title": "Model, latent, objective", "bounding": [20, 0, 360, 920],
                     "color": "#3f789e", "font_size": 24, "flags": {}},
-                   {"id": 2, "title": "Same seed: unguided vs TITAN-Guide", "bounding": [400, 0, 1460, 1430],
+                   {"id": 2, "title": "Same seed: unguided vs TITAN-Guide", "bounding": [400, 0, 1460, 1540],
                     "color": "#8A8", "font_size": 24, "flags": {}}],
         "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [0, 0]}}, "version": 0.4,
     }
+
+
+def frontend_only_widgets(node_type: str, info: dict) -> list:
+    """Names of the widgets the frontend appends to a node of this type beyond its /object_info inputs."""
+    required = info["input"].get("required", {})
+    names = ["audioUI"] if node_type in AUDIO_UI_NODE_TYPES else []
+    for name, spec in required.items():
+        options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        is_combo = isinstance(spec[0], list) or spec[0] == "COMBO"
+        if is_combo and (any(options.get(key) is True for key in MEDIA_UPLOAD_OPTIONS)
+                         or (name == "audio" and options.get("audio_upload") is True)):
+            names.append("upload")
+            break  # the frontend adds one upload button per node
+    return names
 
 
 def workflow_to_api(workflow: dict, object_info: dict) -> dict:
@@ -223,8 +244,12 @@ def workflow_to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[name] = values.pop(0)
             if is_widget and name not in connected and options.get("control_after_generate"):
                 values.pop(0)
-        if values:
-            raise ValueError(f"node {node['id']} ({node['type']}) has {len(values)} widget value(s) too many")
+        # What is left can only be values of frontend-only widgets: none in files written by scripts/workflows.py,
+        # all of them in a workflow saved by the UI (fewer when its last ones are not serialised).
+        extras = frontend_only_widgets(node["type"], info)
+        if len(values) > len(extras):
+            raise ValueError(f"node {node['id']} ({node['type']}) has {len(values)} widget value(s) left after its "
+                             f"inputs, more than its {len(extras)} frontend-only widget(s) {extras}: {values}")
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
 

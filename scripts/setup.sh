@@ -70,6 +70,7 @@ DEV_PINS=(
   "iopath==0.1.10"              # ImageBind
   "portalocker==4.4.2"          # iopath
   "wcwidth==0.9.4"              # ftfy
+  "playwright==1.65.2"          # tests/test_browser.py drives Debian's chromium (never `playwright install`)
 )
 # Installed with --no-deps: imagebind-unofficial (an unmodified packaging of facebookresearch/ImageBind)
 # declares stale pins, and pytorchvideo 0.1.5 pulls av/fvcore/parameterized it never needs for ImageBind.
@@ -107,6 +108,7 @@ filelock==4.2.12
 fonttools==4.68.0
 frozenlist==1.8.0
 fsspec==2026.9.0
+greenlet==3.5.6
 h11==0.16.0
 hf-xet==1.8.0
 httpcore2==2.16.2
@@ -116,6 +118,7 @@ idna==3.20
 importlib_metadata==10.2.0
 iniconfig==2.3.1
 Jinja2==3.1.6
+jvp-flash-attention==0.14.0
 kiwisolver==1.5.1
 kornia==0.9.0
 kornia_rs==0.2.0
@@ -133,6 +136,7 @@ opencv-python-headless==5.0.0.93
 packaging==26.3
 peft==0.21.2
 pillow==13.0.0
+playwright==1.65.2
 pluggy==1.7.0
 propcache==0.5.4
 psutil==7.2.2
@@ -302,6 +306,31 @@ import torch, torchvision, torchaudio  # noqa: E401  (import check)
 print(f"[setup] torch {torch.__version__}, torchvision {torchvision.__version__}, torchaudio {torchaudio.__version__}")
 PY
   printf '%s\n' "$deps_hash" > "$DEPS_STAMP"
+fi
+
+# --- 4b. Chromium for the browser tests (tests/test_browser.py) --------------
+# playwright drives the system's Chromium; `playwright install` (which downloads a browser build) is never
+# used. TITAN_CHROMIUM may name another Chromium / Chrome binary instead of Debian's package.
+apt_install_chromium() {  # [command prefix, e.g. sudo -n]
+  log "installing Debian's chromium for the browser tests (apt-get)"
+  "$@" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "$@" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  command -v chromium >/dev/null || die "apt-get installed chromium but no 'chromium' command is on PATH"
+}
+CHROMIUM_HINT="tests/test_browser.py fails until a Chromium is installed (apt-get install chromium) or TITAN_CHROMIUM names one"
+if [[ -n "${TITAN_CHROMIUM:-}" ]]; then
+  [[ -x "$TITAN_CHROMIUM" ]] || die "TITAN_CHROMIUM=$TITAN_CHROMIUM is not an executable file"
+  log "browser for the tests: $TITAN_CHROMIUM (TITAN_CHROMIUM)"
+elif chromium_path="$(command -v chromium || command -v chromium-browser || true)"; [[ -n "$chromium_path" ]]; then
+  log "up to date: chromium ($chromium_path)"
+elif ! command -v apt-get >/dev/null; then
+  log "NOTE: no chromium and no apt-get on this machine; $CHROMIUM_HINT"
+elif [[ $EUID -eq 0 ]]; then
+  apt_install_chromium
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  apt_install_chromium sudo -n
+else
+  log "NOTE: chromium is missing and installing it needs root (sudo apt-get install chromium); $CHROMIUM_HINT"
 fi
 
 # --- 5. Load paths for ComfyUI ----------------------------------------------

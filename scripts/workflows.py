@@ -7,7 +7,10 @@
 Widget order comes from the live /object_info of a test host (tests/comfy_host.py, with AnimateDiff-Evolved and
 the CogVideoXWrapper loaded), so it follows the nodes' declarations exactly: the widget inputs in input order
 (required, then optional), a "fixed" control_after_generate value after every seed widget that has one, linked
-inputs never as widgets. Unset widgets take the node's default. tests/test_workflows.py validates the files.
+inputs never as widgets. Unset widgets take the node's default. tests/test_workflows.py validates the files and
+tests/test_browser.py opens them in the real frontend (layout included: above a node's pos sit its 30 px title bar
+and, for custom-node packs, a 20 px source badge, so stacked nodes are 60 px apart and a group's first row starts at
+y = 100, below the group's title).
 """
 
 from __future__ import annotations
@@ -90,14 +93,14 @@ def group(title: str, bounding, color="#3f789e") -> dict:
 def animatediff_backbone(prompt: str, checkpoint: str = SD15_CHECKPOINT) -> list:
     """Nodes 1-7: SD1.5 checkpoint, prompts, 16-frame latent, AnimateDiff-Evolved Gen2 motion model."""
     return [
-        node(1, "CheckpointLoaderSimple", (20, 60), (320, 100), ckpt_name=checkpoint),
-        node(2, "CLIPTextEncode", (380, 60), (400, 160), {"clip": (1, 1)}, "Positive prompt", text=prompt),
-        node(3, "CLIPTextEncode", (380, 260), (400, 130), {"clip": (1, 1)}, "Negative prompt", text=NEGATIVE_TEXT),
-        node(4, "EmptyLatentImage", (380, 430), (320, 110), title="16 frames, 256x256",
+        node(1, "CheckpointLoaderSimple", (20, 100), (320, 100), ckpt_name=checkpoint),
+        node(2, "CLIPTextEncode", (380, 100), (400, 160), {"clip": (1, 1)}, "Positive prompt", text=prompt),
+        node(3, "CLIPTextEncode", (380, 320), (400, 130), {"clip": (1, 1)}, "Negative prompt", text=NEGATIVE_TEXT),
+        node(4, "EmptyLatentImage", (380, 510), (320, 110), title="16 frames, 256x256",
              width=SIZE, height=SIZE, batch_size=FRAMES),
-        node(5, "ADE_LoadAnimateDiffModel", (20, 220), (320, 80), model_name=MOTION_MODULE),
-        node(6, "ADE_ApplyAnimateDiffModelSimple", (20, 340), (320, 130), {"motion_model": (5, 0)}),
-        node(7, "ADE_UseEvolvedSampling", (20, 510), (320, 120), {"model": (1, 0), "m_models": (6, 0)},
+        node(5, "ADE_LoadAnimateDiffModel", (20, 260), (320, 80), model_name=MOTION_MODULE),
+        node(6, "ADE_ApplyAnimateDiffModelSimple", (20, 400), (320, 130), {"motion_model": (5, 0)}),
+        node(7, "ADE_UseEvolvedSampling", (20, 590), (320, 120), {"model": (1, 0), "m_models": (6, 0)},
              beta_schedule="autoselect"),
     ]
 
@@ -122,9 +125,9 @@ def video_outputs(first_id: int, sampler: int, pos, prefix: str, title="Guided v
         node(first_id, "VAEDecode", (x, y), (210, 50), {"samples": (sampler, 0), "vae": (1, 2)}),
         node(first_id + 1, "SaveAnimatedWEBP", (x + 240, y), (340, 380), {"images": (first_id, 0)}, title,
              filename_prefix=prefix, fps=FPS, lossless=False, quality=90, method="default"),
-        node(first_id + 2, "SaveImage", (x, y + 420), (340, 300), {"images": (sampler, 2)}, "Loss per step",
+        node(first_id + 2, "SaveImage", (x, y + 440), (340, 300), {"images": (sampler, 2)}, "Loss per step",
              filename_prefix=prefix + "_loss"),
-        node(first_id + 3, "PreviewAny", (x + 360, y + 420), (340, 300), {"source": (sampler, 1)},
+        node(first_id + 3, "PreviewAny", (x + 360, y + 440), (340, 300), {"source": (sampler, 1)},
              "Guidance report"),
     ]
 
@@ -145,7 +148,7 @@ ANIMATEDIFF_FILES = [
     (SD15_CHECKPOINT, "models/checkpoints", "epiCRealism, the paper's SD1.5 base; any SD1.5 checkpoint works"),
     (MOTION_MODULE, "models/animatediff_models", "AnimateDiff v2 motion module, huggingface.co/guoyww/animatediff"),
 ]
-BACKBONE_GROUP = group("SD1.5 + AnimateDiff-Evolved (16 frames, 256x256)", (0, 0, 800, 660))
+BACKBONE_GROUP = group("SD1.5 + AnimateDiff-Evolved (16 frames, 256x256)", (0, 0, 800, 730))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -155,31 +158,31 @@ def aesthetic_dover_animatediff() -> dict:
     """AnimateDiff video guided by DOVER's aesthetic + technical quality score."""
     nodes = animatediff_backbone("a lighthouse on a cliff at sunset, waves crashing, cinematic")
     nodes += [
-        node(8, "TitanDoverLoader", (20, 700), (320, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
-        node(9, "TitanAestheticObjective", (20, 830), (320, 180), {"dover": (8, 0)}, mode="fused", weight=1.0,
+        node(8, "TitanDoverLoader", (20, 800), (320, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
+        node(9, "TitanAestheticObjective", (20, 950), (320, 180), {"dover": (8, 0)}, mode="fused", weight=1.0,
              fragment_sampling="random", fragment_seed=0, technical_samples=1),
-        node(10, "TitanGradientGuess", (380, 700), (320, 220), **GUESS_KNOBS),
-        titan_sampler(11, (820, 60), 9, guess=10, title="TITAN-Guide: DOVER aesthetics"),
-        *video_outputs(12, 11, (1200, 60), "titan/aesthetic_dover"),
+        node(10, "TitanGradientGuess", (380, 800), (320, 220), **GUESS_KNOBS),
+        titan_sampler(11, (820, 100), 9, guess=10, title="TITAN-Guide: DOVER aesthetics"),
+        *video_outputs(12, 11, (1200, 100), "titan/aesthetic_dover"),
     ]
     files = ANIMATEDIFF_FILES + [(DOVER_WEIGHTS, "models/dover", "github.com/VQAssessment/DOVER release DOVER.pth")]
     text = weights_note("TITAN-Guide: aesthetic guidance with DOVER on AnimateDiff", files)
-    return {"nodes": nodes + [note(16, (380, 960), text)], "groups": [BACKBONE_GROUP]}
+    return {"nodes": nodes + [note(16, (1200, 900), text)], "groups": [BACKBONE_GROUP]}
 
 
 def style_clip_animatediff() -> dict:
     """AnimateDiff video guided towards a reference image's style (and an optional text) through CLIP."""
     nodes = animatediff_backbone("a city street at night with neon lights, people walking")
     nodes += [
-        node(8, "TitanClipStyleLoader", (20, 700), (320, 150), clip_name=CLIP_STYLE_WEIGHTS, architecture="auto",
+        node(8, "TitanClipStyleLoader", (20, 800), (320, 150), clip_name=CLIP_STYLE_WEIGHTS, architecture="auto",
              pretrained_tag="", dtype="fp32"),
-        node(9, "LoadImage", (20, 890), (320, 320), title="Style reference", image=STYLE_IMAGE),
-        node(10, "TitanStyleObjective", (380, 700), (340, 330), {"clip": (8, 0), "style_image": (9, 0)},
+        node(9, "LoadImage", (20, 1010), (320, 320), title="Style reference", image=STYLE_IMAGE),
+        node(10, "TitanStyleObjective", (380, 800), (340, 330), {"clip": (8, 0), "style_image": (9, 0)},
              loss_kind="cosine", weight=1.0, text="", style_weight=1.0, text_weight=1.0, content_weight=0.0,
              gram_layer=-2, frames_per_chunk=0),
-        node(11, "TitanGradientGuess", (380, 1060), (320, 220), **GUESS_KNOBS),
-        titan_sampler(12, (820, 60), 10, guess=11, title="TITAN-Guide: CLIP style"),
-        *video_outputs(13, 12, (1200, 60), "titan/style_clip"),
+        node(11, "TitanGradientGuess", (380, 1190), (320, 220), **GUESS_KNOBS),
+        titan_sampler(12, (820, 100), 10, guess=11, title="TITAN-Guide: CLIP style"),
+        *video_outputs(13, 12, (1200, 100), "titan/style_clip"),
     ]
     files = ANIMATEDIFF_FILES + [
         (CLIP_STYLE_WEIGHTS, "models/clip_vision", "open_clip ViT-H-14 laion2b_s32b_b79k, the CLIP vision file "
@@ -188,86 +191,86 @@ def style_clip_animatediff() -> dict:
     ]
     text = weights_note("TITAN-Guide: style guidance (Style-CLIP) on AnimateDiff", files,
                         "Optional: type a target text in the objective's text box (text_weight sets its share).")
-    return {"nodes": nodes + [note(17, (20, 1250), text)], "groups": [BACKBONE_GROUP]}
+    return {"nodes": nodes + [note(17, (1200, 900), text)], "groups": [BACKBONE_GROUP]}
 
 
 def audio_imagebind_animatediff() -> dict:
     """AnimateDiff video aligned with an audio clip through ImageBind."""
     nodes = animatediff_backbone("a dog barking in a backyard")
     nodes += [
-        node(8, "TitanImageBindLoader", (20, 700), (320, 90), weights_name=IMAGEBIND_WEIGHTS, dtype="fp32"),
-        node(9, "LoadAudio", (20, 830), (320, 140), title="Target audio", audio=TARGET_AUDIO),
-        node(10, "TitanAudioObjective", (380, 700), (340, 330), {"imagebind": (8, 0), "audio": (9, 0)}, fps=FPS,
+        node(8, "TitanImageBindLoader", (20, 800), (320, 90), weights_name=IMAGEBIND_WEIGHTS, dtype="fp32"),
+        node(9, "LoadAudio", (20, 950), (320, 140), title="Target audio", audio=TARGET_AUDIO),
+        node(10, "TitanAudioObjective", (380, 800), (340, 330), {"imagebind": (8, 0), "audio": (9, 0)}, fps=FPS,
              audio_start=0.0, weight=1.0, text="", audio_weight=1.0, text_weight=1.0, vision_clips="pairs",
              spatial_crops="3", clips_per_chunk=0),
-        node(11, "TitanGradientGuess", (380, 1060), (320, 220), **GUESS_KNOBS),
-        titan_sampler(12, (820, 60), 10, guess=11, title="TITAN-Guide: ImageBind audio"),
-        *video_outputs(13, 12, (1200, 60), "titan/audio_imagebind"),
+        node(11, "TitanGradientGuess", (380, 1190), (320, 220), **GUESS_KNOBS),
+        titan_sampler(12, (820, 100), 10, guess=11, title="TITAN-Guide: ImageBind audio"),
+        *video_outputs(13, 12, (1200, 100), "titan/audio_imagebind"),
     ]
     files = ANIMATEDIFF_FILES + [
         (IMAGEBIND_WEIGHTS, "models/imagebind", "dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"),
         (TARGET_AUDIO, "input", "your audio; the 2 s from audio_start are matched to the 16 frames at 8 fps"),
     ]
     text = weights_note("TITAN-Guide: audio-video alignment with ImageBind on AnimateDiff", files)
-    return {"nodes": nodes + [note(17, (20, 1010), text)], "groups": [BACKBONE_GROUP]}
+    return {"nodes": nodes + [note(17, (1200, 900), text)], "groups": [BACKBONE_GROUP]}
 
 
 def frame_interpolation_animatediff() -> dict:
     """AnimateDiff video whose first and last frames are pulled towards two keyframe images."""
     nodes = animatediff_backbone("a flower blooming, time-lapse, studio light")
     nodes += [
-        node(8, "LoadImage", (20, 700), (320, 320), title="First keyframe", image=FIRST_KEYFRAME),
-        node(9, "LoadImage", (20, 1060), (320, 320), title="Last keyframe", image=LAST_KEYFRAME),
-        node(10, "ImageBatch", (380, 700), (210, 50), {"image1": (8, 0), "image2": (9, 0)}),
-        node(11, "ImageScale", (380, 800), (320, 150), {"image": (10, 0)}, title="Keyframes to 256x256",
+        node(8, "LoadImage", (20, 800), (320, 300), title="First keyframe", image=FIRST_KEYFRAME),
+        node(9, "LoadImage", (380, 800), (320, 300), title="Last keyframe", image=LAST_KEYFRAME),
+        node(10, "ImageBatch", (20, 1160), (210, 50), {"image1": (8, 0), "image2": (9, 0)}),
+        node(11, "ImageScale", (380, 1160), (320, 150), {"image": (10, 0)}, title="Keyframes to 256x256",
              upscale_method="bilinear", width=SIZE, height=SIZE, crop="center"),
-        node(12, "TitanFrameInterpolationObjective", (380, 990), (320, 150), {"keyframes": (11, 0)},
+        node(12, "TitanFrameInterpolationObjective", (820, 800), (340, 150), {"keyframes": (11, 0)},
              frame_indices="0, -1", space="pixels", weight=1.0),
-        node(13, "TitanGradientGuess", (380, 1180), (320, 220), **GUESS_KNOBS),
-        titan_sampler(14, (820, 60), 12, guess=13, title="TITAN-Guide: keyframe interpolation"),
-        *video_outputs(15, 14, (1200, 60), "titan/frame_interpolation"),
+        node(13, "TitanGradientGuess", (820, 1010), (340, 220), **GUESS_KNOBS),
+        titan_sampler(14, (820, 100), 12, guess=13, title="TITAN-Guide: keyframe interpolation"),
+        *video_outputs(15, 14, (1200, 100), "titan/frame_interpolation"),
     ]
     files = ANIMATEDIFF_FILES + [
         (FIRST_KEYFRAME, "input", "the first frame you want"),
         (LAST_KEYFRAME, "input", "the last frame you want (scaled to the first one's size, then to 256x256)"),
     ]
     text = weights_note("TITAN-Guide: frame interpolation (given first and last frames) on AnimateDiff", files)
-    return {"nodes": nodes + [note(19, (20, 1420), text)], "groups": [BACKBONE_GROUP]}
+    return {"nodes": nodes + [note(19, (1200, 900), text)], "groups": [BACKBONE_GROUP]}
 
 
 def cogvideox_titan() -> dict:
     """CogVideoX-5b (kijai's wrapper) guided by DOVER: 33 frames at 384x256, as the paper's CogVideoX runs."""
     nodes = [
-        node(1, "DownloadAndLoadCogVideoModel", (20, 60), (340, 250), model=COGVIDEO_MODEL, precision="bf16",
+        node(1, "DownloadAndLoadCogVideoModel", (20, 100), (340, 250), model=COGVIDEO_MODEL, precision="bf16",
              quantization="disabled", enable_sequential_cpu_offload=False, attention_mode="sdpa",
              load_device="main_device"),
-        node(2, "CLIPLoader", (20, 350), (340, 110), title="T5-XXL text encoder", clip_name=T5_ENCODER,
+        node(2, "CLIPLoader", (20, 410), (340, 110), title="T5-XXL text encoder", clip_name=T5_ENCODER,
              type="sd3", device="default"),
-        node(3, "CogVideoTextEncode", (400, 60), (400, 200), {"clip": (2, 0)}, "Positive prompt",
+        node(3, "CogVideoTextEncode", (400, 100), (400, 200), {"clip": (2, 0)}, "Positive prompt",
              prompt="a golden retriever running on a beach at sunset, slow motion", strength=1.0,
              force_offload=True),
-        node(4, "CogVideoTextEncode", (400, 300), (400, 160), {"clip": (3, 1)}, "Negative prompt",
+        node(4, "CogVideoTextEncode", (400, 360), (400, 160), {"clip": (3, 1)}, "Negative prompt",
              prompt=NEGATIVE_TEXT, strength=1.0, force_offload=True),
-        node(5, "EmptyLatentImage", (400, 500), (320, 110), title="384x256 (frames are set on the sampler)",
+        node(5, "EmptyLatentImage", (400, 580), (320, 110), title="384x256 (frames are set on the sampler)",
              width=384, height=256, batch_size=1),
-        node(6, "TitanDoverLoader", (20, 500), (340, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
-        node(7, "TitanAestheticObjective", (20, 630), (340, 180), {"dover": (6, 0)}, mode="fused", weight=1.0,
+        node(6, "TitanDoverLoader", (20, 580), (340, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
+        node(7, "TitanAestheticObjective", (20, 730), (340, 180), {"dover": (6, 0)}, mode="fused", weight=1.0,
              fragment_sampling="random", fragment_seed=0, technical_samples=1),
-        node(8, "TitanGradientGuess", (400, 650), (320, 220), **GUESS_KNOBS),
-        node(9, "TitanGuideCogVideoSampler", (840, 60), (340, 620),
+        node(8, "TitanGradientGuess", (400, 750), (320, 220), **GUESS_KNOBS),
+        node(9, "TitanGuideCogVideoSampler", (840, 100), (340, 620),
              {"model": (1, 0), "vae": (1, 1), "positive": (3, 0), "negative": (4, 0), "objective": (7, 0),
               "samples": (5, 0), "guess": (8, 0)}, "TITAN-Guide: CogVideoX + DOVER",
              num_frames=33, steps=50, cfg=6.0, seed=SEED, scheduler="CogVideoXDDIM", strength=0.1,
              strength_schedule="constant", lookahead=1, guidance_start=0.0, guidance_end=1.0, iterations=1,
              optimizer="adam", max_grad_norm=0.0, per_frame=False, decode_chunk_frames=0, denoise_strength=1.0),
-        node(10, "CogVideoDecode", (1220, 60), (340, 250), {"vae": (1, 1), "samples": (9, 0)},
+        node(10, "CogVideoDecode", (1220, 100), (340, 250), {"vae": (1, 1), "samples": (9, 0)},
              enable_vae_tiling=True, tile_sample_min_height=240, tile_sample_min_width=360,
              tile_overlap_factor_height=0.2, tile_overlap_factor_width=0.2, auto_tile_size=True),
-        node(11, "SaveAnimatedWEBP", (1600, 60), (360, 380), {"images": (10, 0)}, "Guided video",
+        node(11, "SaveAnimatedWEBP", (1600, 100), (360, 380), {"images": (10, 0)}, "Guided video",
              filename_prefix="titan/cogvideox_dover", fps=16.0, lossless=False, quality=90, method="default"),
-        node(12, "SaveImage", (1220, 480), (340, 300), {"images": (9, 2)}, "Loss per step",
+        node(12, "SaveImage", (1220, 540), (340, 300), {"images": (9, 2)}, "Loss per step",
              filename_prefix="titan/cogvideox_dover_loss"),
-        node(13, "PreviewAny", (1600, 480), (360, 300), {"source": (9, 1)}, "Guidance report"),
+        node(13, "PreviewAny", (1600, 540), (360, 300), {"source": (9, 1)}, "Guidance report"),
     ]
     files = [
         (COGVIDEO_MODEL.split("/")[-1], "models/CogVideo", "the wrapper downloads it there on first run "
@@ -280,37 +283,37 @@ def cogvideox_titan() -> dict:
                         "with DOVER, 33 frames at 384x256 (the paper's CogVideoX setting)", files,
                         "Swap the objective for any other TITAN objective node; the sampler takes the "
                         "wrapper's MODEL/VAE and CogVideoTextEncode conditionings.")
-    return {"nodes": nodes + [note(14, (20, 900), text, (420, 400))],
-            "groups": [group("CogVideoX-5b (kijai wrapper)", (0, 0, 820, 880))]}
+    return {"nodes": nodes + [note(14, (1220, 900), text, (740, 340))],
+            "groups": [group("CogVideoX-5b (kijai wrapper)", (0, 0, 820, 990))]}
 
 
 def sd15_image_titan() -> dict:
     """A single SD1.5 image guided towards a reference image's style."""
     nodes = [
-        node(1, "CheckpointLoaderSimple", (20, 60), (320, 100), ckpt_name=SD15_BASE_CHECKPOINT),
-        node(2, "CLIPTextEncode", (380, 60), (400, 160), {"clip": (1, 1)}, "Positive prompt",
+        node(1, "CheckpointLoaderSimple", (20, 100), (320, 100), ckpt_name=SD15_BASE_CHECKPOINT),
+        node(2, "CLIPTextEncode", (380, 100), (400, 160), {"clip": (1, 1)}, "Positive prompt",
              text="a cosy cabin in a snowy forest, warm light in the windows"),
-        node(3, "CLIPTextEncode", (380, 260), (400, 130), {"clip": (1, 1)}, "Negative prompt", text=NEGATIVE_TEXT),
-        node(4, "EmptyLatentImage", (380, 430), (320, 110), width=512, height=512, batch_size=1),
-        node(5, "TitanClipStyleLoader", (20, 220), (320, 150), clip_name=CLIP_STYLE_WEIGHTS, architecture="auto",
+        node(3, "CLIPTextEncode", (380, 320), (400, 130), {"clip": (1, 1)}, "Negative prompt", text=NEGATIVE_TEXT),
+        node(4, "EmptyLatentImage", (380, 510), (320, 110), width=512, height=512, batch_size=1),
+        node(5, "TitanClipStyleLoader", (20, 260), (320, 150), clip_name=CLIP_STYLE_WEIGHTS, architecture="auto",
              pretrained_tag="", dtype="fp32"),
-        node(6, "LoadImage", (20, 410), (320, 320), title="Style reference", image=STYLE_IMAGE),
-        node(7, "TitanStyleObjective", (380, 580), (340, 330), {"clip": (5, 0), "style_image": (6, 0)},
+        node(6, "LoadImage", (20, 470), (320, 320), title="Style reference", image=STYLE_IMAGE),
+        node(7, "TitanStyleObjective", (380, 680), (340, 330), {"clip": (5, 0), "style_image": (6, 0)},
              loss_kind="cosine", weight=1.0, text="", style_weight=1.0, text_weight=1.0, content_weight=0.0,
              gram_layer=-2, frames_per_chunk=0),
-        node(8, "TitanGradientGuess", (20, 770), (320, 220), title="Gradient guess (image: all of it)",
+        node(8, "TitanGradientGuess", (20, 850), (320, 220), title="Gradient guess (image: all of it)",
              **{**GUESS_KNOBS, "sampled_frames": 0}),
-        node(9, "TitanGuideSampler", (820, 60), (340, 640),
+        node(9, "TitanGuideSampler", (820, 100), (340, 640),
              {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0), "vae": (1, 2),
               "objective": (7, 0), "guess": (8, 0)}, "TITAN-Guide: CLIP style",
              seed=SEED, steps=STEPS, cfg=7.5, scheduler="normal", denoise=1.0,
              **{**TITAN_KNOBS, "frames_per_video": 0}),
-        node(10, "VAEDecode", (1200, 60), (210, 50), {"samples": (9, 0), "vae": (1, 2)}),
-        node(11, "SaveImage", (1440, 60), (400, 440), {"images": (10, 0)}, "Guided image",
+        node(10, "VAEDecode", (1200, 100), (210, 50), {"samples": (9, 0), "vae": (1, 2)}),
+        node(11, "SaveImage", (1440, 100), (400, 440), {"images": (10, 0)}, "Guided image",
              filename_prefix="titan/sd15_style"),
-        node(12, "SaveImage", (1200, 540), (340, 300), {"images": (9, 2)}, "Loss per step",
+        node(12, "SaveImage", (1200, 600), (340, 300), {"images": (9, 2)}, "Loss per step",
              filename_prefix="titan/sd15_style_loss"),
-        node(13, "PreviewAny", (1560, 540), (340, 300), {"source": (9, 1)}, "Guidance report"),
+        node(13, "PreviewAny", (1560, 600), (340, 300), {"source": (9, 1)}, "Guidance report"),
     ]
     files = [
         (SD15_BASE_CHECKPOINT, "models/checkpoints", "Stable Diffusion 1.5; any SD1.5 checkpoint works"),
@@ -319,34 +322,37 @@ def sd15_image_titan() -> dict:
     ]
     text = weights_note("TITAN-Guide on a plain SD1.5 image (no video model): style guidance through CLIP",
                         files, "frames_per_video 0 and sampled_frames 0: the batch is images, not a video.")
-    return {"nodes": nodes + [note(14, (380, 950), text)],
-            "groups": [group("SD1.5 image", (0, 0, 800, 940))]}
+    return {"nodes": nodes + [note(14, (820, 800), text, (340, 420))],
+            "groups": [group("SD1.5 image", (0, 0, 800, 1090))]}
 
 
 def compare_same_seed() -> dict:
     """Unguided, TITAN-Guide, FreeDoM and TFG on AnimateDiff + DOVER, all from the same seed."""
     nodes = animatediff_backbone("a lighthouse on a cliff at sunset, waves crashing, cinematic")
     nodes += [
-        node(8, "TitanDoverLoader", (20, 700), (320, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
-        node(9, "TitanAestheticObjective", (20, 830), (320, 180), {"dover": (8, 0)}, mode="fused", weight=1.0,
+        node(8, "TitanDoverLoader", (20, 800), (320, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
+        node(9, "TitanAestheticObjective", (20, 950), (320, 180), {"dover": (8, 0)}, mode="fused", weight=1.0,
              fragment_sampling="random", fragment_seed=0, technical_samples=1),
-        node(10, "TitanGradientGuess", (380, 700), (320, 220), **GUESS_KNOBS),
-        node(11, "TitanGuidanceMethod", (380, 960), (340, 520), title="FreeDoM", method="freedom"),
-        node(12, "TitanGuidanceMethod", (380, 1520), (340, 520), title="TFG", method="tfg"),
-        titan_sampler(13, (820, 60), 9, guess=10, title="Unguided (strength 0, same seed)", strength=0.0),
-        titan_sampler(14, (820, 740), 9, guess=10, title="TITAN-Guide"),
-        titan_sampler(15, (820, 1420), 9, method=11, title="FreeDoM (backprop)"),
-        titan_sampler(16, (820, 2100), 9, method=12, title="TFG (backprop)"),
+        node(10, "TitanGradientGuess", (20, 1190), (320, 220), **GUESS_KNOBS),
+        node(11, "TitanGuidanceMethod", (380, 800), (340, 520), title="FreeDoM", method="freedom"),
+        node(12, "TitanGuidanceMethod", (740, 800), (340, 520), title="TFG", method="tfg"),
+    ]
+    # The four samplers side by side, each above its decode, video and report.
+    columns = {13: 1120, 14: 1500, 15: 1880, 16: 2260}
+    nodes += [
+        titan_sampler(13, (columns[13], 100), 9, guess=10, title="Unguided (strength 0, same seed)", strength=0.0),
+        titan_sampler(14, (columns[14], 100), 9, guess=10, title="TITAN-Guide"),
+        titan_sampler(15, (columns[15], 100), 9, method=11, title="FreeDoM (backprop)"),
+        titan_sampler(16, (columns[16], 100), 9, method=12, title="TFG (backprop)"),
     ]
     next_id = 17
     for sampler, label in ((13, "unguided"), (14, "titan"), (15, "freedom"), (16, "tfg")):
-        y = 60 + (sampler - 13) * 680
+        x = columns[sampler]
         nodes += [
-            node(next_id, "VAEDecode", (1200, y), (210, 50), {"samples": (sampler, 0), "vae": (1, 2)}),
-            node(next_id + 1, "SaveAnimatedWEBP", (1440, y), (340, 380), {"images": (next_id, 0)}, label,
+            node(next_id, "VAEDecode", (x, 800), (210, 50), {"samples": (sampler, 0), "vae": (1, 2)}),
+            node(next_id + 1, "SaveAnimatedWEBP", (x, 910), (340, 340), {"images": (next_id, 0)}, label,
                  filename_prefix=f"titan/compare_{label}", fps=FPS, lossless=False, quality=90, method="default"),
-            node(next_id + 2, "PreviewAny", (1200, y + 100), (220, 300), {"source": (sampler, 1)},
-                 f"{label} report"),
+            node(next_id + 2, "PreviewAny", (x, 1310), (340, 250), {"source": (sampler, 1)}, f"{label} report"),
         ]
         next_id += 3
     files = ANIMATEDIFF_FILES + [(DOVER_WEIGHTS, "models/dover", "github.com/VQAssessment/DOVER release DOVER.pth")]
@@ -356,8 +362,8 @@ def compare_same_seed() -> dict:
         files, "Each report shows the objective per step. FreeDoM / TFG use only the method node's own "
         "strengths (freedom_rho, tfg_rho / tfg_mu); strength / optimiser knobs on their samplers are ignored. "
         "Mute (Ctrl+M) a sampler to skip it.")
-    return {"nodes": nodes + [note(next_id, (20, 1060), text, (340, 560))],
-            "groups": [BACKBONE_GROUP, group("Same seed: unguided / TITAN / FreeDoM / TFG", (800, 0, 1000, 2780),
+    return {"nodes": nodes + [note(next_id, (380, 1380), text, (700, 200))],
+            "groups": [BACKBONE_GROUP, group("Same seed: unguided / TITAN / FreeDoM / TFG", (1100, 0, 1520, 1590),
                                              "#8A8")]}
 
 
