@@ -122,6 +122,54 @@ def test_titan_guidance_with_the_attribute_objective_raises_the_judges_probabili
     assert last_loss(guided_report) < last_loss(unguided_report)
 
 
+def test_pixel_frame_interpolation_runs_on_the_embedded_model_and_pulls_the_end_frames(embedded_host):
+    """Pixel keyframes on the embedded model: the codec's decoded Tweedie estimates overshoot [0, 1] early in
+    sampling, which the objective must accept here; the first and last frames move towards the keyframes."""
+    from objectives.frame_interpolation import FrameInterpolationLoss
+
+    def build(strength: float, tag: str) -> dict:
+        graph = {
+            "load": {"class_type": "TitanEmbeddedModelLoader", "inputs": {"unet_name": "embedded_unet.safetensors"}},
+            "latent": {"class_type": "TitanEmbeddedEmptyLatent", "inputs": {"videos": 1}},
+            "red": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1,
+                                                           "color": 0xFF0000}},
+            "blue": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1,
+                                                            "color": 0x0000FF}},
+            "keys": {"class_type": "ImageBatch", "inputs": {"image1": ["red", 0], "image2": ["blue", 0]}},
+            "objective": {"class_type": "TitanFrameInterpolationObjective", "inputs": {
+                "keyframes": ["keys", 0], "frame_indices": "0, 15", "space": "pixels", "weight": 1.0}},
+            "guess": {"class_type": "TitanGradientGuess", "inputs": {
+                "kind": "sampled_gradient", "k": 1, "sampled_frames": 0, "frame_choice": "even",
+                "frame_indices": "", "expansion": "tile", "random_weight": 0.5}},
+            "sampler": {"class_type": "TitanGuideSampler", "inputs": {
+                "model": ["load", 0], "positive": ["load", 2], "negative": ["load", 3], "latent_image": ["latent", 0],
+                "vae": ["load", 1], "objective": ["objective", 0], "guess": ["guess", 0], "seed": 5, "steps": 6,
+                "cfg": 1.0, "scheduler": "normal", "denoise": 1.0, "sampler": "ddim", "eta": 0.0,
+                "strength": strength, "strength_schedule": "constant", "lookahead": 0, "guidance_start": 0.0,
+                "guidance_end": 1.0, "iterations": 1, "optimizer": "adam", "max_grad_norm": 0.0,
+                "per_frame": False, "decode_chunk_frames": 0, "frames_per_video": FRAMES}},
+            "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["load", 1]}},
+            "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0],
+                                                           "filename_prefix": f"embedded_interp/{tag}"}},
+            "report": {"class_type": "PreviewAny", "inputs": {"source": ["sampler", 1]}},
+        }
+        return graph
+
+    keyframes = torch.zeros(2, 32, 32, 3)
+    keyframes[0, ..., 0] = 1
+    keyframes[1, ..., 2] = 1
+    loss = FrameInterpolationLoss(keyframes, indices=[0, FRAMES - 1])
+    errors = {}
+    for tag, strength in (("unguided", 0.0), ("guided", 0.3)):
+        outputs = embedded_host.run(build(strength, tag), timeout=300)
+        report = outputs["report"]["text"][0]
+        assert "guided entries: 6, skipped (non-finite loss or gradient): 0" in report, report
+        frames = saved_frames(embedded_host, outputs, "save")
+        assert frames.shape == (FRAMES, 3, 32, 32)
+        errors[tag] = float(loss(frames.permute(0, 2, 3, 1)[None].permute(0, 1, 4, 2, 3)))
+    assert errors["guided"] < 0.5 * errors["unguided"], errors
+
+
 def test_attribute_objective_without_targets_is_a_clear_error(embedded_host):
     prompt = demo.api_prompt(videos=1, steps=2)
     prompt["3"]["inputs"]["colour"] = "any"
