@@ -31,6 +31,14 @@ class SamplingContext:
     latent_scale: Callable[[Tensor], Tensor] = vp_input_scale
     callback: Callable[[dict], None] | None = None
     observer: Callable[..., None] | None = None
+    noise_generator: torch.Generator | None = None  # ancestral step noise; default: derived from `generator`
+
+    def __post_init__(self):
+        # Step noise gets its own stream, so guidance's random draws (tangents, frame choices) do not shift it:
+        # with eta > 0 a guided run and an unguided run from the same seed see the same step noise.
+        if self.noise_generator is None and self.generator is not None:
+            self.noise_generator = torch.Generator(device=self.generator.device).manual_seed(
+                (self.generator.initial_seed() * 6364136223846793005 + 1) % 2**63)
 
     @property
     def steps(self) -> int:
@@ -45,7 +53,7 @@ class SamplingContext:
             if self.step == "heun":
                 x_next = heun_step(self.denoise, x, sigma, sigma_next, denoised)
             else:
-                x_next = ancestral_step(denoised, x, sigma, sigma_next, self.eta, self.generator)
+                x_next = ancestral_step(denoised, x, sigma, sigma_next, self.eta, self.noise_generator)
         if self.callback is not None:
             self.callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
         return x_next

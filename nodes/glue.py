@@ -465,7 +465,9 @@ def guidance_inputs() -> list:
                                "(2 model calls per step)."),
         io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
                        tooltip="Noise fraction of each euler/ddim step (0 = deterministic DDIM, 1 = ancestral). "
-                               "Must be 0 for heun, flow models and DOODL. The look-ahead is always deterministic."),
+                               "Must be 0 for heun, flow models and DOODL. The look-ahead is always deterministic. "
+                               "The step noise has its own seeded stream, so guided and unguided runs at one seed "
+                               "get the same noise."),
         io.Float.Input("strength", default=0.1, min=0.0, max=10.0, step=0.005,
                        tooltip="Guidance strength (learning rate of the update on the normalised latent "
                                "z = x / sqrt(1 + sigma^2)); the paper uses 0.1 (Adam 0.08-0.1). 0 = no update. "
