@@ -142,17 +142,18 @@ class SampledGradientGuess:
         layout = ctx.layout
         total = layout.frames(ctx.x)
         idx = self.frame_indices(total, ctx.generator)
+        every = torch.equal(idx, torch.arange(total))  # the whole video in order: no gather, no subset
         with torch.inference_mode(False), torch.enable_grad():
-            x0 = layout.select_frames(ctx.denoised, idx).detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(ctx.loss(x0, idx).sum(), x0)
+            x0 = (ctx.denoised if every else layout.select_frames(ctx.denoised, idx)).detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(ctx.loss(x0, None if every else idx).sum(), x0)
         return layout.normalize(self.spread(g, idx, total, layout))[None]
 
     def spread(self, g: Tensor, idx: Tensor, total: int, layout: Layout) -> Tensor:
         """Expand the gradient on the sampled frames `idx` to all `total` frames."""
         k = len(idx)
-        if k == total:
-            return g
         frames = torch.arange(total)
+        if k == total and torch.equal(idx.sort().values, frames):  # every frame once, maybe out of order
+            return g if torch.equal(idx, frames) else layout.select_frames(g, torch.argsort(idx))
         if self.expand == "tile":
             return layout.select_frames(g, frames % k)
         pos = (frames[:, None] - idx[None]).abs().float()

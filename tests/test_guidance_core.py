@@ -138,6 +138,26 @@ def test_sampled_gradient_is_the_tweedie_gradient_on_the_chosen_frames():
         gc.SampledGradientGuess(frames=5)(gc.GuessContext(x, sigmas[1], denoised, loss, layout))
 
 
+def test_sampled_gradient_on_every_frame_is_the_full_gradient_in_any_order():
+    """All frames: no subset reaches the loss, and fixed indices in another order land on their own frames."""
+    denoise, loss, layout, sigmas, x = video_problem(samples=1, frames=4)
+    denoised = denoise(x, sigmas[1]).detach()
+    seen = []
+
+    def recording_loss(x0, frame_indices=None, per_frame=False):
+        seen.append(frame_indices)
+        return loss(x0, frame_indices, per_frame)
+
+    full = denoised.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss(full).sum(), full)
+    expected = g / g.norm()
+    for guess in (gc.SampledGradientGuess(frames=4),
+                  gc.SampledGradientGuess(frames=4, choice="fixed", indices=[3, 1, 0, 2], expand="tile")):
+        v = guess(gc.GuessContext(x, sigmas[1], denoised, recording_loss, layout))[0]
+        assert torch.allclose(v, expected, atol=1e-12)
+    assert seen[0] is None and seen[1].tolist() == [3, 1, 0, 2]
+
+
 def test_lookahead_zero_is_the_tweedie_estimate():
     denoise, loss, layout, sigmas, x = video_problem()
     s = gc.lookahead_sigmas(sigmas[2:], 0)
