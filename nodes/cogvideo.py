@@ -340,8 +340,11 @@ class TitanGuideCogVideoSampler(io.ComfyNode):
                 stack.enter_context(clones.scope())  # for the few operations outside the wrappers
                 caught = stack.enter_context(warnings.catch_warnings(record=True))
                 warnings.simplefilter("always")
+                # ancestral noise continues the initial noise's stream, as the wrapper's sampler draws it;
+                # guidance draws (tangents, frame choices) come from their own stream and do not shift it
                 result = core.sample(denoiser, x, schedule.sigmas.to(device), guided, loss=loss, layout=layout,
-                                     step=schedule.step, eta=schedule.eta, generator=generator,
+                                     step=schedule.step, eta=schedule.eta, noise_generator=generator,
+                                     generator=torch.Generator(device="cpu").manual_seed(glue.guidance_seed(seed)),
                                      callback=step_callback)
                 record.warnings = [str(w.message) for w in caught]
         except torch.OutOfMemoryError as error:
