@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .constants import on_device
+from .constants import on_device, outside_function_transforms
 
 Triple = Tuple[int, int, int]
 
@@ -67,7 +67,7 @@ def _plain(function):
     """Run a constant-building function outside torch.func's wrapping, so its cached result is a plain tensor."""
     @functools.wraps(function)
     def run(*args):
-        with torch._C._DisableFuncTorch():
+        with outside_function_transforms():
             return function(*args)
     return run
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .constants import capturing
+from .constants import capturing, outside_function_transforms
 
 # Decoded videos may overshoot [0, 1] slightly (an unclamped VAE decode); anything
 # further out means a wrong value range (e.g. [-1, 1] or [0, 255]).
@@ -188,32 +188,6 @@ def forward_ad_safe_attention() -> Iterator[None]:
             yield
     finally:
         torch.backends.mha.set_fastpath_enabled(previous_fastpath)
-
-
-def inside_function_transform() -> bool:
-    """Whether a torch.func transform (jvp, grad, vmap, ...) is active around the caller."""
-    return torch._C._functorch.maybe_current_level() is not None
-
-
-@contextlib.contextmanager
-def outside_function_transforms() -> Iterator[bool]:
-    """Suspend the torch.func transforms active around the caller for the body; yields whether it could.
-
-    Inside a transform every result is wrapped for that transform's level and must not outlive it; a
-    constant computed in this scope is a plain tensor that may be cached. Uses torch's own helper for
-    suspending the transform stack (private API); where it is missing the body runs inside the transforms
-    and this yields False.
-    """
-    if not inside_function_transform():
-        yield True
-        return
-    try:
-        from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
-    except ImportError:
-        yield False
-        return
-    with temporarily_clear_interpreter_stack():
-        yield True
 
 
 class ConstantTargets:

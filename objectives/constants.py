@@ -1,4 +1,4 @@
-"""Device copies of constant tensors, made once per (device, dtype) instead of on every call.
+"""Constant tensors made outside torch.func transforms, with device copies made once per (device, dtype).
 
 Besides saving a host-to-device copy per call, this keeps an objective usable inside a captured CUDA graph
 (guidance_core.GraphedJvp): no copy from pageable host memory is allowed while a graph is captured, and
@@ -6,10 +6,38 @@ the eager call that precedes every capture fills the cache.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
+
+
+def inside_function_transform() -> bool:
+    """Whether a torch.func transform (jvp, grad, vmap, ...) is active around the caller."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
+@contextlib.contextmanager
+def outside_function_transforms() -> Iterator[bool]:
+    """Suspend the torch.func transforms active around the caller for the body; yields whether it could.
+
+    Inside a transform every result is wrapped for that transform's level and must not outlive it; a
+    constant computed in this scope is a plain tensor that may be cached. Uses torch's own helper for
+    suspending the transform stack (private API); where it is missing the body runs inside the transforms
+    and this yields False.
+    """
+    if not inside_function_transform():
+        yield True
+        return
+    try:
+        from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+    except ImportError:
+        yield False
+        return
+    with temporarily_clear_interpreter_stack():
+        yield True
+
 
 _lock = threading.Lock()
 _copies: dict = {}
@@ -40,8 +68,11 @@ def constant(values: Sequence[float] | Sequence[int], device: torch.device, dtyp
     with _lock:
         cpu = _values.get(key)
         if cpu is None:
-            with torch._C._DisableFuncTorch():  # a plain tensor, even when first asked for inside torch.func
-                cpu = _values[key] = torch.tensor(key[0], dtype=dtype)
+            with outside_function_transforms() as outside:  # a plain tensor, even when asked for inside torch.func
+                cpu = torch.tensor(key[0], dtype=dtype)
+            if not outside:  # tied to the transform around the caller: not cached
+                return cpu.to(device=device, dtype=dtype)
+            _values[key] = cpu
     return on_device(cpu, device, dtype)
 
 

@@ -40,7 +40,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .constants import constant
+from .constants import constant, outside_function_transforms
 
 DOVER_MEAN_255 = (123.675, 116.28, 103.53)
 DOVER_STD_255 = (58.395, 57.12, 57.375)
@@ -174,7 +174,7 @@ def technical_view(
     video = upsample_to_cover(video, *config.technical_size)
     batch, frames, channels, height, width = video.shape
     # plain CPU index arithmetic: outside torch.func's wrapping, so the index can key a cached device copy
-    with torch._C._DisableFuncTorch():
+    with outside_function_transforms():
         if positions is None:
             positions = fragment_positions(height, width, config, sampling, generator)
         tops, lefts = positions
@@ -182,7 +182,7 @@ def technical_view(
     grid = (config.fragments_h, config.fragments_w)
     if tuple(tops.shape) != grid or tuple(lefts.shape) != grid:
         raise ValueError(f"fragment positions must be two {grid} tensors, got {tuple(tops.shape)} and {tuple(lefts.shape)}")
-    with torch._C._DisableFuncTorch():
+    with outside_function_transforms():
         if tops.min() < 0 or lefts.min() < 0 or tops.max() + fh > height or lefts.max() + fw > width:
             raise ValueError(f"fragment positions fall outside the {height}x{width} frame")
         flat_index = fragment_gather_index(width, tops, lefts, fh, fw).tolist()
