@@ -1,6 +1,6 @@
 """guidance_core: TITAN-Guide's forward-gradient guidance engine in plain PyTorch (never imports ComfyUI)."""
 from . import baselines
-from .attention import (attention_route, chunked_math_sdpa, forward_ad_attention, forward_ad_sdpa, math_attention,
+from .attention import (attention_route, chunked_math_sdpa, forward_ad_attention, forward_ad_sdpa,
                         register_attention_context)
 from .cuda_graph import GraphedJvp
 from .decode import DecodedLoss, chunked_decode, plan_chunk_frames

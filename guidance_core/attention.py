@@ -207,19 +207,3 @@ def forward_ad_attention() -> Iterator[None]:
         for factory in list(_host_contexts):
             stack.enter_context(factory())
         yield
-
-
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
-                   mask: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
-    """Explicit softmax(q k^T * scale) v over (..., tokens, dim), optionally chunked over queries to bound memory."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if chunk is None or chunk >= q.shape[-2]:
-        w = (q @ k.transpose(-1, -2)) * scale
-        if mask is not None:
-            w = w + mask
-        return w.softmax(dim=-1) @ v
-    outs = []
-    for s in range(0, q.shape[-2], chunk):
-        m = None if mask is None else mask[..., s:s + chunk, :]
-        outs.append(math_attention(q[..., s:s + chunk, :], k, v, scale, m))
-    return torch.cat(outs, dim=-2)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from .forward_gradient import directional_derivative
 from .layout import Layout
 
 
@@ -67,8 +68,6 @@ def plan_chunk_frames(decode: Callable[[Tensor], Tensor], z: Tensor, layout: Lay
     device's plus the caching allocator's unused blocks) by it. Resets CUDA's peak-memory counter. On the
     CPU, where no allocator statistics exist, every frame is decoded at once.
     """
-    from .attention import forward_ad_attention
-
     if not 0 < free_fraction <= 1:
         raise ValueError(f"free_fraction must be in (0, 1], got {free_fraction}")
     frames = layout.frames(z)
@@ -78,8 +77,7 @@ def plan_chunk_frames(decode: Callable[[Tensor], Tensor], z: Tensor, layout: Lay
     torch.cuda.synchronize(z.device)
     base = torch.cuda.memory_allocated(z.device)
     torch.cuda.reset_peak_memory_stats(z.device)
-    with torch.inference_mode(False), torch.no_grad(), forward_ad_attention():
-        torch.func.jvp(decode, (one,), (torch.randn_like(one),))
+    directional_derivative(decode, one, torch.randn_like(one))
     per_frame = max(torch.cuda.max_memory_allocated(z.device) - base, 1)
     free = torch.cuda.mem_get_info(z.device)[0] + torch.cuda.memory_reserved(z.device) \
         - torch.cuda.memory_allocated(z.device)
