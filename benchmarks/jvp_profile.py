@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import guidance_core as gc
 from guidance_core import attention
-from benchmarks.paper_scale import build_animatediff
+from benchmarks.paper_scale import add_precision_argument, build_animatediff, set_precision
 
 CFG = 7.5
 
@@ -73,27 +73,19 @@ def attention_kernels(device, repeats: int) -> list[dict]:
             cast = [t.to(dtype) for t in (q, k, v, tq, tk, tv)]
             row = {"shape": name, "dims": list(shape), "dtype": str(dtype).replace("torch.", "")}
             with gc.forward_ad_attention():
-                previous = attention.settings.fused
-                try:
-                    attention.settings.fused = False
+                with scope_settings(fused=False):
                     row["math_ms"], row["math_peak_gb"], math_out = timed(
                         lambda: torch.func.jvp(f, tuple(cast[:3]), tuple(cast[3:])), repeats)
-                    attention.settings.fused = True
+                with scope_settings(fused=True):
                     row["route"] = attention.attention_route(*cast[:3])
                     row["fused_ms"], row["fused_peak_gb"], fused_out = timed(
                         lambda: torch.func.jvp(f, tuple(cast[:3]), tuple(cast[3:])), repeats)
-                finally:
-                    attention.settings.fused = previous
             row["math_ms"] *= 1e3
             row["fused_ms"] *= 1e3
             if shape[2] <= 2304:  # float64 reference (MATH) where it fits comfortably
-                with gc.forward_ad_attention():
-                    attention.settings.fused = False
-                    try:
-                        ref = torch.func.jvp(f, tuple(t.double() for t in (q, k, v)),
-                                             tuple(t.double() for t in (tq, tk, tv)))
-                    finally:
-                        attention.settings.fused = previous
+                with gc.forward_ad_attention(), scope_settings(fused=False):
+                    ref = torch.func.jvp(f, tuple(t.double() for t in (q, k, v)),
+                                         tuple(t.double() for t in (tq, tk, tv)))
                 for label, out in (("math", math_out), ("fused", fused_out)):
                     row[f"{label}_err_out"] = rel_error(out[0], ref[0])
                     row[f"{label}_err_tangent"] = rel_error(out[1], ref[1])
@@ -303,15 +295,6 @@ def bf16_check(unet, call, x, v, fp32_tangent) -> dict:
         unet.to(torch.float32)
 
 
-PRECISIONS = ("default", "strict")
-
-
-def set_precision(precision: str) -> None:
-    """fp32 math mode of the run (see --precision)."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = precision == "default"
-
-
 def main() -> None:
     """Run the profile, print a summary, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -320,10 +303,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny UNet on the CPU: checks the code paths only")
     parser.add_argument("--titan-only", type=int, metavar="STEPS", help="only the TITAN video check, STEPS steps, "
                         "graph first (debugging capture)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="default",
-                        help="fp32 math: 'default' = PyTorch's defaults (TF32 inside cuDNN convolutions, full fp32 "
-                             "matmuls), what ComfyUI runs; 'strict' = no TF32 anywhere (cuDNN then picks "
-                             "convolution algorithms with a ~14 GB workspace on the SD1.5 UNet)")
+    add_precision_argument(parser)
     args = parser.parse_args()
     if args.titan_only:
         print(json.dumps(titan_video(torch.device("cuda"), 16, 256, False, args.titan_only, ("graph", "eager"))))

@@ -703,6 +703,14 @@ def chunk_argument(text: str) -> int | None:
 PRECISIONS = ("default", "strict")
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """--precision, shared with benchmarks/jvp_profile.py."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="default",
+                        help="fp32 math: 'default' = PyTorch's defaults (TF32 inside cuDNN convolutions, full fp32 "
+                             "matmuls), what ComfyUI runs; 'strict' = no TF32 anywhere (cuDNN then picks "
+                             "convolution algorithms with a ~14 GB workspace on the SD1.5 UNet)")
+
+
 def set_precision(precision: str) -> None:
     """fp32 math mode of the run (see --precision)."""
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -725,10 +733,7 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of other cases already in --out (a run split over several sessions)")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the code paths only")
-    parser.add_argument("--precision", choices=PRECISIONS, default="default",
-                        help="fp32 math: 'default' = PyTorch's defaults (TF32 inside cuDNN convolutions, full fp32 "
-                             "matmuls), what ComfyUI runs; 'strict' = no TF32 anywhere (cuDNN then picks "
-                             "convolution algorithms with a ~14 GB workspace on the SD1.5 UNet)")
+    add_precision_argument(parser)
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
