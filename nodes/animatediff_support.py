@@ -9,13 +9,14 @@ The exception is ADE's temporal attention. `CrossAttentionMM` (animatediff/utils
 `transformer_options["optimized_attention_override"]`: each instance binds `self.actual_attention` in
 __init__ to a function ADE chose once, at import, from ComfyUI's flags (`attention_pytorch` when PyTorch
 attention is on, ComfyUI's default on NVIDIA; `attention_sub_quad` or `attention_split` otherwise), and calls
-`self.actual_attention(q, k, v, heads, mask)`. On NVIDIA that is SDPA inside ComfyUI's backend-priority
-context, whose fused kernels have no forward derivative.
+`self.actual_attention(q, k, v, heads, mask)`. Inside a forward-mode pass the SDPA choice works (torch's
+SDPA is guidance_core's router then, which selects MATH itself despite ComfyUI's backend-priority context);
+the sub-quadratic and split choices, which write into buffers in place, have no forward derivative.
 
 `motion_attention_for_forward_ad()` sets, for its scope only, a data descriptor `actual_attention` on each
 loaded CrossAttentionMM class. A data descriptor on the class takes precedence over the instance attribute,
-so every instance (of the class and its subclasses) reads ComfyUI's `attention_pytorch` outside its
-backend-priority context, whose SDPA call inside the JVP scope is guidance_core's forward-AD router (fused
+so every instance (of the class and its subclasses) reads ComfyUI's `attention_pytorch`, whose SDPA call
+inside the JVP scope is guidance_core's forward-AD router (fused
 flash JVP for long sequences on CUDA, chunked MATH otherwise; ADE's temporal sequences are short), while assignments
 (ADE's CUDA-error fallback, `reset_attention_type`) still land in the instance. On exit, also after an error,
 the descriptor is removed and every instance reads its own choice again; no model, module or instance is
@@ -35,9 +36,6 @@ import sys
 import threading
 from typing import Iterator
 
-import torch.nn.functional as F
-
-import comfy.ops
 from comfy.ldm.modules.attention import attention_pytorch
 
 LOG = logging.getLogger("titan_guide")
@@ -69,17 +67,8 @@ def forward_ad_motion_attention(q, k, v, heads, mask=None, *args, **kwargs):
     if first:
         LOG.info("TITAN-Guide: AnimateDiff-Evolved motion attention runs through guidance_core's forward-AD "
                  "SDPA inside forward-mode passes")
-    previous = comfy.ops.scaled_dot_product_attention
-    comfy.ops.scaled_dot_product_attention = _plain_sdpa  # ComfyUI's CUDA backend-priority context would undo MATH
-    try:
-        return attention_pytorch(q, k, v, heads, mask, *args, **kwargs)
-    finally:
-        comfy.ops.scaled_dot_product_attention = previous
-
-
-def _plain_sdpa(q, k, v, *args, **kwargs):
-    """torch's SDPA as bound now: guidance_core's forward-AD router inside its scope."""
-    return F.scaled_dot_product_attention(q, k, v, *args, **kwargs)
+    # ComfyUI's CUDA backend-priority context around SDPA is harmless: the router selects MATH itself
+    return attention_pytorch(q, k, v, heads, mask, *args, **kwargs)
 
 
 class _ForwardADAttentionDescriptor:

@@ -38,7 +38,6 @@ from torch.overrides import TorchFunctionMode
 
 import comfy.model_management as model_management
 import comfy.model_sampling
-import comfy.ops
 import comfy.samplers
 from comfy.ldm.modules.attention import attention_pytorch
 from comfy.ldm.modules.diffusionmodules.model import AttnBlock
@@ -598,11 +597,6 @@ def _forward_ad_attention_override(func, *args, **kwargs):
     return attention_pytorch(*args, **kwargs)
 
 
-def _plain_sdpa(q, k, v, *args, **kwargs):
-    """torch SDPA without ComfyUI's backend-priority context, so the MATH-only selection of the JVP scope holds."""
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, *args, **kwargs)
-
-
 def _vae_math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Single-head attention over the spatial positions of (B, C, *spatial) maps, as the VAE's AttnBlock."""
     shape = q.shape
@@ -661,15 +655,16 @@ class ComfyDenoiser:
 
     @contextlib.contextmanager
     def forward_ad_scope(self):
-        """Scope of one forward-mode pass: attention override on, ComfyUI's SDPA priority context off."""
+        """Scope of one forward-mode pass: attention override on.
+
+        ComfyUI's backend-priority context around SDPA needs no undoing: inside the pass torch's SDPA is
+        guidance_core's router, which selects MATH itself where it does not take the fused JVP kernel.
+        """
         self.forward_ad_depth += 1
-        previous_sdpa = comfy.ops.scaled_dot_product_attention
-        comfy.ops.scaled_dot_product_attention = _plain_sdpa
         try:
             with forward_ad_safe_attention():
                 yield
         finally:
-            comfy.ops.scaled_dot_product_attention = previous_sdpa
             self.forward_ad_depth -= 1
 
 
