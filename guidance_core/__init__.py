@@ -7,8 +7,8 @@ from .decode import DecodedLoss, chunked_decode, plan_chunk_frames
 from .denoiser import (DiscreteSchedule, EpsDenoiser, VDenoiser, eps_from, sigmas_from_alphas_cumprod,
                        vp_input_scale)
 from .forward_gradient import ForwardGradient, directional_derivative, exact_gradient, forward_gradient
-from .guesses import (AntitheticGuess, GuessContext, MixedGuess, OrthogonalGuess, RandomGuess,
-                      SampledGradientGuess, ScoreGuess, make_guess)
+from .guesses import (AntitheticGuess, GuessContext, MixedGuess, MomentumGuess, OrthogonalGuess, RandomGuess,
+                      SampledGradientGuess, ScoreGuess, SmoothRandomGuess, make_guess)
 from .layout import Layout
 from .sampling import SampleResult, SamplingContext, sample
 from .titan import LookaheadGuidance, Titan, Traverse, cosine

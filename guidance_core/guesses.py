@@ -28,6 +28,7 @@ class GuessContext:
     loss: Callable[..., Tensor] | None
     layout: Layout
     generator: torch.Generator | None = None
+    memory: dict | None = None  # per-run scratch of the guess (MomentumGuess keeps its running estimate here)
 
 
 def _randn(shape: Sequence[int], like: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -47,6 +48,95 @@ class RandomGuess:
 
     def __call__(self, ctx: GuessContext) -> Tensor:
         return _randn((self.k, *ctx.x.shape), ctx.x, ctx.generator)
+
+
+def frames_view(t: Tensor, layout: Layout) -> Tensor:
+    """`t` as (samples, frames, *rest) for latents with frames along dim 0 (B*F, ...) or one sample per row."""
+    if layout.frame_dim == 0:
+        return t.reshape(layout.samples, layout.frames(t), *t.shape[1:])
+    if t.shape[0] != layout.samples:
+        raise ValueError(f"a latent of shape {tuple(t.shape)} with frames along dim {layout.frame_dim} must hold one "
+                         f"sample per row ({layout.samples} samples)")
+    return t.movedim(layout.frame_dim, 1)
+
+
+def from_frames_view(v: Tensor, like: Tensor, layout: Layout) -> Tensor:
+    """Inverse of `frames_view`."""
+    if layout.frame_dim == 0:
+        return v.reshape(like.shape)
+    return v.movedim(1, layout.frame_dim)
+
+
+class SmoothRandomGuess:
+    """Gaussian tangents drawn on a grid `downscale` times coarser in space and correlated across frames.
+
+    Frame t's tangent is rho * shared + sqrt(1 - rho^2) * own, upsampled bilinearly, then scaled to the norm of
+    an isotropic Gaussian. E[V V^T] = Sigma != I, so G estimates Sigma grad f: the gradient with its
+    low-frequency, temporally coherent part kept, the part the denoiser cannot wash out. No backward pass.
+    """
+
+    uses_denoised = False
+
+    def __init__(self, k: int = 1, downscale: int = 4, frame_correlation: float = 0.5):
+        if k < 1:
+            raise ValueError(f"number of tangents must be >= 1, got {k}")
+        if downscale < 1:
+            raise ValueError(f"downscale must be >= 1, got {downscale}")
+        if not 0.0 <= frame_correlation <= 1.0:
+            raise ValueError(f"frame correlation must be in [0, 1], got {frame_correlation}")
+        self.k, self.downscale, self.frame_correlation = k, downscale, frame_correlation
+
+    def __call__(self, ctx: GuessContext) -> Tensor:
+        layout, x = ctx.layout, ctx.x
+        view = frames_view(x, layout)  # (samples, frames, ..., H, W)
+        *lead, height, width = view.shape
+        coarse = (max(1, height // self.downscale), max(1, width // self.downscale))
+        rho = self.frame_correlation
+        shared = _randn((self.k, lead[0], 1, *lead[2:], *coarse), x, ctx.generator)
+        own = _randn((self.k, *lead, *coarse), x, ctx.generator)
+        v = rho * shared + (1 - rho**2) ** 0.5 * own
+        v = torch.nn.functional.interpolate(v.reshape(-1, 1, *coarse), size=(height, width), mode="bilinear",
+                                            align_corners=False).reshape(self.k, *view.shape)
+        v = torch.stack([from_frames_view(t, x, layout) for t in v])
+        d = layout.flat(x).shape[1]
+        return torch.stack([layout.normalize(t) for t in v]) * d**0.5
+
+
+class MomentumGuess:
+    """The direction of a running sum of this run's earlier estimates G, mixed with a fresh tangent.
+
+    Each G = <grad f, V> V is an estimate of (a smoothed) grad f, so their running sum M turns towards it over the
+    steps; V = cos(a) M/|M| + sin(a) r with r a fresh `base` tangent orthogonal to M. Until a first estimate
+    exists, V is the base tangent alone. No backward pass; biased towards directions that helped before.
+    """
+
+    uses_denoised = False
+
+    k = 1
+
+    def __init__(self, base: object | None = None, random_weight: float = 0.5, decay: float = 0.9):
+        if not 0.0 <= random_weight <= 1.0:
+            raise ValueError(f"random weight must be in [0, 1], got {random_weight}")
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"decay must be in [0, 1], got {decay}")
+        self.base, self.random_weight, self.decay = base or SmoothRandomGuess(), random_weight, decay
+
+    def __call__(self, ctx: GuessContext) -> Tensor:
+        layout = ctx.layout
+        r = layout.normalize(self.base(ctx)[0])
+        running = None if ctx.memory is None else ctx.memory.get("momentum")
+        if running is None:
+            return r[None] * layout.flat(r).shape[1] ** 0.5
+        m = layout.normalize(running)
+        r = layout.normalize(r - layout.per_sample(layout.dot(r, m), m) * m)
+        w = torch.as_tensor(self.random_weight * torch.pi / 2)
+        return (layout.normalize(torch.cos(w) * m + torch.sin(w) * r) * layout.flat(r).shape[1] ** 0.5)[None]
+
+    def after_estimate(self, memory: dict, gradient: Tensor, layout: Layout) -> None:
+        """Fold this step's estimate into the running direction (each estimate at unit norm per sample)."""
+        g = layout.normalize(gradient)
+        previous = memory.get("momentum")
+        memory["momentum"] = g if previous is None else self.decay * previous + g
 
 
 class OrthogonalGuess:
@@ -192,9 +282,11 @@ class MixedGuess:
 
 
 def make_guess(kind: str, **options) -> object:
-    """Build a guess by name: random, orthogonal, antithetic, score, sampled_gradient, mixed."""
+    """Build a guess by name: random, orthogonal, antithetic, score, sampled_gradient, mixed, smooth_random,
+    momentum."""
     kinds = {"random": RandomGuess, "orthogonal": OrthogonalGuess, "antithetic": AntitheticGuess,
-             "score": ScoreGuess, "sampled_gradient": SampledGradientGuess, "mixed": MixedGuess}
+             "score": ScoreGuess, "sampled_gradient": SampledGradientGuess, "mixed": MixedGuess,
+             "smooth_random": SmoothRandomGuess, "momentum": MomentumGuess}
     if kind not in kinds:
         raise ValueError(f"unknown gradient guess {kind!r}; choose one of {tuple(kinds)}")
     return kinds[kind](**options)

@@ -32,6 +32,7 @@ class SamplingContext:
     callback: Callable[[dict], None] | None = None
     observer: Callable[..., None] | None = None
     noise_generator: torch.Generator | None = None  # ancestral step noise; default: derived from `generator`
+    state: dict = field(default_factory=dict)  # what a method keeps across the steps of this run (an optimiser)
 
     def __post_init__(self):
         # Step noise gets its own stream, so guidance's random draws (tangents, frame choices) do not shift it:
@@ -39,6 +40,13 @@ class SamplingContext:
         if self.noise_generator is None and self.generator is not None:
             self.noise_generator = torch.Generator(device=self.generator.device).manual_seed(
                 (self.generator.initial_seed() * 6364136223846793005 + 1) % 2**63)
+
+    def run_state(self, owner: object, build: Callable[[], object]) -> object:
+        """`owner`'s state for this run, built on first use (a method object may serve several runs)."""
+        key = id(owner)
+        if key not in self.state:
+            self.state[key] = build()
+        return self.state[key]
 
     @property
     def steps(self) -> int:

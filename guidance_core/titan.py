@@ -15,6 +15,7 @@ from torch import Tensor
 from .cuda_graph import GraphedJvp
 from .forward_gradient import ESTIMATORS, forward_gradient
 from .guesses import GuessContext, RandomGuess
+from .layout import Layout
 from .sampling import SamplingContext
 from .unroll import lookahead_sigmas, unroll
 from .update import apply_update, clip_per_sample, guided_steps, make_optimizer, strength_schedule
@@ -44,18 +45,22 @@ class Traverse:
 
 @dataclass
 class LookaheadGuidance:
-    """Shared knobs: look-ahead steps, strength and its schedule, optimiser, window, iterations, clipping.
+    """Shared knobs: look-ahead steps, strength and its schedule, update rule, window, iterations, clipping.
+
+    The defaults are what the sampler nodes ship (they read them from here), chosen by benchmarks/fidelity.py's
+    rule: the best judge success whose videos stay as clean as unguided ones (high-frequency energy <= 1.2x,
+    frame difference <= 1.3x). The last quarter of the steps is left unguided: updates there are not denoised away.
 
     A look-ahead of k means k sampler steps before the Tweedie estimate, or all remaining steps when fewer
     than k are left (so late steps simply look ahead to the end).
     """
 
     lookahead: int | str = 1
-    strength: float = 0.1
+    strength: float = 0.07
     schedule: str = "constant"
-    optimizer: str = "adam"
+    optimizer: str = "normalized_relative"
     start: float = 0.0
-    end: float = 1.0
+    end: float = 0.75
     iterations: int = 1
     max_grad_norm: float | None = None
     per_frame: bool = False
@@ -66,6 +71,8 @@ class LookaheadGuidance:
         if self.lookahead != "all" and (not isinstance(self.lookahead, int) or self.lookahead < 0):
             raise ValueError(f"look-ahead must be an integer >= 0 or 'all', got {self.lookahead!r}")
         make_optimizer(self.optimizer, self.strength)  # validates early
+        if self.max_grad_norm is not None:
+            clip_per_sample(torch.zeros(1), self.max_grad_norm, Layout())  # validates early
         strength_schedule(self.schedule, 1)
 
     def objective(self, i: int, ctx: SamplingContext):
@@ -90,7 +97,8 @@ class LookaheadGuidance:
         if i not in window or ctx.loss is None:
             return ctx.plain_step(x, i), None
         weight = float(strength_schedule(self.schedule, len(window))[i - window.start])
-        optimizer = make_optimizer(self.optimizer, self.strength * weight)
+        rule = ctx.run_state(self, lambda: make_optimizer(self.optimizer, self.strength, ctx.layout))
+        rule.begin_step()
         f, k = self.objective(i, ctx)
         scale = ctx.latent_scale(ctx.sigmas[i])
         report = {"step": i, "sigma": float(ctx.sigmas[i]), "lookahead": k, "loss": [], "grad_norm": [],
@@ -108,7 +116,7 @@ class LookaheadGuidance:
                 break
             if ctx.observer is not None:
                 ctx.observer(i=i, x=x, gradient=grad, f=f, method=self)
-            x = apply_update(x, grad, optimizer, scale)
+            x = apply_update(x, grad, rule, self.strength * weight, scale)
         return ctx.plain_step(x, i), report
 
 
@@ -134,8 +142,11 @@ class Titan(LookaheadGuidance):
         needs_denoised = getattr(self.guess, "uses_denoised", True)
         with torch.no_grad():
             denoised = ctx.denoise(x, sigma) if needs_denoised else None
-        tangents = self.guess(GuessContext(x, sigma, denoised, ctx.loss, ctx.layout, ctx.generator))
+        memory = ctx.run_state(self.guess, dict)
+        tangents = self.guess(GuessContext(x, sigma, denoised, ctx.loss, ctx.layout, ctx.generator, memory))
         est = forward_gradient(f, x, tangents, ctx.layout, self.estimator, self.delta, jvp=self.graphs)
+        if hasattr(self.guess, "after_estimate") and torch.isfinite(est.gradient).all():
+            self.guess.after_estimate(memory, est.gradient, ctx.layout)
         return est.loss, est.gradient, est.derivatives
 
 

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from ..sampling import SamplingContext
 from ..update import guided_steps
-from .tfg import (TFG_SCHEDULES, check_schedule, finite_or_warn, grad_of, new_report, observe, record, renoise,
-                  sample_losses, tfg_schedule)
+from .tfg import (TFG_SCHEDULES, check_schedule, check_update, finite_or_warn, grad_of, gradient_step, new_report,
+                  observe, record, renoise, sample_losses, tfg_schedule)
 
 FREEDOM_SCHEDULES = ("sqrt_alpha",) + TFG_SCHEDULES
 
@@ -47,8 +47,10 @@ class FreeDoM:
     start: float = 0.0
     end: float = 1.0
     checkpointed: bool = False
+    update: str = "plain"
 
     def __post_init__(self):
+        check_update(self.update)
         if self.rho < 0:
             raise ValueError(f"rho must be >= 0, got {self.rho}")
         if self.repeats < 1:
@@ -91,7 +93,8 @@ class FreeDoM:
             observe(ctx, i, x, grad, self)
             x_next = ctx.plain_step(x, i, denoised=x0)
             if finite_or_warn(i, report, loss, grad):
-                x_next = x_next - rho_t * grad / (c * c_next)
+                # z_{t-1} = c_next x_{t-1} moves against grad_z L = grad_x L / c
+                x_next = x_next + gradient_step(c_next * x_next, grad / c, rho_t, self.update, ctx) / c_next
             if r < repeats - 1:
                 x = renoise(x_next, i, ctx)
         return x_next, report

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..sampling import SamplingContext
 from ..update import guided_steps
-from .tfg import finite_or_warn, grad_of, new_report, observe, record, sample_losses
+from .tfg import check_update, finite_or_warn, grad_of, gradient_step, new_report, observe, record, sample_losses
 
 MPGD_SCHEDULES = ("constant", "inverse_sqrt_alpha")
 
@@ -43,8 +43,10 @@ class MPGD:
     project_end: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    update: str = "plain"
 
     def __post_init__(self):
+        check_update(self.update)
         if self.scale < 0:
             raise ValueError(f"MPGD step scale must be >= 0, got {self.scale}")
         if self.iterations < 1:
@@ -89,7 +91,7 @@ class MPGD:
             observe(ctx, i, x, grad, self)
             if not finite_or_warn(i, report, loss, grad):
                 break
-            x0_guided = x0_guided - c_t * grad
+            x0_guided = x0_guided + gradient_step(x0_guided, grad, c_t, self.update, ctx)
             if projecting:
                 x0_guided = self.project(x0_guided)
         # x_t rebuilt from the guided x0 and the model's noise: x0' + sigma_t eps, then the DDIM step

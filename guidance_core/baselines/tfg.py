@@ -26,9 +26,12 @@ import torch
 from torch import Tensor
 
 from ..sampling import SamplingContext
-from ..update import guided_steps
+from ..update import guided_steps, normalized_direction
 
 TFG_SCHEDULES = ("increase", "decrease", "constant")
+# "plain": the authors' update (strength times the gradient); "normalized": strength times the latent's norm
+# along the gradient's direction, per sample (guidance_core.update), so every method can run with TITAN's rule
+BASELINE_UPDATES = ("plain", "normalized")
 GAMMA_SCHEDULES = ("decrease", "constant")
 _ALIASES = {"increasing": "increase", "decreasing": "decrease"}
 
@@ -102,6 +105,19 @@ def grad_of(loss_fn: Callable[[Tensor], Tensor], inputs: Tensor,
     return loss.detach(), grad.detach(), seen.detach()
 
 
+def check_update(kind: str) -> None:
+    """Raise a clear error for an update rule outside BASELINE_UPDATES."""
+    if kind not in BASELINE_UPDATES:
+        raise ValueError(f"unknown baseline update {kind!r}; choose one of {BASELINE_UPDATES}")
+
+
+def gradient_step(z: Tensor, grad: Tensor, strength: float, kind: str, ctx: SamplingContext) -> Tensor:
+    """The change of z for a descent step: -strength * grad ("plain") or a normalised step ("normalized")."""
+    if kind == "normalized":
+        return strength * normalized_direction(z, grad, ctx.layout)
+    return -strength * grad
+
+
 def finite_or_warn(i: int, report: dict, *tensors: Tensor) -> bool:
     """True if all tensors are finite; otherwise mark the report and warn (the update is then skipped)."""
     if all(bool(torch.isfinite(t).all()) for t in tensors):
@@ -149,8 +165,10 @@ class TFG:
     start: float = 0.0
     end: float = 1.0
     checkpointed: bool = False
+    update: str = "plain"
 
     def __post_init__(self):
+        check_update(self.update)
         if self.n_recur < 1 or self.n_iter < 0 or self.mc_samples < 1:
             raise ValueError(f"need N_recur >= 1, N_iter >= 0 and mc_samples >= 1; got N_recur={self.n_recur}, "
                              f"N_iter={self.n_iter}, mc_samples={self.mc_samples}")
@@ -180,7 +198,6 @@ class TFG:
         if ctx.loss is None or i not in guided_steps(ctx.steps, self.start, self.end):
             return ctx.plain_step(x, i), None
         sigma = ctx.sigmas[i]
-        c = ctx.latent_scale(sigma)
         rho_t, mu_t, gamma_t = self.strengths(i, ctx)
         report = new_report(i, ctx)
         report.update(rho=rho_t, mu=mu_t, gamma=gamma_t)
@@ -189,15 +206,14 @@ class TFG:
         for r in range(self.n_recur):
             noises = self.mc_noise(x, gamma_t, ctx)
             loss_fn = lambda x0: smoothed_loss(ctx, x0, noises)  # noqa: E731
-            delta_t = None
+            variance_grad = None
             if rho_t != 0:
                 # clone: hosts build sigmas in inference mode, and those cannot be saved for backward
                 loss, grad_x, x0 = grad_of(loss_fn, x, through=lambda t: denoise(t, sigma.clone()))
                 record(report, loss, grad_x, ctx)
                 observe(ctx, i, x, grad_x, self)
                 if finite_or_warn(i, report, loss, grad_x):
-                    # VP: z_prev += -rho_t grad_z L / sqrt(alpha_t); in x = z / c this is -rho_t grad_x L / c_t^2
-                    delta_t = -rho_t * grad_x / c**2
+                    variance_grad = grad_x
             else:
                 with torch.no_grad():
                     x0 = ctx.denoise(x, sigma)
@@ -207,14 +223,22 @@ class TFG:
                 record(report, loss, grad_0, ctx)
                 if not finite_or_warn(i, report, loss, grad_0):
                     break
-                x0_guided = x0_guided - mu_t * grad_0
+                x0_guided = x0_guided + gradient_step(x0_guided, grad_0, mu_t, self.update, ctx)
             # DDIM with the guided x0 and the model's noise estimate: shift x by the same amount as x0
             x_next = ctx.plain_step(x + (x0_guided - x0), i, denoised=x0_guided)
-            if delta_t is not None:
-                x_next = x_next + delta_t
+            if variance_grad is not None:
+                x_next = x_next + self.variance_step(x_next, variance_grad, rho_t, i, ctx)
             if r < self.n_recur - 1:
                 x = renoise(x_next, i, ctx)
         return x_next, report
+
+    def variance_step(self, x_next: Tensor, grad_x: Tensor, rho_t: float, i: int, ctx: SamplingContext) -> Tensor:
+        """Delta_t in x: plain, VP z_prev += -rho_t grad_z L / sqrt(alpha_t), i.e. -rho_t grad_x L / c_t^2 in x = z / c;
+        normalized, a step of rho_t times the norm of z_{t-1} = c_next x_next against the gradient."""
+        if self.update == "plain":
+            return -rho_t * grad_x / ctx.latent_scale(ctx.sigmas[i]) ** 2
+        c_next = ctx.latent_scale(ctx.sigmas[i + 1])
+        return gradient_step(c_next * x_next, grad_x, rho_t, self.update, ctx) / c_next
 
     def _denoiser(self, ctx: SamplingContext):
         """The denoiser, wrapped in activation checkpointing when asked."""
