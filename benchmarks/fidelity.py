@@ -1,49 +1,37 @@
-"""Fidelity of guided videos on the embedded tiny video model: success, distribution quality, consistency, cost.
+"""Fidelity of guided videos on the embedded tiny video model: success against realism, every method swept.
 
-Every method samples the same N videos from the same initial noise (one noise tensor drawn once, then split
-into batches), guided toward a target attribute by the guiding classifier (objectives.attribute_classifier,
-embedded_classifier.safetensors). Everything measured afterwards uses only the independent judge
-(embedded_judge.safetensors: another architecture, trained on another world seed), which guidance never sees:
+A guidance method is only worth having if the guided video still looks like a video, and a success rate alone
+rewards breaking everything it does not measure. So every method is swept over >= 6 strengths, and every point
+is read out both ways. Every point samples the same N videos from the same initial noise (drawn once, split into
+batches); everything measured uses only the independent judge (embedded_judge.safetensors: another
+architecture, trained on another world seed), which guidance never sees:
 
 * success_rate: fraction of videos whose judge argmax equals every target value;
-* frechet: Frechet distance between Gaussians fitted to the judge's penultimate features (the 96-d input of
-  its heads, read with a forward pre-hook, since the judge class has no features method) of the generated
-  clips and of >= 1024 real clips rendered by embedded.world (world seed REAL_WORLD_SEED, never used in
-  training); lower = closer to the data distribution;
-* consistency: mean cosine similarity between consecutive frames' judge feature maps (output of the judge's
-  second stage, (C, 16, 16) per frame, flattened; read with a forward hook); real clips give the reference
-  value in settings; frame_diff: mean absolute pixel difference of consecutive frames (pixels in [0, 1]);
-* peak_gb: torch.cuda.max_memory_allocated during the method's sampling (model weights included; None on
-  CPU); seconds: wall time to sample all of the method's videos.
+* frechet_target: Frechet distance between Gaussians fitted to the judge's penultimate features (96-d) of the
+  generated clips and of the real clips that HAVE the target (held-out world seed 11): a successful, clean
+  guidance lowers it; "frechet": the same against all real clips (any successful guidance must raise it);
+* hf_ratio / frame_diff_ratio: high-frequency energy (mean |4p - four neighbours|) and frame difference
+  (mean |frame[t+1] - frame[t]|) of the guided videos over the unguided videos' (embedded/realism.py): speckle
+  and flicker, the damage a dense latent perturbation leaves;
+* consistency: mean cosine similarity of consecutive frames' judge stage-2 feature maps;
+* peak_gb: torch.cuda.max_memory_allocated while sampling (weights included; None on CPU); seconds: wall time.
 
-Sampling: DDIM (eta 0) on the SD1.5 schedule, `steps` timesteps evenly spaced (DiscreteSchedule.spaced_sigmas).
-TITAN is run as in scripts/demo.py (look-ahead 1, Adam, guidance on the first 75 % of the steps), but like
-every method its strength is picked from a log-spaced grid (TUNE_GRID) on a separate seed and TUNE_VIDEOS
-videos by judge success rate (ties broken by the judge's mean probability of the target), as
-benchmarks/toy_moons.py's `tune` does. The grids reach past the strengths where samples break (TITAN: Adam's
-per-element step of 1.0 on the normalised latent already destroys the clips), so a chosen value should be
-interior; when it sits at either end of its grid, the row's "strength" says so ("at_grid_edge": "top" or
-"bottom") and the printed table marks it, because the best value may then lie outside the grid. MPGD runs
-without the AE projection: the codec is exact, so encode(decode(x0)) = x0 and the projection would be the
-identity.
+One selection rule for every method: the best success among its points with hf_ratio <= 1.2 and
+frame_diff_ratio <= 1.3 (ties: lower frechet_target); "selected": true marks it. The row with "default": true is
+run with the sampler node's shipped defaults (guidance_core.Titan's field defaults, which the nodes read) and
+the demo workflow's guess (sampled gradient on all 16 frames, which the embedded classifier needs).
 
-Targets: every target (default colour=red and direction=left) gets its own tuning and its own rows; each row
-carries "target". Steps: DOODL runs with its own step count (`--doodl-steps`, default 30; each row records its
-"steps"), because its EDICT chains drift apart when sigma_next / sigma is far below 1 (at 12 steps every
-DOODL sample was noise: judge success 0, Frechet 113), while the other methods are local to each step and run
-at `--steps` (12). Sampling everything at 30 steps instead would multiply the run's time by 2.5 and give up
-the comparison with the earlier 12-step results; an extra "unguided_<n>_steps" row samples the same noise
-unguided at DOODL's step count, its reference for Frechet distance and consistency.
+Sampling: DDIM (eta 0) on the SD1.5 schedule, `--steps` timesteps evenly spaced. DOODL is not swept: its EDICT
+chains need about 30 steps (guidance_core/baselines/doodl.py), 2.5x every other method's cost per point.
 
-    python -m benchmarks.fidelity --device cuda          # both targets: results/fidelity.json, fidelity_grid_*.png
-    python -m benchmarks.fidelity --device cuda --targets colour=red          # one target ...
-    python -m benchmarks.fidelity --device cuda --targets direction=left --append   # ... merged into the same JSON
-    python -m benchmarks.fidelity --smoke                # CPU, tiny: a subset of methods, both targets
+    python -m benchmarks.fidelity --device cuda --targets colour=red --methods paper
+    python -m benchmarks.fidelity --device cuda --targets direction=left shape=triangle --methods core --append
+    python -m benchmarks.fidelity --smoke                                                   # CPU, tiny
 
-JSON: {"device", "rows": [{"method", "target", "n", "steps", "success_rate", "target_probability",
-"guide_success_rate", "frechet", "consistency", "frame_diff", "peak_gb", "seconds", "seconds_per_video",
-"status", "strength": {"field", "value", "grid", "grid_target_probability", "at_grid_edge"} or null}],
-"settings": {..., "targets": {target: {"real": ..., "tune_seconds", "seconds", "command"}}}}.
+JSON: {"device", "rows": [{"method", "target", "strength", "success_rate", "frechet_target", "frechet", "hf_ratio",
+"frame_diff_ratio", "consistency", "peak_gb", "seconds", "n", "default", "selected", "update", "steps",
+"status", "target_probability", "hf", "frame_diff"}], "settings": {...}}; PNGs: the Pareto picture (success vs
+frechet_target, one curve per method, one panel per target) and one picture grid per target.
 """
 from __future__ import annotations
 
@@ -53,15 +41,18 @@ import gc as python_gc
 import json
 import math
 import pathlib
+import sys
 import time
 import traceback
 import warnings
+from typing import Callable
 
 import torch
 
 import guidance_core as gc
 from embedded import codec, world
 from embedded.classifier import load_classifier
+from embedded.realism import frame_difference, high_frequency_energy
 from embedded.unet import alphas_cumprod, load_embedded_unet
 from objectives.attribute_classifier import (AttributeClassifierLoss, default_classifier_path,
                                              load_attribute_classifier, parse_attribute_targets)
@@ -69,64 +60,81 @@ from objectives.attribute_classifier import (AttributeClassifierLoss, default_cl
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 MODELS = pathlib.Path(__file__).resolve().parents[1] / "models" / "titan_guide"
 REAL_WORLD_SEED = 11  # training used world seeds 0-3; this one is held out
-TITAN = dict(lookahead=1, strength=0.1, optimizer="adam", start=0.0, end=0.75)  # as scripts/demo.py
-ORTHOGONAL_K = 4
-DOODL_ITERATIONS = 4
-DOODL_STEPS = 30  # EDICT needs small steps (guidance_core/baselines/doodl.py)
-TUNE_VIDEOS = 64
-DEFAULT_TARGETS = ("colour=red", "direction=left")
-# method: (field(s), values), log-spaced. The first H100 run picked the top of the old grids for TITAN random,
-# score and K = 4 orthogonal (0.1), FreeDoM (rho 100) and MPGD (scale 100); these grids go past the point
-# where samples break (TITAN random: frame difference 0.48 against 0.02 unguided at strength 1.0 in a 6-step
-# CPU run; 0.09 at 0.3).
-TUNE_GRID = {
-    "titan": ("strength", (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)),
-    "exact": ("strength", (0.01, 0.03, 0.1, 0.3)),
-    "freedom": ("rho", (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)),
-    "mpgd": ("scale", (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)),
-    "tfg": (("rho", "mu"), (0.1, 1.0, 10.0, 100.0)),
-    # DOODL clips each element of lr * gradient to 1e-3, so large rates saturate rather than break
-    "doodl": ("lr", (0.1, 0.5, 2.0)),
+DEFAULT_TARGETS = ("colour=red", "direction=left", "shape=triangle")
+HF_RATIO_LIMIT, FRAME_DIFF_RATIO_LIMIT = 1.2, 1.3  # the selection rule's realism bounds
+ALL_FRAMES = dict(frames=None)  # the embedded classifier needs whole clips
+
+# Strength sweeps (>= 6 points): for the normalised rules, the fraction of each video's latent norm moved per
+# guided step (at most, for normalized_relative); Adam's learning rate on z otherwise.
+DEFAULT_RULE_SWEEP = (0.02, 0.035, 0.05, 0.06, 0.07, 0.1, 0.15)
+NORMALIZED_SWEEP = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1)
+BACKWARD_FREE_SWEEP = (0.02, 0.035, 0.05, 0.07, 0.1, 0.2)  # guesses without a backward pass point less well
+EXACT_SWEEP = (0.01, 0.02, 0.035, 0.05, 0.07, 0.1)
+ADAM_SWEEP = (0.003, 0.01, 0.03, 0.05, 0.1, 0.3)
+RULE = gc.Titan.optimizer  # TITAN and the exact gradient run the shipped update rule
+
+
+def titan(guess: Callable[[], object], **knobs) -> Callable[[float], object]:
+    """A builder of TITAN at a strength: the shipped defaults with `knobs` overridden."""
+    return lambda strength: gc.Titan(guess=guess(), **{**knobs, "strength": strength})
+
+
+def baseline(cls, field: str | tuple[str, ...], **knobs) -> Callable[[float], object]:
+    """A builder of a baseline whose strength field(s) take the swept value; guidance window as TITAN's."""
+    fields = (field,) if isinstance(field, str) else field
+    return lambda value: cls(**{"start": gc.Titan.start, "end": gc.Titan.end, **knobs, **{f: value for f in fields}})
+
+
+def sampled_gradient() -> object:
+    """The demo workflow's guess: the loss gradient at the Tweedie estimate on all 16 frames."""
+    return gc.SampledGradientGuess(**ALL_FRAMES)
+
+
+# method: (builder(strength) -> method, sweep, update rule label)
+SWEEPS: dict[str, tuple[Callable[[float], object], tuple[float, ...], str]] = {
+    "titan_sampled_gradient": (titan(sampled_gradient), DEFAULT_RULE_SWEEP, RULE),
+    "titan_mixed": (titan(lambda: gc.MixedGuess(sampled_gradient())), NORMALIZED_SWEEP, RULE),
+    "titan_smooth_random": (titan(lambda: gc.SmoothRandomGuess(k=1, downscale=4, frame_correlation=0.5)),
+                            BACKWARD_FREE_SWEEP, RULE),
+    "exact": (lambda s: gc.baselines.ExactGradient(strength=s), EXACT_SWEEP, RULE),
+    "freedom": (baseline(gc.baselines.FreeDoM, "rho", update="normalized", rho_schedule="constant"),
+                (0.005, 0.01, 0.015, 0.02, 0.03, 0.05), "normalized"),
+    "mpgd": (baseline(gc.baselines.MPGD, "scale", update="normalized"), (0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+             "normalized"),
+    "tfg": (baseline(gc.baselines.TFG, ("rho", "mu"), update="normalized", rho_schedule="constant",
+                     mu_schedule="constant", mc_samples=1), NORMALIZED_SWEEP, "normalized"),
+    # the update rules side by side with the sampled-gradient guess, and the guesses without a backward pass
+    "titan_sampled_gradient_normalized": (titan(sampled_gradient, optimizer="normalized"), NORMALIZED_SWEEP,
+                                          "normalized"),
+    "titan_sampled_gradient_adam_per_step": (titan(sampled_gradient, optimizer="adam_per_step"), ADAM_SWEEP,
+                                             "adam_per_step"),
+    "titan_sampled_gradient_adam": (titan(sampled_gradient, optimizer="adam"), ADAM_SWEEP, "adam"),
+    "titan_momentum": (titan(lambda: gc.MomentumGuess(gc.SmoothRandomGuess(k=1, downscale=4, frame_correlation=0.5))),
+                       BACKWARD_FREE_SWEEP, RULE),
+    "titan_random": (titan(lambda: gc.RandomGuess()), BACKWARD_FREE_SWEEP, RULE),
+    "titan_orthogonal_k4": (titan(lambda: gc.OrthogonalGuess(k=4)), BACKWARD_FREE_SWEEP, RULE),
+    "titan_score": (titan(lambda: gc.ScoreGuess()), BACKWARD_FREE_SWEEP, RULE),
 }
-ALL_METHODS = ("unguided", "titan_random", "titan_score", "titan_sampled_gradient", "titan_mixed",
-               f"titan_orthogonal_k{ORTHOGONAL_K}", "freedom", "mpgd", "tfg", "doodl", "exact")
-SMOKE_METHODS = ("unguided", "titan_random", "freedom", "doodl")
-SMOKE_SETTINGS = {"videos": 4, "steps": 4, "batch": 4, "real": 48, "methods": list(SMOKE_METHODS), "tune_videos": 2,
-                  "doodl_videos": 2, "doodl_steps": 5, "doodl_iterations": 1,
-                  "out": pathlib.Path("/tmp/fidelity_smoke.json"),
-                  "grid": pathlib.Path("/tmp/fidelity_smoke_grid_{target}.png")}
-GRID_METHODS = ("unguided", "titan_sampled_gradient", "titan_random", "freedom", "exact", "doodl")  # + DOODL's unguided
-# settings that must agree before --append merges a run into an earlier JSON
-MERGE_KEYS = ("videos", "steps", "doodl_steps", "seed", "tune_seed", "tune_videos", "tune_grid", "batch_videos",
-              "titan", "orthogonal_k", "doodl_iterations", "doodl_videos", "real_clips", "smoke")
+CORE_METHODS = ("titan_sampled_gradient", "titan_mixed", "titan_smooth_random", "exact", "freedom", "mpgd", "tfg")
+PAPER_RUN_METHODS = CORE_METHODS + ("titan_sampled_gradient_normalized", "titan_sampled_gradient_adam_per_step",
+                                    "titan_sampled_gradient_adam", "titan_momentum", "titan_random")
+METHOD_GROUPS = {"core": CORE_METHODS, "paper": PAPER_RUN_METHODS, "all": tuple(SWEEPS)}
+SMOKE_SETTINGS = {"videos": 3, "steps": 3, "batch": 3, "real": 64, "points": 2,
+                  "methods": ["titan_sampled_gradient", "titan_momentum", "freedom"],
+                  "targets": ["colour=red"], "out": pathlib.Path("/tmp/fidelity_smoke.json"),
+                  "figures": pathlib.Path("/tmp/fidelity_smoke")}
 
 
-def method_table(names=ALL_METHODS, doodl_iterations: int = DOODL_ITERATIONS) -> dict:
-    """Fresh method objects by name (None = unguided); baselines at their defaults until tuned."""
-    table = {
-        "unguided": lambda: None,
-        "titan_random": lambda: gc.Titan(guess=gc.RandomGuess(), **TITAN),
-        "titan_score": lambda: gc.Titan(guess=gc.ScoreGuess(), **TITAN),
-        "titan_sampled_gradient": lambda: gc.Titan(guess=gc.SampledGradientGuess(frames=None), **TITAN),
-        # the classifier needs all 16 frames, so the sampled-gradient part backpropagates through every frame
-        "titan_mixed": lambda: gc.Titan(guess=gc.MixedGuess(gc.SampledGradientGuess(frames=None)), **TITAN),
-        f"titan_orthogonal_k{ORTHOGONAL_K}": lambda: gc.Titan(guess=gc.OrthogonalGuess(k=ORTHOGONAL_K), **TITAN),
-        "exact": lambda: gc.baselines.ExactGradient(**TITAN),
-        "freedom": lambda: gc.baselines.FreeDoM(end=TITAN["end"]),
-        "mpgd": lambda: gc.baselines.MPGD(end=TITAN["end"]),
-        "tfg": lambda: gc.baselines.TFG(end=TITAN["end"]),
-        "doodl": lambda: gc.baselines.DOODL(iterations=doodl_iterations),
-    }
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {list(table)}")
-    return {name: table[name]() for name in names}
+def shipped_default() -> object:
+    """TITAN as the sampler node ships it (Titan's field defaults) with the demo workflow's guess."""
+    return gc.Titan(guess=sampled_gradient())
 
 
-def with_strength(method, names, value):
-    """A copy of `method` with the strength field(s) `names` set to `value`."""
-    names = (names,) if isinstance(names, str) else names
-    return dataclasses.replace(method, **{n: value for n in names})
+def default_strength_text() -> str:
+    """The shipped rule and strength, for tables."""
+    return f"{gc.Titan.optimizer} {gc.Titan.strength:g}, look-ahead {gc.Titan.lookahead}, window " \
+           f"[{gc.Titan.start:g}, {gc.Titan.end:g})"
+
 
 
 @dataclasses.dataclass
@@ -208,14 +216,18 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(value.clamp_min(0))
 
 
-def frame_difference(videos: torch.Tensor) -> torch.Tensor:
-    """Mean absolute pixel difference of consecutive frames, per video (B,)."""
-    return (videos[:, 1:] - videos[:, :-1]).abs().flatten(1).mean(1)
-
-
 def real_clips(count: int, seed: int = REAL_WORLD_SEED, start: int = 0) -> torch.Tensor:
     """`count` clips (count, 16, 3, 32, 32) of the procedural world, on the CPU."""
     return world.make_batch(seed, start, count).video
+
+
+def real_clips_with(targets: dict, count: int, seed: int = REAL_WORLD_SEED) -> torch.Tensor:
+    """The real clips among the first `count` of the world whose labels have every target value."""
+    batch = world.make_batch(seed, 0, count)
+    keep = torch.ones(count, dtype=torch.bool)
+    for name, value in targets.items():
+        keep &= batch.labels[name] == world.ATTRIBUTES[name].index(value)
+    return batch.video[keep]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -302,330 +314,314 @@ def parse_target(text: str) -> dict:
     return {name: world.ATTRIBUTES[name][index] for name, index in indices.items()}
 
 
-def evaluate_methods(models: Models, table: dict, videos: int, steps: int, seed: int, batch: int, targets: dict,
-                     real_features: torch.Tensor | None, batch_overrides: dict | None = None,
-                     videos_overrides: dict | None = None, keep_videos: int = 0,
-                     steps_overrides: dict | None = None) -> list[dict]:
-    """Sample every method of `table` from the same noise and measure it; one row per method.
-
-    `real_features` (judge features of real clips) enables the Frechet distance; `videos_overrides` runs a
-    method on the first n videos only (n recorded); `steps_overrides` gives a method its own step count
-    (recorded); `keep_videos` keeps that many videos per row for figures.
-    """
-    noise = initial_noise(videos, seed)
-    rows = []
-    for name, method in table.items():
-        n = min(videos, (videos_overrides or {}).get(name, videos))
-        method_steps = (steps_overrides or {}).get(name, steps)
-        row = {"method": name, "target": target_text(targets), "n": n, "steps": method_steps}
-        try:
-            out = generate(models, method, noise[:n * world.NUM_FRAMES], targets, method_steps,
-                           (batch_overrides or {}).get(name, batch), seed)
-        except Exception as error:  # a method that breaks is a result, the run goes on
-            traceback.print_exc()
-            row.update(status=f"error: {type(error).__name__}: {error}"[:300], success_rate=0.0)
-            rows.append(row)
-            continue
-        readout = judge_readout(models.judge, out["videos"])
-        hit, prob = success(readout["logits"], targets)
-        guide_logits = judge_like_logits(models.guide, out["videos"])
-        guide_hit, _ = success(guide_logits, targets)
-        finite = torch.isfinite(readout["features"]).all(1)
-        row.update(
-            status="ok",
-            success_rate=float(hit.double().mean()),
-            target_probability=float(prob.mean()),
-            guide_success_rate=float(guide_hit.double().mean()),
-            frechet=(frechet_distance(readout["features"][finite], real_features)
-                     if real_features is not None and int(finite.sum()) >= 2 else None),
-            consistency=float(readout["consistency"].mean()),
-            frame_diff=float(frame_difference(out["videos"]).mean()),
-            peak_gb=out["peak_gb"], seconds=out["seconds"], seconds_per_video=out["seconds"] / n)
-        if keep_videos:
-            row["videos"] = out["videos"][:keep_videos]
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "videos"}), flush=True)
-    return rows
 
 
-@torch.no_grad()
-def judge_like_logits(classifier: torch.nn.Module, videos: torch.Tensor, batch: int = 256) -> dict:
-    """Logits of any embedded classifier over videos, batched (CPU outputs)."""
-    device = next(classifier.parameters()).device
-    parts: dict = {}
-    for start in range(0, videos.shape[0], batch):
-        for name, value in classifier(videos[start:start + batch].to(device)).items():
-            parts.setdefault(name, []).append(value.float().cpu())
-    return {name: torch.cat(v) for name, v in parts.items()}
+# ---------------------------------------------------------------------------------------------------------
+# Points and rows
+# ---------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Reference:
+    """What every point of one target is compared with: real-clip features and the unguided videos' read-outs."""
+
+    real_features: torch.Tensor
+    target_features: torch.Tensor
+    unguided_hf: float
+    unguided_frame_diff: float
+    target_clips: int
 
 
-def grid_edge(grid, value) -> str | None:
-    """"bottom" or "top" when `value` is the smallest or largest of `grid` (then the best may lie outside it)."""
-    if value not in grid:
-        raise ValueError(f"{value!r} is not one of the grid's values {list(grid)}")
-    if len(grid) < 2:
-        return "only value"
-    if value == min(grid):
-        return "bottom"
-    if value == max(grid):
-        return "top"
-    return None
+def measure(models: Models, videos: torch.Tensor, targets: dict, reference: Reference | None) -> dict:
+    """The read-outs of one point's videos (B, 16, 3, 32, 32) in [0, 1]."""
+    readout = judge_readout(models.judge, videos)
+    hit, prob = success(readout["logits"], targets)
+    features = readout["features"][torch.isfinite(readout["features"]).all(1)]
+    enough = features.shape[0] >= 2
+    hf, frame_diff = float(high_frequency_energy(videos).mean()), float(frame_difference(videos).mean())
+    row = dict(success_rate=float(hit.double().mean()), target_probability=float(prob.mean()),
+               consistency=float(readout["consistency"].mean()), hf=hf, frame_diff=frame_diff,
+               frechet_target=None, frechet=None, hf_ratio=None, frame_diff_ratio=None)
+    if reference is not None:
+        row.update(hf_ratio=hf / reference.unguided_hf, frame_diff_ratio=frame_diff / reference.unguided_frame_diff)
+        if enough:
+            row.update(frechet_target=frechet_distance(features, reference.target_features),
+                       frechet=frechet_distance(features, reference.real_features))
+    return row
 
 
-def tune(models: Models, table: dict, steps: int, seed: int, batch: int, targets: dict, videos: int,
-         grid_values: int | None = None, steps_overrides: dict | None = None) -> dict:
-    """Pick each method's strength from TUNE_GRID by judge success on a separate seed (ties: target prob).
+def run_point(models: Models, method, name: str, strength, update: str, noise: torch.Tensor, targets: dict,
+              args, reference: Reference | None, default: bool = False) -> dict:
+    """Sample one (method, strength) point and measure it; a method that breaks is a row, the run goes on."""
+    n = noise.shape[0] // world.NUM_FRAMES
+    row = {"method": name, "target": target_text(targets), "strength": strength, "update": update, "n": n,
+           "steps": args.steps, "default": default, "selected": False}
+    try:
+        out = generate(models, method, noise, targets, args.steps, args.batch, args.seed)
+    except Exception as error:  # noqa: BLE001 - recorded in the row
+        traceback.print_exc()
+        row.update(status=f"error: {type(error).__name__}: {error}"[:300], success_rate=0.0)
+        return row
+    row.update(status="ok", peak_gb=out["peak_gb"], seconds=out["seconds"],
+               **measure(models, out["videos"], targets, reference))
+    row["videos"] = out["videos"][:4]
+    print(json.dumps(printable(row)), flush=True)
+    return row
 
-    `grid_values` (smoke runs) keeps only the grid's ends. The result records the whole grid's scores and
-    whether the chosen value sits at an edge of its grid.
-    """
-    chosen = {}
-    for name, method in table.items():
-        key = name.split("_")[0]
-        if method is None or key not in TUNE_GRID:
-            continue
-        field, grid = TUNE_GRID[key]
-        grid = grid if grid_values is None else grid[:: max(1, len(grid) - 1)][:grid_values]
-        scores = {}
-        for value in grid:
-            trial = {name: with_strength(method, field, value)}
-            row = evaluate_methods(models, trial, videos, steps, seed, batch, targets, None,
-                                   steps_overrides=steps_overrides)[0]
-            ok = row["status"] == "ok" and math.isfinite(row.get("target_probability", float("nan")))
-            scores[value] = (row["success_rate"], row["target_probability"]) if ok else (-1.0, -1.0)
-        best = max(scores, key=scores.get)
-        chosen[name] = {"field": field, "value": best, "grid": {str(v): s[0] for v, s in scores.items()},
-                        "grid_target_probability": {str(v): s[1] for v, s in scores.items()},
-                        "at_grid_edge": grid_edge(grid, best)}
-        edge = f"  AT THE {chosen[name]['at_grid_edge'].upper()} OF THE GRID" if chosen[name]["at_grid_edge"] else ""
-        print(f"tuned {name} ({target_text(targets)}): {field}={best}{edge}  "
-              f"(judge success per value: {chosen[name]['grid']})", flush=True)
-    return chosen
+
+def printable(row: dict) -> dict:
+    """The row without its videos (what the JSON keeps)."""
+    return {k: v for k, v in row.items() if k != "videos"}
+
+
+def realistic(row: dict) -> bool:
+    """Whether a point passes the selection rule's realism bounds."""
+    return (row.get("status") == "ok" and row.get("hf_ratio") is not None
+            and row["hf_ratio"] <= HF_RATIO_LIMIT and row["frame_diff_ratio"] <= FRAME_DIFF_RATIO_LIMIT)
+
+
+def select(rows: list[dict]) -> dict | None:
+    """The best success among the realistic points (ties: lower frechet_target); None if none is realistic."""
+    candidates = [r for r in rows if realistic(r)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda r: (r["success_rate"], -(r["frechet_target"] or math.inf)))
+
+
+def make_reference(models: Models, real: int, targets: dict, unguided_videos: torch.Tensor,
+                   real_features: torch.Tensor) -> Reference:
+    """The references of one target: real clips with it among the first `real`, the unguided read-outs."""
+    real_target = real_clips_with(targets, real)
+    if real_target.shape[0] < 2:
+        raise ValueError(f"only {real_target.shape[0]} of {real} real clips have {target_text(targets)}; raise --real")
+    return Reference(real_features, judge_readout(models.judge, real_target)["features"],
+                     float(high_frequency_energy(unguided_videos).mean()),
+                     float(frame_difference(unguided_videos).mean()), int(real_target.shape[0]))
+
+
+def run_target(models: Models, args, targets: dict, noise: torch.Tensor, unguided_videos: torch.Tensor,
+               real_features: torch.Tensor) -> tuple[list[dict], dict]:
+    """Every method's sweep for one target, plus its unguided and default rows: (rows with videos, settings)."""
+    started = time.perf_counter()
+    reference = make_reference(models, args.real, targets, unguided_videos, real_features)
+    rows = [dict(method="unguided", target=target_text(targets), strength=0.0, update=None, n=args.videos,
+                 steps=args.steps, default=False, selected=False, status="ok", peak_gb=args.unguided["peak_gb"],
+                 seconds=args.unguided["seconds"], videos=unguided_videos[:4],
+                 **measure(models, unguided_videos, targets, reference))]
+    rows.append(run_point(models, shipped_default(), "titan_default", gc.Titan.strength, gc.Titan.optimizer, noise,
+                          targets, args, reference, default=True))
+    for name in args.methods:
+        build, sweep, update = SWEEPS[name]
+        points = [run_point(models, build(value), name, value, update, noise, targets, args, reference)
+                  for value in sweep[:args.points]]
+        best = select(points)
+        if best is not None:
+            best["selected"] = True
+        rows += points
+    real_hit, _ = success(judge_readout(models.judge, real_clips(min(args.real, 512)))["logits"], targets)
+    settings = {"real_target_clips": reference.target_clips, "real_success_rate": float(real_hit.double().mean()),
+                "frechet_target_real_vs_all_real": frechet_distance(real_features, reference.target_features),
+                "seconds": time.perf_counter() - started}
+    return rows, settings
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------------------
-def save_grid(rows: list[dict], path: pathlib.Path, frames=(0, 5, 10, 15), videos: int = 4) -> None:
-    """PNG: one row per method (same seeds), `videos` videos x `frames` frames each."""
+def print_table(rows: list[dict]) -> None:
+    """Fixed-width table, one block per target; '*' marks the selected point, 'D' the default row."""
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+    print(f"\n{'target':16s} {'method':38s} {'strength':>8s} {'':2s} {'success':>7s} {'F_target':>8s} {'F_all':>7s} "
+          f"{'hf_ratio':>8s} {'fd_ratio':>8s} {'consist':>7s} {'peak GB':>7s} {'sec':>6s}")
+    for r in rows:
+        mark = ("D" if r.get("default") else "") + ("*" if r.get("selected") else "")
+        print(f"{r['target']:16s} {r['method'] + ' (' + str(r.get('update')) + ')':38s} {fmt(r['strength'], '8.3g')} "
+              f"{mark:2s} {fmt(r.get('success_rate'), '7.3f')} {fmt(r.get('frechet_target'), '8.2f')} "
+              f"{fmt(r.get('frechet'), '7.2f')} {fmt(r.get('hf_ratio'), '8.2f')} {fmt(r.get('frame_diff_ratio'), '8.2f')} "
+              f"{fmt(r.get('consistency'), '7.3f')} {fmt(r.get('peak_gb'), '7.2f')} {fmt(r.get('seconds'), '6.1f')}"
+              + ("" if r.get("status", "ok") == "ok" else f"  {r['status']}"))
+
+
+def save_pareto(rows: list[dict], path: pathlib.Path) -> None:
+    """Success vs frechet_target, one curve per method (its sweep in strength order), one panel per target."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    shown = [r for r in rows if "videos" in r]
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    names = list(dict.fromkeys(r["method"] for r in rows if r["method"] not in ("unguided", "titan_default")))
+    palette = plt.get_cmap("tab20")
+    colours = {name: palette(i % 20) for i, name in enumerate(names)}  # one colour per method in every panel
+    fig, axes = plt.subplots(1, len(targets), figsize=(6.2 * len(targets), 5.4), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        here = [r for r in rows if r["target"] == target and r.get("frechet_target") is not None]
+        for name in dict.fromkeys(r["method"] for r in here if r["method"] in colours):
+            pts = sorted((r for r in here if r["method"] == name), key=lambda r: r["strength"])
+            line, = ax.plot([r["frechet_target"] for r in pts], [r["success_rate"] for r in pts], "-o", ms=3,
+                            lw=1, color=colours[name], label=name)
+            for r in pts:
+                if not realistic(r):  # breaks the realism bounds: hollow marker
+                    ax.plot(r["frechet_target"], r["success_rate"], "o", ms=6, mfc="white", mec=line.get_color())
+                if r.get("selected"):
+                    ax.plot(r["frechet_target"], r["success_rate"], "*", ms=12, color=line.get_color())
+        for r in here:
+            if r["method"] == "unguided":
+                ax.plot(r["frechet_target"], r["success_rate"], "kx", ms=9, label="unguided")
+            if r.get("default"):
+                ax.plot(r["frechet_target"], r["success_rate"], "kD", ms=8, mfc="gold", label="shipped default")
+        ax.set_xscale("log")
+        ax.set_xlabel("Frechet distance to real clips with the target (judge features; lower = more real)")
+        ax.set_ylabel("judge success")
+        ax.set_title(f"target {target}", fontsize=10)
+        ax.grid(alpha=0.3)
+    handles = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower center", ncol=min(8, len(handles)))
+    fig.suptitle("hollow: hf_ratio > 1.2 or frame_diff_ratio > 1.3 (damaged); star: selected point per method",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_grid(rows: list[dict], path: pathlib.Path, frames=(0, 5, 10, 15), videos: int = 4) -> None:
+    """PNG: unguided, the shipped default and each method's selected point, 4 videos x 4 frames each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shown = [r for r in rows if "videos" in r and (r["method"] == "unguided" or r.get("default") or r.get("selected"))]
     if not shown:
         return
-    order = {name: i for i, name in enumerate(GRID_METHODS)}
-    shown.sort(key=lambda r: order.get(r["method"], len(order)))
     count = min(videos, min(r["videos"].shape[0] for r in shown))
-    pad = 2
-    fig, axes = plt.subplots(len(shown), 1, figsize=(1.0 * count * len(frames), 1.25 * len(shown) + 0.3))
-    axes = [axes] if len(shown) == 1 else list(axes)
-    for ax, row in zip(axes, shown):
+    fig, axes = plt.subplots(len(shown), 1, figsize=(1.0 * count * len(frames), 1.25 * len(shown) + 0.3), squeeze=False)
+    for ax, row in zip(axes[:, 0], shown):
         strip = []
         for v in range(count):
-            clip = row["videos"][v, list(frames)]  # (f, 3, H, W)
+            clip = row["videos"][v, list(frames)]
             strip.append(torch.cat([torch.cat([f, torch.ones(3, f.shape[1], 1)], 2) for f in clip], 2))
-            strip.append(torch.ones(3, clip.shape[2], pad * 3))
-        image = torch.cat(strip[:-1], 2).permute(1, 2, 0).clamp(0, 1).numpy()
-        ax.imshow(image, interpolation="nearest")
+            strip.append(torch.ones(3, clip.shape[2], 6))
+        ax.imshow(torch.cat(strip[:-1], 2).permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{row['method']}, {row['steps']} steps, {strength_text(row.get('strength'))}  "
-                     f"(judge success {row['success_rate']:.2f})", fontsize=9, loc="left")
-    fig.suptitle(f"target {shown[0]['target']}; same initial noise per column group; {count} videos x frames "
-                 f"{list(frames)}", fontsize=9)
+        label = "shipped default" if row.get("default") else ("selected" if row.get("selected") else "")
+        ax.set_title(f"{row['method']} {row.get('update') or ''} {row['strength']:g} {label}: success "
+                     f"{row['success_rate']:.2f}, F_target {row.get('frechet_target') or float('nan'):.1f}, hf x"
+                     f"{row.get('hf_ratio') or float('nan'):.2f}, flicker x{row.get('frame_diff_ratio') or float('nan'):.2f}",
+                     fontsize=8, loc="left")
+    fig.suptitle(f"target {shown[0]['target']}; same initial noise in every row; frames {list(frames)}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def strength_text(strength: dict | None) -> str:
-    """"strength=0.1" with "(top edge)" / "(bottom edge)" when the chosen value is at an end of its grid."""
-    if not strength:
-        return "-"
-    field = strength["field"] if isinstance(strength["field"], str) else "/".join(strength["field"])
-    edge = f" ({strength['at_grid_edge']} edge)" if strength.get("at_grid_edge") else ""
-    return f"{field}={strength['value']:g}{edge}"
-
-
-def print_table(rows: list[dict], real: dict) -> None:
-    """Fixed-width table of the rows, one block per target; `real` maps target -> real-clip statistics."""
-    def fmt(value, spec):
-        return "-" if value is None else format(value, spec)
-    print(f"\n{'target':16s} {'method':26s} {'n':>4s} {'steps':>5s} {'success':>8s} {'p(target)':>9s} {'guide ok':>8s} "
-          f"{'frechet':>9s} {'consist.':>8s} {'frame diff':>10s} {'peak GB':>8s} {'seconds':>8s}  "
-          f"{'strength (tuned)':26s} status")
-    for target in dict.fromkeys(r["target"] for r in rows):
-        for r in (r for r in rows if r["target"] == target):
-            print(f"{target:16s} {r['method']:26s} {r['n']:4d} {r['steps']:5d} {fmt(r.get('success_rate'), '8.3f')} "
-                  f"{fmt(r.get('target_probability'), '9.3f')} {fmt(r.get('guide_success_rate'), '8.3f')} "
-                  f"{fmt(r.get('frechet'), '9.2f')} {fmt(r.get('consistency'), '8.4f')} "
-                  f"{fmt(r.get('frame_diff'), '10.4f')} {fmt(r.get('peak_gb'), '8.2f')} {fmt(r.get('seconds'), '8.1f')}"
-                  f"  {strength_text(r.get('strength')):26s} {r['status']}")
-        stats = real[target]
-        print(f"{target:16s} {'real clips':26s} {stats['n']:4d} {'':5s} {fmt(stats.get('success_rate'), '8.3f')} "
-              f"{'':9s} {'':8s} {fmt(stats['frechet_real_vs_real'], '9.2f')} {stats['consistency']:8.4f} "
-              f"{stats['frame_diff']:10.4f}  (frechet: second real set vs reference)")
-    edges = [f"{r['target']} {r['method']}" for r in rows if (r.get("strength") or {}).get("at_grid_edge")]
-    if edges:
-        print("chosen strength at an edge of its grid (the best value may lie outside it): " + "; ".join(edges))
-
-
-def grid_path(template: pathlib.Path, target: str, several: bool) -> pathlib.Path:
-    """The figure path for `target`: "{target}" in the template becomes e.g. "colour-red"."""
-    slug = target.replace(", ", "+").replace("=", "-")
-    text = str(template)
-    if "{target}" in text:
-        return pathlib.Path(text.replace("{target}", slug))
-    return template.with_name(f"{template.stem}_{slug}{template.suffix}") if several else template
-
-
 def merge_results(previous: dict, new: dict) -> dict:
     """`new` merged into an earlier result: its targets' rows replace theirs; settings must agree (ValueError)."""
-    # compare as stored: JSON turns tuples into lists
+    keys = ("videos", "steps", "seed", "real_clips", "smoke")
     old_settings, new_settings = previous.get("settings", {}), json.loads(json.dumps(new["settings"]))
-    clashes = [key for key in MERGE_KEYS if old_settings.get(key) != new_settings.get(key)]
+    clashes = [k for k in keys if old_settings.get(k) != new_settings.get(k)]
     if previous.get("device") != new["device"]:
         clashes.append("device")
     if clashes:
-        raise ValueError(f"cannot --append to a result with other settings ({', '.join(clashes)}): "
-                         + "; ".join(f"{k}: {old_settings.get(k, previous.get(k))!r} vs "
-                                     f"{new_settings.get(k, new.get(k))!r}" for k in clashes)
-                         + "; write to another --out or run without --append")
+        raise ValueError(f"cannot --append to a result with other settings ({', '.join(clashes)}); "
+                         "write to another --out or run without --append")
     replaced = set(new_settings["targets"])
     rows = [r for r in previous["rows"] if r.get("target") not in replaced] + new["rows"]
     settings = dict(new_settings, targets={**old_settings.get("targets", {}), **new_settings["targets"]})
     return {"device": new["device"], "rows": rows, "settings": settings}
 
 
-def run_target(models: Models, args, targets: dict) -> tuple[list[dict], dict, list[dict]]:
-    """Tune and sample every method for one target: (rows for the JSON, per-target settings, rows with videos)."""
-    started = time.perf_counter()
-    real_videos = real_clips(min(args.real, 256))
-    real_hit, _ = success(judge_readout(models.judge, real_videos)["logits"], targets)
-    table = method_table(args.methods, args.doodl_iterations)
-    steps_overrides = {"doodl": args.doodl_steps}
-    tune_started = time.perf_counter()
-    chosen = {} if args.no_tune else tune(models, table, args.steps, args.seed + 100, args.batch, targets,
-                                          args.tune_videos, 2 if args.smoke else None, steps_overrides)
-    tune_seconds = time.perf_counter() - tune_started
-    table = {name: m if name not in chosen else with_strength(m, chosen[name]["field"], chosen[name]["value"])
-             for name, m in table.items()}
-    reference_name = f"unguided_{args.doodl_steps}_steps"
-    if "doodl" in table and args.doodl_steps != args.steps:
-        table[reference_name] = None  # the unguided reference at DOODL's step count, on DOODL's videos
-        steps_overrides[reference_name] = args.doodl_steps
-    rows = evaluate_methods(models, table, args.videos, args.steps, args.seed, args.batch, targets,
-                            args.reference_features, videos_overrides={"doodl": args.doodl_videos,
-                                                                       reference_name: args.doodl_videos},
-                            keep_videos=4, steps_overrides=steps_overrides)
-    for row in rows:
-        row["strength"] = chosen.get(row["method"])
-    settings = {"real": dict(args.real_stats, success_rate=float(real_hit.double().mean())),
-                "tune_seconds": tune_seconds, "seconds": time.perf_counter() - started}
-    return [{k: v for k, v in r.items() if k != "videos"} for r in rows], settings, rows
+def slug(target: str) -> str:
+    """"colour=red" -> "colour-red" (file names)."""
+    return target.replace(", ", "+").replace("=", "-")
 
 
 def main(argv=None) -> None:
-    """Tune every method per target, sample, print the table, write the JSON and one grid PNG per target."""
+    """Sweep every method per target, print the table, write the JSON, the Pareto picture and the grids."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--videos", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=12, help="sampler steps of every method but DOODL")
-    parser.add_argument("--doodl-steps", type=int, default=DOODL_STEPS,
-                        help="DOODL's sampler steps (EDICT needs about 30+); an unguided row at this count is added")
-    parser.add_argument("--batch", type=int, default=128, help="videos per sampling batch")
-    parser.add_argument("--real", type=int, default=1024, help="real clips for the Frechet reference")
+    parser.add_argument("--videos", type=int, default=256, help="videos per point (same noise for every point)")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=256, help="videos per sampling batch")
+    parser.add_argument("--real", type=int, default=2048, help="real clips for the Frechet references")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--targets", "--target", nargs="+", default=list(DEFAULT_TARGETS),
-                        help="one or more targets, each tuned and sampled on its own, e.g. colour=red "
-                             "direction=left ('colour=red, direction=left' in quotes is one joint target)")
-    parser.add_argument("--methods", nargs="*", default=list(ALL_METHODS))
-    parser.add_argument("--doodl-videos", type=int, default=64, help="DOODL is slow: videos it samples")
-    parser.add_argument("--doodl-iterations", type=int, default=DOODL_ITERATIONS,
-                        help="DOODL's optimisation iterations (each one samples and walks back the whole chain)")
-    parser.add_argument("--tune-videos", type=int, default=TUNE_VIDEOS)
-    parser.add_argument("--no-tune", action="store_true", help="use the baselines' default strengths")
+    parser.add_argument("--targets", "--target", nargs="+", default=list(DEFAULT_TARGETS))
+    parser.add_argument("--methods", nargs="+", default=["all"],
+                        help=f"method names or groups {list(METHOD_GROUPS)}; from {list(SWEEPS)}")
+    parser.add_argument("--points", type=int, default=None, help="only the first N strengths of each sweep")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS / "fidelity.json")
-    parser.add_argument("--grid", type=pathlib.Path, default=RESULTS / "fidelity_grid_{target}.png",
-                        help="figure path; '{target}' becomes the target, e.g. colour-red")
-    parser.add_argument("--append", action="store_true",
-                        help="merge into an existing --out: this run's targets replace their rows, others stay")
-    parser.add_argument("--smoke", action="store_true",
-                        help="CPU and, for options left at their defaults, SMOKE_SETTINGS: 4 videos, 4 steps (DOODL: "
-                             "2 videos, 5 steps, 1 iteration), a subset of methods")
+    parser.add_argument("--figures", type=pathlib.Path, default=RESULTS,
+                        help="folder of fidelity_pareto.png and fidelity_grid_<target>.png")
+    parser.add_argument("--append", action="store_true", help="merge into an existing --out (other targets stay)")
+    parser.add_argument("--smoke", action="store_true", help=f"CPU, tiny: {SMOKE_SETTINGS}")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the Pareto picture from --out and exit")
     args = parser.parse_args(argv)
-    if args.smoke:  # tiny CPU settings for every option left at its default
+    if args.plot_only:
+        save_pareto(json.loads(args.out.read_text())["rows"], args.figures / "fidelity_pareto.png")
+        return
+    if args.smoke:
         args.device = "cpu"
         for name, value in SMOKE_SETTINGS.items():
             if getattr(args, name) == parser.get_default(name):
                 setattr(args, name, value)
-    for name, value in (("--videos", args.videos), ("--steps", args.steps), ("--doodl-steps", args.doodl_steps),
-                        ("--batch", args.batch), ("--tune-videos", args.tune_videos),
-                        ("--doodl-videos", args.doodl_videos), ("--doodl-iterations", args.doodl_iterations)):
-        if value < 1:
-            parser.error(f"{name} must be >= 1, got {value}")
-    if args.real < 2:
-        parser.error(f"--real must be >= 2 (a covariance needs two clips), got {args.real}")
+    for name in ("videos", "steps", "batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.points is not None and args.points < 1:
+        parser.error(f"--points must be >= 1, got {args.points}")
+    if args.real < 16:
+        parser.error(f"--real must be >= 16, got {args.real}")
+    methods = []
+    for name in args.methods:
+        if name in METHOD_GROUPS:
+            methods += METHOD_GROUPS[name]
+        elif name in SWEEPS:
+            methods.append(name)
+        else:
+            parser.error(f"unknown method {name!r}; choose from {list(SWEEPS)} or a group {list(METHOD_GROUPS)}")
+    args.methods = list(dict.fromkeys(methods))
     try:
         targets = [parse_target(text) for text in args.targets]
-        method_table(args.methods)
     except ValueError as error:
         parser.error(str(error))
-    if len({target_text(t) for t in targets}) != len(targets):
-        parser.error(f"--targets names a target twice: {args.targets}")
     if args.append and not args.out.is_file():
         parser.error(f"--append: {args.out} does not exist yet; run once without --append")
     if args.device == "cpu":
         torch.set_num_threads(min(2, torch.get_num_threads()))
     t0 = time.perf_counter()
     models = load_models(args.device)
-
-    reference = judge_readout(models.judge, real_clips(args.real))
-    second = judge_readout(models.judge, real_clips(args.real, start=args.real))
-    args.reference_features = reference["features"]
-    args.real_stats = {"n": args.real, "world_seed": REAL_WORLD_SEED,
-                       "frechet_real_vs_real": frechet_distance(second["features"], reference["features"]),
-                       "consistency": float(reference["consistency"].mean()),
-                       "frame_diff": float(frame_difference(real_clips(min(args.real, 256))).mean())}
-    command = "python -m benchmarks.fidelity " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    rows, per_target, figures = [], {}, {}
-    for targets_of_run in targets:
-        name = target_text(targets_of_run)
-        target_rows, target_settings, shown = run_target(models, args, targets_of_run)
+    real_features = judge_readout(models.judge, real_clips(args.real))["features"]
+    noise = initial_noise(args.videos, args.seed)
+    unguided = generate(models, None, noise, targets[0], args.steps, args.batch, args.seed)
+    args.unguided = {"peak_gb": unguided["peak_gb"], "seconds": unguided["seconds"]}
+    rows, per_target = [], {}
+    command = "python -m benchmarks.fidelity " + " ".join(argv if argv is not None else sys.argv[1:])
+    for target in targets:
+        target_rows, settings = run_target(models, args, target, noise, unguided["videos"], real_features)
         rows += target_rows
-        per_target[name] = dict(target_settings, command=command)
-        figures[name] = shown
-    print_table(rows, {name: settings["real"] for name, settings in per_target.items()})
-
+        per_target[target_text(target)] = dict(settings, command=command)
+        save_grid(target_rows, args.figures / f"fidelity_grid_{slug(target_text(target))}.png")
+    print_table(rows)
     device_name = torch.cuda.get_device_name(models.device) if models.device.type == "cuda" else "cpu"
     settings = {
-        "videos": args.videos, "steps": args.steps, "doodl_steps": args.doodl_steps, "seed": args.seed,
-        "tune_seed": args.seed + 100, "tune_videos": args.tune_videos, "tune_grid": {
-            k: {"field": f, "values": list(v)} for k, (f, v) in TUNE_GRID.items()},
-        "tune_criterion": "judge success rate, ties by mean judge probability of the target",
-        "batch_videos": args.batch, "titan": TITAN, "orthogonal_k": ORTHOGONAL_K,
-        "doodl_iterations": args.doodl_iterations, "doodl_videos": args.doodl_videos, "real_clips": args.real,
-        "sampler": "DDIM (euler, eta 0), SD1.5 schedule, timesteps evenly spaced (DiscreteSchedule.spaced_sigmas)",
-        "frechet": "Frechet distance of judge penultimate features (96-d) vs the real clips",
-        "consistency": "mean cosine similarity of consecutive frames' judge stage-2 feature maps",
-        "frame_diff": "mean |frame[t+1] - frame[t]| of pixels in [0, 1]",
-        "success": "judge argmax equals every target value", "peak_gb": "torch.cuda.max_memory_allocated, "
-        "weights included", "torch": torch.__version__, "total_seconds": time.perf_counter() - t0,
-        "smoke": args.smoke, "targets": per_target,
+        "videos": args.videos, "steps": args.steps, "seed": args.seed, "batch_videos": args.batch,
+        "real_clips": args.real, "real_world_seed": REAL_WORLD_SEED, "smoke": args.smoke, "methods": args.methods,
+        "sweeps": {name: list(SWEEPS[name][1][:args.points]) for name in args.methods},
+        "selection": f"best success with hf_ratio <= {HF_RATIO_LIMIT} and frame_diff_ratio <= "
+                     f"{FRAME_DIFF_RATIO_LIMIT} (ties: lower frechet_target)",
+        "default": default_strength_text() + "; guess: sampled gradient on all 16 frames (the demo workflow's)",
+        "sampler": "DDIM (euler, eta 0), SD1.5 schedule, timesteps evenly spaced",
+        "torch": torch.__version__, "total_seconds": time.perf_counter() - t0, "targets": per_target,
     }
-    result = {"device": device_name, "rows": rows, "settings": settings}
+    result = {"device": device_name, "rows": [printable(r) for r in rows], "settings": settings}
     if args.append:
         result = merge_results(json.loads(args.out.read_text()), result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    written = [args.out]
-    for name, shown in figures.items():
-        path = grid_path(args.grid, name, len(targets) > 1)
-        save_grid([r for r in shown if r["method"] in GRID_METHODS + (f"unguided_{args.doodl_steps}_steps",)], path)
-        written.append(path)
-    print(f"wrote {', '.join(map(str, written))} in {time.perf_counter() - t0:.1f} s")
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    save_pareto(result["rows"], args.figures / "fidelity_pareto.png")
+    print(f"wrote {args.out}, {args.figures / 'fidelity_pareto.png'} and the grids in "
+          f"{time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":
