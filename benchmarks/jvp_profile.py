@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import guidance_core as gc
-from guidance_core import attention
+from guidance_core.forward_ad import attention
 from benchmarks.paper_scale import add_precision_argument, build_animatediff, set_precision
 
 CFG = 7.5

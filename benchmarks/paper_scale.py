@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 
 import guidance_core as gc
-from guidance_core import attention
+from guidance_core.forward_ad import attention
 
 STEPS, GUIDED_STEP = 20, 5
 ANIMATEDIFF_CFG, COGVIDEOX_CFG = 7.5, 6.0  # AnimateDiff's usual 7.5; CogVideoX pipelines' default 6

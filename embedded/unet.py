@@ -331,3 +331,21 @@ def load_embedded_unet(path: str | Path, device: torch.device | str = "cpu") -> 
     except RuntimeError as error:
         raise ValueError(f"weights in {path} do not match the EmbeddedVideoUNet architecture: {error}") from error
     return model.to(device).eval()
+
+
+class EmbeddedDiffusionModel(nn.Module):
+    """The embedded UNet behind a host's diffusion_model call signature (ComfyUI's BaseModel); conditioning is
+    ignored."""
+
+    def __init__(self, unet: EmbeddedVideoUNet):
+        super().__init__()
+        self.unet = unet
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Weight dtype (BaseModel.get_dtype reads it)."""
+        return next(self.unet.parameters()).dtype
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kwargs):
+        """eps for x (N*16, 12, 16, 16) at DDPM timesteps; context and extra conds are unused."""
+        return self.unet(x, timesteps.to(x.dtype))

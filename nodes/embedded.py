@@ -11,7 +11,6 @@ differentiable decode (first_stage_model.decode + process_output) use it unchang
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 import comfy.latent_formats
 import comfy.model_base
@@ -22,35 +21,18 @@ import comfy.supported_models_base
 import folder_paths
 from comfy_api.latest import io
 
-from . import glue
+from ..objectives.combination import ObjectiveSet, ObjectiveSpec
+from .sockets import CATEGORY, TitanObjective
 from ..embedded import codec as embedded_codec
 from ..embedded import unet as embedded_unet
 from ..embedded.world import ATTRIBUTES, NUM_FRAMES
+from ..embedded import CLASSIFIER_FILENAME, UNET_FILENAME
 from ..objectives.attribute_classifier import AttributeClassifierLoss, load_attribute_classifier
 
 MODEL_FOLDER = "titan_guide"
-UNET_FILENAME = "embedded_unet.safetensors"
-CLASSIFIER_FILENAME = "embedded_classifier.safetensors"
 ANY = "any"
 # Width of the dummy conditioning tensor; the unconditional UNet never reads it.
 CONDITIONING_WIDTH = 8
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------------------------
-def _preview_rgb_factors() -> tuple[list, list]:
-    """Latent -> preview RGB in [-1, 1]: mean of each colour's 4 unshuffled sub-pixels, de-standardised."""
-    down = embedded_codec.DOWNSCALE
-    per_pixel = embedded_codec.PIXEL_STD / embedded_codec.LATENT_STD  # latent unit -> pixel unit
-    factors = []
-    for channel in range(embedded_codec.LATENT_CHANNELS):
-        colour = channel // (down * down)  # pixel_unshuffle orders channels colour-major
-        row = [0.0, 0.0, 0.0]
-        row[colour] = 2.0 * per_pixel / (down * down)
-        factors.append(row)
-    bias = [2.0 * embedded_codec.PIXEL_MEAN - 1.0] * 3
-    return factors, bias
 
 
 class EmbeddedLatentFormat(comfy.latent_formats.LatentFormat):
@@ -61,7 +43,7 @@ class EmbeddedLatentFormat(comfy.latent_formats.LatentFormat):
     latent_dimensions = 2
 
     def __init__(self):
-        self.latent_rgb_factors, self.latent_rgb_factors_bias = _preview_rgb_factors()
+        self.latent_rgb_factors, self.latent_rgb_factors_bias = embedded_codec.preview_rgb_factors()
 
 
 class EmbeddedModelConfig(comfy.supported_models_base.BASE):
@@ -77,29 +59,12 @@ class EmbeddedModelConfig(comfy.supported_models_base.BASE):
     memory_usage_factor = 1.0
 
 
-class EmbeddedDiffusionModel(nn.Module):
-    """The embedded UNet behind ComfyUI's diffusion_model call signature; conditioning is ignored."""
-
-    def __init__(self, unet: embedded_unet.EmbeddedVideoUNet):
-        super().__init__()
-        self.unet = unet
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Weight dtype (BaseModel.get_dtype reads it)."""
-        return next(self.unet.parameters()).dtype
-
-    def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kwargs):
-        """eps for x (N*16, 12, 16, 16) at DDPM timesteps; context and extra conds are unused."""
-        return self.unet(x, timesteps.to(x.dtype))
-
-
 class EmbeddedBaseModel(comfy.model_base.BaseModel):
     """BaseModel around the embedded UNet (unconditional, so no cross-attention cond is required)."""
 
     def __init__(self, unet: embedded_unet.EmbeddedVideoUNet, device=None):
         super().__init__(EmbeddedModelConfig(dict(EmbeddedModelConfig.unet_config)), model_type=comfy.model_base.ModelType.EPS, device=device)
-        self.diffusion_model = EmbeddedDiffusionModel(unet)
+        self.diffusion_model = embedded_unet.EmbeddedDiffusionModel(unet)
 
 
 def weights_path(filename: str, what: str) -> str:
@@ -123,25 +88,6 @@ def load_embedded_model(path: str) -> comfy.model_patcher.ModelPatcher:
     return comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload_device)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# VAE (the exact codec)
-# ---------------------------------------------------------------------------------------------------------
-class CodecAutoencoder(nn.Module):
-    """first_stage_model of the codec VAE: frames (N, 3, 32, 32) in [0, 1] <-> latents (N, 12, 16, 16)."""
-
-    def encode(self, pixels: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Exact encode of single frames (any number; frames need not form whole videos)."""
-        return embedded_codec.encode(pixels[:, None])
-
-    def decode(self, latents: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Exact, unclamped (so differentiable) decode of single frames."""
-        return embedded_codec.decode(latents, num_frames=1)[:, 0]
-
-
-def _identity(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
-
-
 class EmbeddedCodecVAE(comfy.sd.VAE):
     """comfy.sd.VAE whose model is the exact codec: downscale 2, 12 latent channels, pixels in [0, 1].
 
@@ -153,7 +99,7 @@ class EmbeddedCodecVAE(comfy.sd.VAE):
         # ComfyUI's own pixel-space VAE branch sets up device, dtype, output device and patcher fields ...
         super().__init__(sd={"pixel_space_vae": torch.tensor(1.0)}, dtype=torch.float32)
         # ... then the codec replaces its identity model.
-        self.first_stage_model = CodecAutoencoder().eval()
+        self.first_stage_model = embedded_codec.CodecAutoencoder().eval()
         self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.device,
                                                         offload_device=comfy.model_management.vae_offload_device())
         self.latent_channels = embedded_codec.LATENT_CHANNELS
@@ -161,8 +107,7 @@ class EmbeddedCodecVAE(comfy.sd.VAE):
         self.upscale_ratio = embedded_codec.DOWNSCALE
         self.latent_dim = 2
         self.output_channels = 3
-        self.process_input = _identity
-        self.process_output = _identity
+        self.process_input = self.process_output = torch.nn.Identity()  # exact, unclamped codec pixels
         self.working_dtypes = [torch.float32]
         self.vae_dtype = torch.float32
         # one float per pixel in and out, with a generous margin
@@ -174,14 +119,6 @@ class EmbeddedCodecVAE(comfy.sd.VAE):
         return super().decode(samples_in, vae_options).clamp(0.0, 1.0)
 
 
-def empty_conditioning() -> list:
-    """CONDITIONING with one zero token: valid for every sampler, ignored by the unconditional UNet."""
-    return [[torch.zeros(1, 1, CONDITIONING_WIDTH), {}]]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Nodes
-# ---------------------------------------------------------------------------------------------------------
 def _weight_files(default: str) -> list:
     """Weight files of the titan_guide folder, with `default` first (listed even when missing, so graphs
     validate and the loader can say where the file belongs)."""
@@ -197,7 +134,7 @@ class TitanEmbeddedModelLoader(io.ComfyNode):
         return io.Schema(
             node_id="TitanEmbeddedModelLoader",
             display_name="TITAN Embedded Video Model Loader",
-            category=glue.CATEGORY,
+            category=CATEGORY,
             description=("The pack's self-trained tiny unconditional video model (16 frames, 32x32 RGB, ships in "
                          "models/titan_guide/). Runs on any CPU; sample it with KSampler or TITAN-Guide Sampler on "
                          "a TITAN Embedded Empty Latent, decode with VAEDecode."),
@@ -214,7 +151,9 @@ class TitanEmbeddedModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, unet_name) -> io.NodeOutput:
         model = load_embedded_model(weights_path(unet_name, "embedded UNet"))
-        return io.NodeOutput(model, EmbeddedCodecVAE(), empty_conditioning(), empty_conditioning())
+        # one zero token each: valid for every sampler, ignored by the unconditional UNet
+        conditioning = [[[torch.zeros(1, 1, CONDITIONING_WIDTH), {}]] for _ in ("positive", "negative")]
+        return io.NodeOutput(model, EmbeddedCodecVAE(), *conditioning)
 
 
 class TitanEmbeddedEmptyLatent(io.ComfyNode):
@@ -225,7 +164,7 @@ class TitanEmbeddedEmptyLatent(io.ComfyNode):
         return io.Schema(
             node_id="TitanEmbeddedEmptyLatent",
             display_name="TITAN Embedded Empty Latent",
-            category=glue.CATEGORY,
+            category=CATEGORY,
             description=(f"Empty latent for the embedded model: {NUM_FRAMES} frames per video stacked in the batch "
                          "(set frames_per_video = 16 on the TITAN-Guide sampler when videos > 1)."),
             inputs=[io.Int.Input("videos", default=1, min=1, max=256, tooltip="Number of videos (16 frames each).")],
@@ -250,7 +189,7 @@ class TitanAttributeObjective(io.ComfyNode):
         return io.Schema(
             node_id="TitanAttributeObjective",
             display_name="TITAN Attribute Objective (embedded)",
-            category=glue.CATEGORY,
+            category=CATEGORY,
             description=("Loss = weight * sum over the chosen attributes of -log p(value | video) under the "
                          "embedded guiding classifier; for the embedded video model (16 x 32 x 32 videos)."),
             inputs=[
@@ -263,7 +202,7 @@ class TitanAttributeObjective(io.ComfyNode):
                                tooltip=f"Guiding classifier weights in the {MODEL_FOLDER} model folder (the judge "
                                        "file is for evaluation; guiding with it defeats the independent check)."),
             ],
-            outputs=[glue.TitanObjective.Output("objective", tooltip="Connect to a TITAN-Guide sampler.")],
+            outputs=[TitanObjective.Output("objective", tooltip="Connect to a TITAN-Guide sampler.")],
         )
 
     @classmethod
@@ -275,7 +214,7 @@ class TitanAttributeObjective(io.ComfyNode):
         classifier = load_attribute_classifier(weights_path(classifier_name, "attribute classifier"))
         module = AttributeClassifierLoss(classifier, targets)
         name = "attribute(" + ", ".join(f"{k}={v}" for k, v in targets.items()) + ")"
-        return io.NodeOutput(glue.ObjectiveSet((glue.ObjectiveSpec(module, float(weight), name),)))
+        return io.NodeOutput(ObjectiveSet((ObjectiveSpec(module, float(weight), name),)))
 
 
 NODE_CLASSES = [TitanEmbeddedModelLoader, TitanEmbeddedEmptyLatent, TitanAttributeObjective]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import guidance_core as gc
-from guidance_core import attention
+from guidance_core.forward_ad import attention
 
 
 def _qkv(shape_q, keys=None, dtype=torch.float64, seed=0):
@@ -180,7 +180,7 @@ def _layers_net():
 
 def test_lean_linear_layers_jvp_equals_autograd_and_builtin_rule():
     """Inside the scope conv/linear take the lean forward rule; the JVP equals autograd and the builtin rule."""
-    from guidance_core import forward_rules
+    from guidance_core.forward_ad import rules as forward_rules
     net = _layers_net()
     x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
     net(x)  # materialise the lazy layer
@@ -205,7 +205,7 @@ def test_lean_linear_layers_jvp_equals_autograd_and_builtin_rule():
 
 def test_lean_rule_with_tangents_on_weights_and_bias():
     """Weight and bias tangents (a network differentiated in its parameters) are kept, not dropped."""
-    from guidance_core import forward_rules
+    from guidance_core.forward_ad import rules as forward_rules
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     w, b = torch.randn(4, 3, 3, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
     tx, tw, tb = torch.randn_like(x), torch.randn_like(w), torch.randn_like(b)

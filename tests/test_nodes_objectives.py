@@ -268,18 +268,18 @@ import torch
 from comfy.cli_args import args
 args.cpu = True
 import comfy.model_patcher
-objectives = importlib.import_module(pack + ".nodes.objectives")
+guidance_models = importlib.import_module(pack + ".nodes.guidance_models")
 
 def patcher(cls):
     network = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-    wrapped = objectives.GuidanceNetwork(network, torch.float32, "test")
+    wrapped = guidance_models.GuidanceNetworkPatcher.GuidanceNetwork(network, torch.float32, "test")
     return cls(wrapped, load_device=torch.device("cpu"), offload_device=torch.device("cpu")), network
 
 def devices(network):
     return sorted({p.device.type for p in network.parameters()})
 
 result = {}
-for name, cls in (("guidance", objectives.GuidanceNetworkPatcher), ("plain", comfy.model_patcher.ModelPatcher)):
+for name, cls in (("guidance", guidance_models.GuidanceNetworkPatcher), ("plain", comfy.model_patcher.ModelPatcher)):
     model, network = patcher(cls)
     model.partially_load(torch.device("meta"), extra_memory=1)  # ComfyUI offers one byte of room
     result[name] = {"devices": devices(network), "loaded": model.loaded_size(), "size": model.model_size()}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks import paper_scale as ps
-from guidance_core import attention
+from guidance_core.forward_ad import attention
 
 ROW_KEYS = {"backbone", "frames", "height", "width", "dtype", "scorer", "method", "lookahead", "peak_gb",
             "weights_gb", "step_s", "video_s", "status", "attention", "cuda_graph", "decode_chunk", "route_counts"}

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..sampling import SamplingContext
 from ..update import guided_steps
-from .tfg import finite_or_warn, grad_of, new_report, observe, record, sample_losses
+from .common import finite_or_warn, grad_of, new_report, observe, record, sample_losses
 
 MPGD_SCHEDULES = ("constant", "inverse_sqrt_alpha")
 

@@ -1,4 +1,5 @@
-"""Deterministic sampler steps and the look-ahead traverse from the current sigma to 0 (paper Eq. 7).
+"""Sampler steps in the k-diffusion convention, their shared helpers (to_d, noise draws, activation
+checkpointing) and the look-ahead traverse from the current sigma to 0 (paper Eq. 7).
 
 In the k-diffusion convention the deterministic DDIM step (eta = 0) *is* the Euler step of the probability-flow
 ODE: x_next = x0 + sigma_next * (x - x0) / sigma. Both names are accepted; tests check it against diffusers'
@@ -12,9 +13,29 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, to_d
 
 STEPS = ("euler", "ddim", "heun")
+
+
+def noise_like(x: Tensor, generator: torch.Generator | None, shape=None, dtype: torch.dtype | None = None) -> Tensor:
+    """Standard normal noise of `shape` (default: x's) drawn on the generator's device in `dtype` (default: x's),
+    then moved to x's device (and dtype), so a CPU generator gives the same draws on every device."""
+    device = generator.device if generator is not None else x.device
+    noise = torch.randn(tuple(x.shape if shape is None else shape), generator=generator, device=device,
+                        dtype=x.dtype if dtype is None else dtype)
+    return noise.to(x.device) if dtype is None else noise.to(x)
+
+
+def derived_seed(seed: int, stream: int) -> int:
+    """A seed for another random stream derived from `seed` (one 64-bit LCG step; `stream` is the increment), so
+    the streams of one run do not repeat each other's draws."""
+    return (int(seed) * 6364136223846793005 + stream) % 2**63
+
+
+def with_checkpointing(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """`fn` with activation checkpointing: its activations are recomputed in the backward pass, not kept."""
+    return lambda *args: checkpoint(fn, *args, use_reentrant=False)
 
 
 def _is_zero(sigma: Tensor) -> bool:
@@ -33,11 +54,11 @@ def euler_step(denoise: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, 
 def heun_step(denoise: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor | None = None) -> Tensor:
     """One Heun (2nd order) step; falls back to Euler on the last step to sigma 0."""
     denoised = denoise(x, sigma) if denoised is None else denoised
-    d = (x - denoised) / sigma
+    d = to_d(x, sigma, denoised)
     x_euler = x + (sigma_next - sigma) * d
     if _is_zero(sigma_next):
         return x_euler
-    d_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
+    d_next = to_d(x_euler, sigma_next, denoise(x_euler, sigma_next))
     return x + (sigma_next - sigma) * (d + d_next) / 2
 
 
@@ -54,10 +75,10 @@ def ancestral_step(denoised: Tensor, x: Tensor, sigma: Tensor, sigma_next: Tenso
                    generator: torch.Generator | None) -> Tensor:
     """Stochastic DDIM step with noise fraction `eta` (0 = deterministic, 1 = ancestral)."""
     if eta == 0 or float(sigma_next) == 0.0:
-        return denoised + (sigma_next / sigma) * (x - denoised)
+        return euler_step(None, x, sigma, sigma_next, denoised)
     sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt())
     sigma_down = (sigma_next**2 - sigma_up**2).sqrt()
-    noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device).to(x)
+    noise = noise_like(x, generator, dtype=torch.float32)  # drawn in float32 whatever the latent's dtype
     return denoised + (sigma_down / sigma) * (x - denoised) + sigma_up * noise
 
 
@@ -96,7 +117,7 @@ def unroll(denoise: Denoiser, x: Tensor, sigmas: Tensor, step: str = "euler", ch
     if not capturing and not (bool((sigmas[:-1] > 0).all()) and float(sigmas[-1]) == 0.0):
         raise ValueError(f"unroll needs positive sigmas ending in one 0, got {sigmas.tolist()}")
     sigmas = sigmas.clone()  # inference-mode sigmas cannot be saved for backward
-    call = (lambda t, s: checkpoint(denoise, t, s, use_reentrant=False)) if checkpointed else denoise
+    call = with_checkpointing(denoise) if checkpointed else denoise
     for i in range(len(sigmas) - 2):
         x = step_fn(call, x, sigmas[i], sigmas[i + 1])
     return call(x, sigmas[-2])  # the Tweedie estimate at the last nonzero sigma

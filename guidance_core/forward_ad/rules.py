@@ -59,3 +59,38 @@ def lean_linear_layers() -> Iterator[None]:
     finally:
         for name, op in originals.items():
             setattr(F, name, op)
+
+
+@contextlib.contextmanager
+def contiguous_group_norm() -> Iterator[None]:
+    """group_norm's forward-AD rule views its tangent, which fails for a strided tangent of a contiguous primal
+    (after attention's transposes): give it a contiguous copy."""
+    original = F.group_norm
+
+    def group_norm(input, *args, **kwargs):
+        return original(input.clone(memory_format=torch.contiguous_format), *args, **kwargs)
+
+    F.group_norm = group_norm
+    try:
+        yield
+    finally:
+        F.group_norm = original
+
+
+@contextlib.contextmanager
+def float32_layer_norm() -> Iterator[None]:
+    """layer_norm's forward-AD rule returns a float32 tangent for fp16 / bf16 inputs on CUDA: run half-precision
+    layer norms in float32 and cast back."""
+    original = F.layer_norm
+
+    def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+        if input.dtype not in (torch.float16, torch.bfloat16):
+            return original(input, normalized_shape, weight, bias, eps)
+        up = (lambda t: None if t is None else t.float())
+        return original(input.float(), normalized_shape, up(weight), up(bias), eps).to(input.dtype)
+
+    F.layer_norm = layer_norm
+    try:
+        yield
+    finally:
+        F.layer_norm = original

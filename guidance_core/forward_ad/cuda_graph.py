@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .forward_gradient import directional_derivative
+from .. import forward_gradient  # a module: forward_gradient imports this package while it loads
 
 
 class GraphedJvp:
@@ -45,7 +45,7 @@ class GraphedJvp:
             return self._replay(f, x, v)
         if self.failure is not None or key != self.pending:
             self.pending = key
-            return self._on_stream(lambda: directional_derivative(f, x, v))
+            return self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v))
         try:
             self._capture(f, x, v, key)
         except Exception as error:  # the traverse is not capturable: run eagerly from now on, and say so
@@ -55,7 +55,7 @@ class GraphedJvp:
             self.failure = f"{type(error).__name__} at {where}: {str(error).splitlines()[0] if str(error) else ''}"
             warnings.warn(f"CUDA graph capture of the guidance JVP failed ({self.failure}); running it eagerly")
             torch.cuda.synchronize(x.device)
-            return self._on_stream(lambda: directional_derivative(f, x, v))
+            return self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v))
         return self._replay(f, x, v)
 
     def _on_stream(self, run):
@@ -76,7 +76,7 @@ class GraphedJvp:
         graph = torch.cuda.CUDAGraph()
         self.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.graph(graph, stream=self.stream):
-            static["loss"], static["h"] = directional_derivative(traverse, static["x"], static["v"])
+            static["loss"], static["h"] = forward_gradient.directional_derivative(traverse, static["x"], static["v"])
         torch.cuda.current_stream().wait_stream(self.stream)
         self.graph, self.static, self.key, self.pending = graph, static, key, None
         self.captures += 1

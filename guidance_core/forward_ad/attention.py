@@ -27,7 +27,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .forward_rules import lean_linear_layers
+from .rules import contiguous_group_norm, float32_layer_norm, lean_linear_layers
 
 _host_contexts: list[Callable[[], ContextManager]] = []
 # the builtin, whatever F.scaled_dot_product_attention is bound to while a scope is active
@@ -47,8 +47,8 @@ class ForwardADAttentionSettings:
     lean_linear: bool = True  # forward_rules.lean_linear_layers inside the scope
 
 
-settings = ForwardADAttentionSettings()
-route_counts: Counter = Counter()  # calls per path, for benchmarks and tests
+settings = ForwardADAttentionSettings()  # benchmarks toggle it inside a try / finally that restores it
+route_counts: Counter = Counter()  # calls per path, for benchmarks and tests; `.clear()` resets it
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,37 +67,6 @@ def register_attention_context(factory: Callable[[], ContextManager]) -> Callabl
     """Add a context manager factory entered inside every `forward_ad_attention()`; returns an unregister."""
     _host_contexts.append(factory)
     return lambda: _host_contexts.remove(factory) if factory in _host_contexts else None
-
-
-@contextlib.contextmanager
-def _contiguous_group_norm() -> Iterator[None]:
-    original = F.group_norm
-
-    def group_norm(input, *args, **kwargs):
-        return original(input.clone(memory_format=torch.contiguous_format), *args, **kwargs)
-
-    F.group_norm = group_norm
-    try:
-        yield
-    finally:
-        F.group_norm = original
-
-
-@contextlib.contextmanager
-def _float32_layer_norm() -> Iterator[None]:
-    original = F.layer_norm
-
-    def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
-        if input.dtype not in (torch.float16, torch.bfloat16):
-            return original(input, normalized_shape, weight, bias, eps)
-        up = (lambda t: None if t is None else t.float())
-        return original(input.float(), normalized_shape, up(weight), up(bias), eps).to(input.dtype)
-
-    F.layer_norm = layer_norm
-    try:
-        yield
-    finally:
-        F.layer_norm = original
 
 
 def padded_head_dim(dim: int) -> int | None:
@@ -202,8 +171,18 @@ def forward_ad_attention() -> Iterator[None]:
         stack.enter_context(_routed_sdpa())
         if settings.lean_linear:
             stack.enter_context(lean_linear_layers())
-        stack.enter_context(_contiguous_group_norm())
-        stack.enter_context(_float32_layer_norm())
+        stack.enter_context(contiguous_group_norm())
+        stack.enter_context(float32_layer_norm())
         for factory in list(_host_contexts):
             stack.enter_context(factory())
         yield
+
+
+def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Single-head attention over the spatial positions of (B, C, *spatial) maps (a VAE's attention block), through
+    `F.scaled_dot_product_attention`, which is `forward_ad_sdpa` inside a forward-mode pass."""
+    shape = q.shape
+    b, c = shape[0], shape[1]
+    q, k, v = (t.reshape(b, 1, c, -1).transpose(2, 3) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(2, 3).reshape(shape)

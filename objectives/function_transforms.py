@@ -1,4 +1,5 @@
-"""Constant tensors made outside torch.func transforms, with device copies made once per (device, dtype).
+"""Working from inside torch.func transforms: suspending them for constants and integer labels, constant tensors
+made once with device copies per (device, dtype), and whether a CUDA graph is being captured.
 
 Besides saving a host-to-device copy per call, this keeps an objective usable inside a captured CUDA graph
 (guidance_core.GraphedJvp): no copy from pageable host memory is allowed while a graph is captured, and
