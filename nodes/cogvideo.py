@@ -77,9 +77,7 @@ class TitanGuideCogVideoSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TitanGuideCogVideoSampler",
-            display_name="TITAN-Guide CogVideoX Sampler",
-            category=CATEGORY,
+            node_id="TitanGuideCogVideoSampler", display_name="TITAN-Guide CogVideoX Sampler", category=CATEGORY,
             description=(
                 "Samples a CogVideoX model from ComfyUI-CogVideoXWrapper like CogVideoSampler (same noise, "
                 "timesteps and cfg) and, at the guided steps, moves the latent along a forward gradient of the "

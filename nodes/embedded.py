@@ -132,9 +132,7 @@ class TitanEmbeddedModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TitanEmbeddedModelLoader",
-            display_name="TITAN Embedded Video Model Loader",
-            category=CATEGORY,
+            node_id="TitanEmbeddedModelLoader", display_name="TITAN Embedded Video Model Loader", category=CATEGORY,
             description=("The pack's self-trained tiny unconditional video model (16 frames, 32x32 RGB, ships in "
                          "models/titan_guide/). Runs on any CPU; sample it with KSampler or TITAN-Guide Sampler on "
                          "a TITAN Embedded Empty Latent, decode with VAEDecode."),
@@ -162,9 +160,7 @@ class TitanEmbeddedEmptyLatent(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TitanEmbeddedEmptyLatent",
-            display_name="TITAN Embedded Empty Latent",
-            category=CATEGORY,
+            node_id="TitanEmbeddedEmptyLatent", display_name="TITAN Embedded Empty Latent", category=CATEGORY,
             description=(f"Empty latent for the embedded model: {NUM_FRAMES} frames per video stacked in the batch "
                          "(set frames_per_video = 16 on the TITAN-Guide sampler when videos > 1)."),
             inputs=[io.Int.Input("videos", default=1, min=1, max=256, tooltip="Number of videos (16 frames each).")],
@@ -187,9 +183,7 @@ class TitanAttributeObjective(io.ComfyNode):
             return io.Combo.Input(name, options=[ANY, *ATTRIBUTES[name]], default=default,
                                   tooltip=f"Target {name} ('{ANY}' = not guided).")
         return io.Schema(
-            node_id="TitanAttributeObjective",
-            display_name="TITAN Attribute Objective (embedded)",
-            category=CATEGORY,
+            node_id="TitanAttributeObjective", display_name="TITAN Attribute Objective (embedded)", category=CATEGORY,
             description=("Loss = weight * sum over the chosen attributes of -log p(value | video) under the "
                          "embedded guiding classifier; for the embedded video model (16 x 32 x 32 videos)."),
             inputs=[

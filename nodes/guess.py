@@ -15,9 +15,7 @@ class TitanGradientGuess(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TitanGradientGuess",
-            display_name="TITAN Gradient Guess",
-            category=CATEGORY,
+            node_id="TitanGradientGuess", display_name="TITAN Gradient Guess", category=CATEGORY,
             description=("Gradient guess V for TITAN-Guide. random: Gaussian V, unbiased, noisy. score: the model's "
                          "noise estimate, deterministic but biased. sampled_gradient: backprop through decoder and "
                          "objective (not the denoiser) on a few frames, spread to all. orthogonal: K orthogonal "

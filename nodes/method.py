@@ -17,9 +17,7 @@ class TitanGuidanceMethod(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TitanGuidanceMethod",
-            display_name="TITAN Guidance Method",
-            category=CATEGORY,
+            node_id="TitanGuidanceMethod", display_name="TITAN Guidance Method", category=CATEGORY,
             description=("Replaces TITAN's update with a baseline for comparison. titan and exact_gradient use the "
                          "sampler's strength / look-ahead / optimiser knobs; freedom, mpgd and tfg use only its "
                          "guidance window; doodl optimises the initial noise. Options prefixed with a method's name "

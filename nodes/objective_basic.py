@@ -20,9 +20,7 @@ class TitanColorObjective(io.ComfyNode):
             return io.Float.Input(name, default=default, min=0.0, max=1.0, step=0.01,
                                   tooltip=f"Target colour, {name} channel in [0, 1].")
         return io.Schema(
-            node_id="TitanColorObjective",
-            display_name="TITAN Colour Objective",
-            category=CATEGORY,
+            node_id="TitanColorObjective", display_name="TITAN Colour Objective", category=CATEGORY,
             description=("Loss = colour_weight * mean over R,G,B of (mean colour - target)^2 + brightness_weight * "
                          "(luma of the mean colour - brightness)^2, on the decoded video in [0, 1]."),
             inputs=[
@@ -64,9 +62,7 @@ class TitanObjectiveCombine(io.ComfyNode):
                                          tooltip=f"Weight of objective {slot} in the sum (ignored if it is not "
                                                  "connected). Negative weights maximise that objective."))
         return io.Schema(
-            node_id="TitanObjectiveCombine",
-            display_name="TITAN Combine Objectives",
-            category=CATEGORY,
+            node_id="TitanObjectiveCombine", display_name="TITAN Combine Objectives", category=CATEGORY,
             description="Loss = sum of weight_i * objective_i over the connected objectives.",
             inputs=inputs,
             outputs=[TitanObjective.Output("objective", tooltip="The weighted sum.")],

@@ -59,17 +59,13 @@ class WeightsLoader(io.ComfyNode):
 
     FOLDER: WeightsFolder
     BUILD: Callable[[str, torch.dtype], tuple[torch.nn.Module, str]]  # build_dover, build_imagebind
-    KIND: str
-    NODE_ID: str
-    DISPLAY_NAME: str
-    DESCRIPTION: str
     OUTPUT: io.Output
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id=cls.NODE_ID, display_name=cls.DISPLAY_NAME, category=CATEGORY,
-            description=cls.DESCRIPTION + " " + cls.FOLDER.tooltip(),
+            node_id=cls.__name__, display_name=f"TITAN Load {cls.FOLDER.weights.what}", category=CATEGORY,
+            description=cls.__doc__ + " " + cls.FOLDER.tooltip(),
             inputs=[io.Combo.Input("weights_name", options=cls.FOLDER.files(), tooltip=cls.FOLDER.tooltip()),
                     _dtype_input()],
             outputs=[cls.OUTPUT])
@@ -82,26 +78,21 @@ class WeightsLoader(io.ComfyNode):
     @classmethod
     def execute(cls, weights_name, dtype) -> io.NodeOutput:
         """Load (or reuse) the selected file."""
-        return io.NodeOutput(cached_load(cls.KIND, cls.FOLDER.path_of(weights_name), dtype, (), cls.BUILD))
+        path = cls.FOLDER.path_of(weights_name)
+        return io.NodeOutput(cached_load(cls.FOLDER.weights.what, path, dtype, (), cls.BUILD))
 
 
 class TitanDoverLoader(WeightsLoader):
-    """Load DOVER (video quality: aesthetic and technical branches) from models/dover."""
+    """Loads the DOVER video-quality evaluator (Wu et al., ICCV 2023) for the TITAN Aesthetic Objective."""
 
-    FOLDER, BUILD, KIND = DOVER_FOLDER, staticmethod(build_dover), "DOVER"
-    NODE_ID, DISPLAY_NAME = "TitanDoverLoader", "TITAN Load DOVER"
-    DESCRIPTION = ("Loads the DOVER video-quality evaluator (Wu et al., ICCV 2023) for the TITAN Aesthetic "
-                   "Objective.")
+    FOLDER, BUILD = DOVER_FOLDER, staticmethod(build_dover)
     OUTPUT = TitanDoverModel.Output("dover", tooltip="DOVER network (managed by ComfyUI's model management).")
 
 
 class TitanImageBindLoader(WeightsLoader):
-    """Load ImageBind (vision, audio and text towers) from models/imagebind."""
+    """Loads ImageBind (Girdhar et al., CVPR 2023; vision, audio and text towers) for the TITAN Audio Objective."""
 
-    FOLDER, BUILD, KIND = IMAGEBIND_FOLDER, staticmethod(build_imagebind), "ImageBind"
-    NODE_ID, DISPLAY_NAME = "TitanImageBindLoader", "TITAN Load ImageBind"
-    DESCRIPTION = ("Loads ImageBind (Girdhar et al., CVPR 2023; vision, audio and text towers) for the TITAN "
-                   "Audio Objective.")
+    FOLDER, BUILD = IMAGEBIND_FOLDER, staticmethod(build_imagebind)
     OUTPUT = TitanImageBindModel.Output("imagebind", tooltip="ImageBind network (managed by ComfyUI).")
 
 
@@ -111,9 +102,7 @@ class TitanClipStyleLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TitanClipStyleLoader",
-            display_name="TITAN Load CLIP (style)",
-            category=CATEGORY,
+            node_id="TitanClipStyleLoader", display_name="TITAN Load CLIP (style)", category=CATEGORY,
             description=("Loads a CLIP model for the TITAN Style Objective: a Hugging Face-layout clip_vision file "
                          "(image tower: style images) or an open_clip checkpoint (image and text tower: style images "
                          "and text targets). " + CLIP_FOLDER.tooltip()),
@@ -170,9 +159,7 @@ class TitanAestheticObjective(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TitanAestheticObjective",
-            display_name="TITAN Aesthetic Objective (DOVER)",
-            category=CATEGORY,
+            node_id="TitanAestheticObjective", display_name="TITAN Aesthetic Objective (DOVER)", category=CATEGORY,
             description=("Loss = -DOVER score of the decoded video (B, F >= 2 frames of at least 32x32 px). fused: "
                          "the official fused quality in (0, 1); aesthetic / technical: that branch's raw score."),
             inputs=[
@@ -211,9 +198,7 @@ class TitanStyleObjective(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TitanStyleObjective",
-            display_name="TITAN Style Objective (CLIP)",
-            category=CATEGORY,
+            node_id="TitanStyleObjective", display_name="TITAN Style Objective (CLIP)", category=CATEGORY,
             description=("Per frame: style_weight * style term (cosine: 1 - cos(CLIP(frame), CLIP(style)); gram: Gram "
                          "matrix distance of patch tokens) + text_weight * (1 - cos(CLIP(frame), CLIP(text))) + "
                          "content_weight * (1 - cos(CLIP(frame), CLIP(reference frame))); averaged over frames."),
@@ -284,9 +269,7 @@ class TitanAudioObjective(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TitanAudioObjective",
-            display_name="TITAN Audio Objective (ImageBind)",
-            category=CATEGORY,
+            node_id="TitanAudioObjective", display_name="TITAN Audio Objective (ImageBind)", category=CATEGORY,
             description=("Loss = audio_weight * (1 - cos(ImageBind(video), ImageBind(audio span))) + text_weight * "
                          "(1 - cos(ImageBind(video), ImageBind(text))). A video of F frames at fps covers F / fps "
                          "seconds of the audio from audio_start; the audio must be that long. Any sample rate "

@@ -29,9 +29,7 @@ class TitanGuideSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TitanGuideSampler",
-            display_name="TITAN-Guide Sampler",
-            category=CATEGORY,
+            node_id="TitanGuideSampler", display_name="TITAN-Guide Sampler", category=CATEGORY,
             description=("Samples like KSampler through ComfyUI's own sampling path (model patches, LoRAs and "
                          "wrappers such as AnimateDiff apply) and, at the guided steps, moves the latent along a "
                          "forward gradient of the objective measured on the decoded look-ahead estimate."),
@@ -95,9 +93,7 @@ class TitanGuideSamplerSelect(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TitanGuideSamplerSelect",
-            display_name="TITAN-Guide Sampler (SAMPLER)",
-            category=CATEGORY,
+            node_id="TitanGuideSamplerSelect", display_name="TITAN-Guide Sampler (SAMPLER)", category=CATEGORY,
             description=("A SAMPLER that runs TITAN-Guide inside SamplerCustomAdvanced, so it composes with any "
                          "GUIDER, SIGMAS and NOISE. Guidance randomness is seeded from the NOISE seed. The report "
                          "goes to the server log (this node's outputs exist before sampling runs)."),

@@ -1,6 +1,6 @@
 """Tiny random guidance networks saved in their official file formats, for host tests of the objective nodes.
 
-The sizes come from the objectives' own tests (tests/test_objective_*.py), so the nodes load exactly the
+The sizes come from the objectives' own tests (tests/unit/test_objective_*.py), so the nodes load exactly the
 layouts those tests check: DOVER (plain torch state dict, like DOVER.pth), ImageBind (plain torch state dict,
 like imagebind_huge.pth), CLIP vision (Hugging Face safetensors, like ComfyUI's clip_vision files) and open_clip
 (safetensors checkpoint plus its model config as <name>.json next to it).

@@ -27,7 +27,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .rules import contiguous_group_norm, float32_layer_norm, lean_linear_layers
+from .rules import contiguous_group_norm, float32_layer_norm, lean_linear_layers, replaced_functions
 
 _host_contexts: list[Callable[[], ContextManager]] = []
 # the builtin, whatever F.scaled_dot_product_attention is bound to while a scope is active
@@ -154,21 +154,11 @@ def forward_ad_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
 
 
 @contextlib.contextmanager
-def _routed_sdpa() -> Iterator[None]:
-    original = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = forward_ad_sdpa
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = original
-
-
-@contextlib.contextmanager
 def forward_ad_attention() -> Iterator[None]:
     """Scope in which attention has a forward derivative (routed SDPA, MATH backend, host overrides)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-        stack.enter_context(_routed_sdpa())
+        stack.enter_context(replaced_functions({"scaled_dot_product_attention": forward_ad_sdpa}))
         if settings.lean_linear:
             stack.enter_context(lean_linear_layers())
         stack.enter_context(contiguous_group_norm())

@@ -49,38 +49,37 @@ LEAN = {"linear": _lean_linear, **{name: _lean_conv(name) for name in ("conv1d",
 
 
 @contextlib.contextmanager
-def lean_linear_layers() -> Iterator[None]:
-    """Scope in which F.conv1d/2d/3d and F.linear use the lean forward rule (restored on exit)."""
-    originals = {name: getattr(F, name) for name in LEAN}
-    for name, op in LEAN.items():
-        setattr(F, name, op)
+def replaced_functions(replacements: dict) -> Iterator[None]:
+    """Scope in which `torch.nn.functional.<name>` is `replacements[name]` (each restored on exit, also on errors)."""
+    originals = {name: getattr(F, name) for name in replacements}
+    for name, function in replacements.items():
+        setattr(F, name, function)
     try:
         yield
     finally:
-        for name, op in originals.items():
-            setattr(F, name, op)
+        for name, function in originals.items():
+            setattr(F, name, function)
 
 
-@contextlib.contextmanager
-def contiguous_group_norm() -> Iterator[None]:
+def lean_linear_layers():
+    """Scope in which F.conv1d/2d/3d and F.linear use the lean forward rule (restored on exit)."""
+    return replaced_functions(LEAN)
+
+
+def contiguous_group_norm():
     """group_norm's forward-AD rule views its tangent, which fails for a strided tangent of a contiguous primal
-    (after attention's transposes): give it a contiguous copy."""
+    (after attention's transposes): inside this scope group_norm gets a contiguous copy."""
     original = F.group_norm
 
     def group_norm(input, *args, **kwargs):
         return original(input.clone(memory_format=torch.contiguous_format), *args, **kwargs)
 
-    F.group_norm = group_norm
-    try:
-        yield
-    finally:
-        F.group_norm = original
+    return replaced_functions({"group_norm": group_norm})
 
 
-@contextlib.contextmanager
-def float32_layer_norm() -> Iterator[None]:
-    """layer_norm's forward-AD rule returns a float32 tangent for fp16 / bf16 inputs on CUDA: run half-precision
-    layer norms in float32 and cast back."""
+def float32_layer_norm():
+    """layer_norm's forward-AD rule returns a float32 tangent for fp16 / bf16 inputs on CUDA: inside this scope
+    half-precision layer norms run in float32 and are cast back."""
     original = F.layer_norm
 
     def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -89,8 +88,4 @@ def float32_layer_norm() -> Iterator[None]:
         up = (lambda t: None if t is None else t.float())
         return original(input.float(), normalized_shape, up(weight), up(bias), eps).to(input.dtype)
 
-    F.layer_norm = layer_norm
-    try:
-        yield
-    finally:
-        F.layer_norm = original
+    return replaced_functions({"layer_norm": layer_norm})

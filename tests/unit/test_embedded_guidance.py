@@ -28,7 +28,7 @@ from objectives.attribute_classifier import AttributeClassifierLoss, load_attrib
 from objectives.frame_interpolation import (DECODED_RANGE_TOLERANCE, FrameInterpolationLoss,
                                             LatentFrameInterpolationLoss)
 
-MODELS = Path(__file__).resolve().parents[1] / "models" / "titan_guide"
+MODELS = Path(__file__).resolve().parents[2] / "models" / "titan_guide"
 STEPS = 8
 GUIDED_FRACTION = 0.75  # guidance on steps 0-5 of 8
 LOOKAHEAD = 0

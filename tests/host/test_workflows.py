@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from comfy_host import REPO_ROOT, ComfyHost
+from testing.comfy_host import REPO_ROOT, ComfyHost
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import demo  # noqa: E402

@@ -165,7 +165,7 @@ class ComfyHost:
             folder.mkdir(parents=True, exist_ok=True)
         for name in MODEL_FOLDERS:
             (self.models_dir / name).mkdir(parents=True, exist_ok=True)
-        lines = ["# Written by tests/comfy_host.py", "titan_guide_test_models:",
+        lines = ["# Written by testing/comfy_host.py", "titan_guide_test_models:",
                  f"  base_path: {_yaml_quote(self.models_dir)}"]
         lines += [f"  {name}: {_yaml_quote(name)}" for name in MODEL_FOLDERS]
         lines.append("titan_guide_test_custom_nodes:")

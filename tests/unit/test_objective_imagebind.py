@@ -212,7 +212,7 @@ assert imagebind.data.return_bpe_path().endswith("bpe_simple_vocab_16e6.txt.gz")
 assert "torchvision.transforms.functional_tensor" in sys.modules
 print(tuple(imagebind_tokenize(["a dog"]).shape))
 """
-    repo_root = Path(__file__).resolve().parents[1]
+    repo_root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=repo_root)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "(1, 77)"

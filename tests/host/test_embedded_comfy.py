@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from comfy_host import PACK_LINK_DIR, REPO_ROOT, ComfyExecutionError, ComfyHost, ComfyValidationError
+from testing.comfy_host import PACK_LINK_DIR, REPO_ROOT, ComfyExecutionError, ComfyHost, ComfyValidationError
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import demo  # noqa: E402

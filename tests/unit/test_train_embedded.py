@@ -12,7 +12,7 @@ from embedded.training import LoopSettings, evaluate_classifier, train_classifie
 from embedded.unet import EmbeddedVideoUNet, load_embedded_unet
 from objectives.attribute_classifier import load_attribute_classifier
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_embedded.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_embedded.py"
 FILES = {"classifier": "embedded_classifier.safetensors", "judge": "embedded_judge.safetensors",
          "unet": "embedded_unet.safetensors"}
 

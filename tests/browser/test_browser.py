@@ -30,7 +30,7 @@ from playwright.sync_api import sync_playwright
 from browser import (APP_READY_JS, FRONTEND_SETTINGS, IMAGES_LOADED_JS, LOAD_WORKFLOW_JS, NODE_WIDGETS_JS,
                      SCREENSHOT_DIR, SETUP_JS, TOOLTIP_TEXT_JS, VIEWPORT, WIDGET_POINT_JS, PageLog, find_chromium,
                      publish_screenshot, update_screenshots_requested, wait_until)
-from comfy_host import REPO_ROOT
+from testing.comfy_host import REPO_ROOT
 from test_workflows import file_combo_values, write_placeholder
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -403,7 +403,7 @@ def test_readme_shows_a_screenshot_of_every_workflow():
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     for path in WORKFLOW_FILES:
         picture = SCREENSHOT_DIR / f"{path.stem}.png"
-        assert picture.is_file(), f"{picture} is missing: run TITAN_UPDATE_SCREENSHOTS=1 pytest tests/test_browser.py"
+        assert picture.is_file(), f"{picture} is missing: run TITAN_UPDATE_SCREENSHOTS=1 pytest tests/browser/test_browser.py"
         with Image.open(picture) as image:
             assert image.format == "PNG" and image.size == (VIEWPORT["width"], VIEWPORT["height"]), image.size
         assert f"docs/workflows/{picture.name}" in readme, f"README.md does not show {picture.name}"

@@ -12,7 +12,7 @@ import torch
 import guidance_core as gc
 from core_fixtures import linear_alphas_cumprod, video_problem
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _f(denoise, loss, sigmas, lookahead, step="euler", per_frame=False):

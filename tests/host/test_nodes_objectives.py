@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_host import PACK_LINK_DIR, PACK_NAME, ComfyExecutionError, ComfyValidationError, default_python
+from testing.comfy_host import PACK_LINK_DIR, PACK_NAME, ComfyExecutionError, ComfyValidationError, default_python
 from graphs import Prompt, add_color_objective, add_guess, add_titan_sampler, link, sd15_inputs
 from objectives.dover import DoverLoss, load_dover
 from objectives.frame_interpolation import FrameInterpolationLoss, LatentFrameInterpolationLoss

@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import graphs
-from comfy_host import ComfyExecutionError, ComfyValidationError
+from testing.comfy_host import ComfyExecutionError, ComfyValidationError
 from objectives.color import ColorLoss
 from tiny_checkpoints import TINY_SD15_FILENAME
 

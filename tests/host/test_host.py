@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from PIL import Image
 
-from comfy_host import (PACK_NAME, REPO_ROOT, ComfyExecutionError, ComfyHostError, ComfyValidationError,
+from testing.comfy_host import (PACK_NAME, REPO_ROOT, ComfyExecutionError, ComfyHostError, ComfyValidationError,
                         find_comfyui_dir)
 from tiny_checkpoints import TINY_SD15_FILENAME, read_metadata
 

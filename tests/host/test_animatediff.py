@@ -24,10 +24,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import graphs
-import tiny_motion_module as tmm
-from comfy_host import HOST_DIR, REPO_ROOT, VENDOR_PACKS_DIR, default_python
-from graphs import link
+if __name__ == "__main__":  # the route check's subprocess: the shared helpers live in tests/ and testing/
+    sys.path[1:1] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
+
+import graphs  # noqa: E402
+import tiny_motion_module as tmm  # noqa: E402
+from graphs import link  # noqa: E402
+from testing.comfy_host import HOST_DIR, REPO_ROOT, VENDOR_PACKS_DIR, default_python  # noqa: E402
 
 ADE_FOLDER = "ComfyUI-AnimateDiff-Evolved"
 FRAMES, SIZE, SEED = 8, 16, 3

@@ -17,7 +17,7 @@ from embedded.world import ATTRIBUTE_NAMES, ATTRIBUTES, COLOURS, NUM_FRAMES, mak
 from objectives.attribute_classifier import (AttributeClassifierLoss, load_attribute_classifier,
                                              parse_attribute_targets)
 
-MODELS = Path(__file__).resolve().parents[1] / "models" / "titan_guide"
+MODELS = Path(__file__).resolve().parents[2] / "models" / "titan_guide"
 UNET_FILE = MODELS / "embedded_unet.safetensors"
 CLASSIFIER_FILE = MODELS / "embedded_classifier.safetensors"
 JUDGE_FILE = MODELS / "embedded_judge.safetensors"

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import guidance_core as gc
-from comfy_host import ComfyExecutionError
+from testing.comfy_host import ComfyExecutionError
 from integrations import cogvideox as cx
 from objectives.color import ColorLoss
 
