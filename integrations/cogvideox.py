@@ -516,3 +516,21 @@ class CogVideoXLoss:
         subset = CogVideoXDecoder(self.decoder.vae, self.decoder.chunk, 0)
         pixels = subset(x0[:, keep.to(x0.device)])
         return pixels, subset.decoded_frame_indices(frame_indices[keep] - skip, pixels.shape[1])
+
+
+def wrapper_start(pipe, shape: Sequence[int], seed: int, dtype: torch.dtype, device: torch.device,
+                  schedule: CogVideoXSchedule, init: Tensor | None, strength: float
+                  ) -> tuple[Tensor, torch.Generator, Tensor | None]:
+    """Where the wrapper's CogVideoSampler starts: (initial latent from its seeded noise, the CPU generator that
+    continues that stream for ancestral steps, rotary embeddings or None), with the transformer's leftover
+    wrapper state (a previous sampler's caches, Enhance-A-Video) reset."""
+    transformer = pipe.transformer
+    reset_wrapper_state(transformer)
+    disable_wrapper_enhance(transformer)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn(tuple(shape), generator=generator, dtype=dtype).to(device, torch.float32)
+    x = initial_latent(noise, schedule, None if init is None else init.to(device, torch.float32), strength)
+    height, width = shape[-2] * 8, shape[-1] * 8
+    rotary = (pipe._prepare_rotary_positional_embeddings(height, width, shape[1], device)
+              if transformer.config.use_rotary_positional_embeddings else None)
+    return x, generator, rotary

@@ -1,8 +1,5 @@
-"""ComfyUI nodes of the TITAN-Guide pack (V3 schema): each module lists its node classes in NODE_CLASSES.
-
-To add nodes: create ``nodes/<module>.py`` with a NODE_CLASSES list of ``io.ComfyNode`` subclasses and add the
-module below.
-"""
+"""ComfyUI nodes of the TITAN-Guide pack (V3 schema): each module lists its io.ComfyNode classes in NODE_CLASSES,
+collected below."""
 
 # Load torch's forward-AD decompositions now, at pack import in the main thread. Loaded lazily by the first
 # JVP, they run torch.jit.script -> ast.parse inside ComfyUI's prompt worker, which CPython 3.11.7 aborted

@@ -1,18 +1,13 @@
 """AnimateDiff-Evolved (ADE) support: motion attention with a forward derivative during TITAN-Guide's JVPs.
 
-ADE's evolved sampling is a set of ModelPatcher wrappers and injected motion modules, so every guided model call
-of TITAN-Guide's sampler (inside ComfyUI's CFGGuider.sample) goes through them. The exception is ADE's temporal
-attention: `CrossAttentionMM` (ADE's animatediff/utils_motion.py) binds `self.actual_attention` in __init__ to a
-function chosen once from ComfyUI's flags and never sees `optimized_attention_override`. Its SDPA choice works in
-a forward-mode pass (torch's SDPA is guidance_core's router there); the sub-quadratic and split choices, which
-write into buffers in place, have no forward derivative.
-
-`MotionAttentionRoute.scope()` sets, for its scope only, a data descriptor `actual_attention` on each loaded
-CrossAttentionMM class: it takes precedence over the instance attribute, so every instance reads ComfyUI's
-`attention_pytorch`, while assignments (ADE's CUDA-error fallback, `reset_attention_type`) still land in the
-instance. On exit, also after an error, the descriptor is removed; no model, module or instance is changed.
-`install()` registers the scope with guidance_core, which enters it only inside forward-mode passes. ADE may load
-after this pack, so its classes are looked up in `sys.modules` each time; without ADE the scope does nothing.
+Every guided model call runs through ADE's wrappers and motion modules, but ADE's `CrossAttentionMM` binds
+`self.actual_attention` once from ComfyUI's flags and never sees `optimized_attention_override`; its
+sub-quadratic and split choices write into buffers in place and have no forward derivative. For a forward-mode
+pass only (`install()` registers the scope with guidance_core), `MotionAttentionRoute.scope()` puts a data
+descriptor `actual_attention` on each loaded CrossAttentionMM class: every instance then reads ComfyUI's
+`attention_pytorch` (SDPA, the forward-AD router there) while assignments (ADE's CUDA-error fallback,
+`reset_attention_type`) still land in the instance; on exit, also after an error, the descriptor is removed.
+ADE may load after this pack, so its classes are looked up in `sys.modules` each time.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""TITAN-Guide for CogVideoX graphs built with kijai's ComfyUI-CogVideoXWrapper.
+"""TITAN-Guide for CogVideoX graphs of kijai's ComfyUI-CogVideoXWrapper (COGVIDEOMODEL: its diffusers pipeline).
 
-ComfyUI has no native CogVideoX; the wrapper's loaders return COGVIDEOMODEL (a dict holding its diffusers
-CogVideoXPipeline) and its sampler runs its own diffusers loop. `TitanGuideCogVideoSampler` takes the same
-inputs as the wrapper's CogVideoSampler plus a VAE and the TITAN-Guide knobs, runs guidance_core's loop over
-the pipeline's transformer (v-prediction, classifier-free guidance) with the chosen diffusers scheduler's own
-noise levels (integrations.cogvideox), decodes the look-ahead estimate with the CogVideoX VAE inside the
-objective, and returns the wrapper's latent dict, so CogVideoDecode works downstream.
+`TitanGuideCogVideoSampler` takes CogVideoSampler's inputs plus a VAE and the TITAN-Guide knobs, runs
+guidance_core's loop over the pipeline's transformer with the chosen scheduler's own noise levels
+(integrations.cogvideox) and returns the wrapper's latent dict, so CogVideoDecode works downstream.
 """
 
 from __future__ import annotations
@@ -25,8 +22,7 @@ from ..guidance_core.run_config import check_run, guidance_seed
 from ..integrations import cogvideox as cx
 from ..objectives.base import forward_ad_safe_attention
 from .run_harness import guidance_session, validated_inputs
-from .sockets import (CATEGORY, TitanObjective, guess_and_method_inputs, guidance_inputs,
-                      report_outputs)
+from .sockets import TitanObjective, guess_and_method_inputs, guidance_inputs, node_schema, report_outputs
 
 CogVideoModel = io.Custom("COGVIDEOMODEL")
 
@@ -49,12 +45,9 @@ def guidance_knob_inputs() -> list:
 
 
 class WrapperVelocity:
-    """The wrapper transformer's velocity with ComfyUI's interrupt check before every call and a call counter.
-
-    Calls run inside the clones scope: the wrapper loads weights under ComfyUI's inference mode, and the
-    backprop baselines (and checkpoint recomputation in backward) need normal clones of them. `forward_ad_scope`
-    (entered in every forward-mode pass) routes the transformer's attention through torch's SDPA.
-    """
+    """The wrapper transformer's velocity, with ComfyUI's interrupt check before every call, a call counter, and the
+    clones scope (weights loaded under inference mode; backprop baselines need normal clones). `forward_ad_scope`
+    (entered in every forward-mode pass) routes the transformer's attention through torch's SDPA."""
 
     def __init__(self, velocity: cx.CogVideoXVelocity, transformer, clones: InferenceTensorClones):
         self.velocity, self.transformer, self.clones, self.calls = velocity, transformer, clones, 0
@@ -72,20 +65,15 @@ class WrapperVelocity:
 
 
 class TitanGuideCogVideoSampler(io.ComfyNode):
-    """CogVideoSampler with TITAN-Guide: guided text-to-video (and video-to-video) sampling of CogVideoX."""
+    """Samples a CogVideoX model from ComfyUI-CogVideoXWrapper like CogVideoSampler (same noise, timesteps and cfg) and,
+    at the guided steps, moves the latent along a forward gradient of the objective measured on the VAE-decoded
+    look-ahead estimate. Unguided, CogVideoXDDIM, DDIM, Euler, Euler A and Heun take diffusers' own steps (DDIM-type
+    ones exactly when steps divides 1000, e.g. 50); the multistep solvers take first-order steps on their own noise
+    levels. Its output goes to CogVideoDecode."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanGuideCogVideoSampler", display_name="TITAN-Guide CogVideoX Sampler", category=CATEGORY,
-            description=(
-                "Samples a CogVideoX model from ComfyUI-CogVideoXWrapper like CogVideoSampler (same noise, "
-                "timesteps and cfg) and, at the guided steps, moves the latent along a forward gradient of the "
-                "objective measured on the VAE-decoded look-ahead estimate. Unguided, CogVideoXDDIM, DDIM, Euler, "
-                "Euler A and Heun take diffusers' own steps (DDIM-type ones exactly when steps divides 1000, e.g. "
-                "50); the multistep solvers take first-order steps on their own noise levels. Its output goes to "
-                "CogVideoDecode."),
-            inputs=[
+        return node_schema(cls, "TITAN-Guide CogVideoX Sampler", inputs=[
                 CogVideoModel.Input("model", tooltip="COGVIDEOMODEL from a CogVideoX loader (text-to-video model, "
                                                      "quantization disabled)."),
                 io.Vae.Input("vae", tooltip="The CogVideoX VAE (from the same loader or CogVideoX VAE Loader); it "
@@ -164,14 +152,7 @@ class TitanGuideCogVideoSampler(io.ComfyNode):
         objective.to(device, device)
         with torch.inference_mode(False):  # as the guided loop: its constants must not be inference tensors
             objective.prepare(pixel_frames)  # constant targets (ImageBind's audio), once, before any JVP
-        cx.reset_wrapper_state(transformer)
-        cx.disable_wrapper_enhance(transformer)
-
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        noise = torch.randn(tuple(shape), generator=generator, dtype=dtype).to(device, torch.float32)
-        x = cx.initial_latent(noise, schedule, None if init is None else init.to(device, torch.float32), strength)
-        rotary = (pipe._prepare_rotary_positional_embeddings(height, width, shape[1], device)
-                  if transformer.config.use_rotary_positional_embeddings else None)
+        x, generator, rotary = cx.wrapper_start(pipe, shape, int(seed), dtype, device, schedule, init, strength)
         clones = InferenceTensorClones()
         velocity = WrapperVelocity(cx.CogVideoXVelocity(
             transformer, positive.to(device), negative.to(device), cfg, image_rotary_emb=rotary,

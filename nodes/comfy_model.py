@@ -16,36 +16,22 @@ import comfy.sd
 from comfy.ldm.modules.attention import attention_pytorch
 from comfy.ldm.modules.diffusionmodules.model import AttnBlock
 
-from ..guidance_core.forward_ad import spatial_attention
+from ..guidance_core.forward_ad import attributes_replaced, spatial_attention
 from ..guidance_core.inference_tensors import InferenceTensorClones
 from ..objectives.base import forward_ad_safe_attention
 
 
 def _forward_ad_attention_override(func, *args, **kwargs):
-    """`optimized_attention_override` for guidance model calls: ComfyUI's SDPA attention, routed by guidance_core.
-
-    Fused kernels (SDPA flash / efficient / cuDNN, xformers, sage, flash-attn) have no forward derivative.
-    attention_pytorch calls torch's SDPA, which inside a forward-mode pass is guidance_core's
-    `forward_ad_sdpa`: the fused flash JVP kernel for long self-attention on CUDA, chunked MATH elsewhere.
-    The split and sub-quadratic variants are not used: they size chunks from free memory for a plain
-    forward, and a forward-mode pass needs about twice that.
-    """
+    """`optimized_attention_override` inside forward-mode passes: attention_pytorch, whose SDPA is guidance_core's
+    forward-AD router there. Fused kernels (xformers, sage, flash-attn) have no forward derivative; the split and
+    sub-quadratic variants size chunks for a plain forward, and a forward-mode pass needs about twice that."""
     return attention_pytorch(*args, **kwargs)
 
 
-@contextlib.contextmanager
 def vae_forward_ad_attention(vae_model: torch.nn.Module):
-    """Route the VAE's attention blocks through explicit attention for the run (restored afterwards)."""
-    swapped = []
-    for module in vae_model.modules():
-        if isinstance(module, AttnBlock) and "optimized_attention" in module.__dict__:
-            swapped.append((module, module.__dict__["optimized_attention"]))
-            module.optimized_attention = spatial_attention
-    try:
-        yield
-    finally:
-        for module, original in swapped:
-            module.optimized_attention = original
+    """Scope in which the VAE's attention blocks (AttnBlock) use explicit SDPA attention (restored afterwards)."""
+    blocks = [m for m in vae_model.modules() if isinstance(m, AttnBlock) and "optimized_attention" in m.__dict__]
+    return attributes_replaced(blocks, "optimized_attention", spatial_attention)
 
 
 class ComfyDenoiser:
@@ -79,11 +65,8 @@ class ComfyDenoiser:
 
     @contextlib.contextmanager
     def forward_ad_scope(self):
-        """Scope of one forward-mode pass: attention override on.
-
-        ComfyUI's backend-priority context around SDPA needs no undoing: inside the pass torch's SDPA is
-        guidance_core's router, which selects MATH itself where it does not take the fused JVP kernel.
-        """
+        """Scope of one forward-mode pass: attention override on (ComfyUI's backend-priority context around SDPA
+        needs no undoing: the router selects MATH itself)."""
         self.forward_ad_depth += 1
         try:
             with forward_ad_safe_attention():

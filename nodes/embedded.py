@@ -1,11 +1,6 @@
-"""Nodes for the embedded tiny video model: a real ComfyUI MODEL / VAE / CONDITIONING, its empty latent,
-and the attribute-classifier objective.
-
-The embedded UNet (embedded/unet.py) is an unconditional eps-prediction model on SD1.5's DDPM schedule,
-so it is wrapped as a `comfy.model_base.BaseModel` with ModelSamplingDiscrete + EPS and works with core
-KSampler, SamplerCustomAdvanced and TitanGuideSampler. Its "VAE" is the exact pixel-unshuffle codec
-(embedded/codec.py) inside a `comfy.sd.VAE`, so core VAEDecode / VAEEncode and the guidance glue's
-differentiable decode (first_stage_model.decode + process_output) use it unchanged.
+"""Nodes for the embedded tiny video model: a real ComfyUI MODEL (BaseModel, EPS on SD1.5's schedule), VAE (the
+exact codec inside a `comfy.sd.VAE`, so VAEDecode / VAEEncode and the guidance decode use it unchanged) and
+CONDITIONING, its empty latent, and the attribute-classifier objective.
 """
 
 from __future__ import annotations
@@ -22,7 +17,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..objectives.combination import ObjectiveSet, ObjectiveSpec
-from .sockets import CATEGORY, TitanObjective
+from .sockets import TitanObjective, node_schema
 from ..embedded import codec as embedded_codec
 from ..embedded import unet as embedded_unet
 from ..embedded.world import ATTRIBUTES, NUM_FRAMES
@@ -89,11 +84,8 @@ def load_embedded_model(path: str) -> comfy.model_patcher.ModelPatcher:
 
 
 class EmbeddedCodecVAE(comfy.sd.VAE):
-    """comfy.sd.VAE whose model is the exact codec: downscale 2, 12 latent channels, pixels in [0, 1].
-
-    process_output is the identity, so the guidance decode sees the exact, unclamped codec output; `decode`
-    (what VAEDecode calls) clamps the IMAGE it returns to [0, 1] as every ComfyUI IMAGE is.
-    """
+    """comfy.sd.VAE whose model is the exact codec (downscale 2, 12 latent channels, pixels in [0, 1]): the guidance
+    decode sees its exact, unclamped output; `decode` (VAEDecode) clamps the IMAGE to [0, 1] as every IMAGE is."""
 
     def __init__(self):
         # ComfyUI's own pixel-space VAE branch sets up device, dtype, output device and patcher fields ...
@@ -127,16 +119,13 @@ def _weight_files(default: str) -> list:
 
 
 class TitanEmbeddedModelLoader(io.ComfyNode):
-    """Loads the embedded tiny video model as MODEL, its exact codec as VAE, and empty conditioning."""
+    """The pack's self-trained tiny unconditional video model (16 frames, 32x32 RGB, ships in models/titan_guide/). Runs
+    on any CPU; sample it with KSampler or TITAN-Guide Sampler on a TITAN Embedded Empty Latent, decode with
+    VAEDecode."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanEmbeddedModelLoader", display_name="TITAN Embedded Video Model Loader", category=CATEGORY,
-            description=("The pack's self-trained tiny unconditional video model (16 frames, 32x32 RGB, ships in "
-                         "models/titan_guide/). Runs on any CPU; sample it with KSampler or TITAN-Guide Sampler on "
-                         "a TITAN Embedded Empty Latent, decode with VAEDecode."),
-            inputs=[io.Combo.Input("unet_name", options=_weight_files(UNET_FILENAME), default=UNET_FILENAME,
+        return node_schema(cls, "TITAN Embedded Video Model Loader", inputs=[io.Combo.Input("unet_name", options=_weight_files(UNET_FILENAME), default=UNET_FILENAME,
                                    tooltip=f"UNet weights in the {MODEL_FOLDER} model folder.")],
             outputs=[
                 io.Model.Output("model", tooltip="Unconditional eps-prediction video UNet (SD1.5 schedule)."),
@@ -155,15 +144,12 @@ class TitanEmbeddedModelLoader(io.ComfyNode):
 
 
 class TitanEmbeddedEmptyLatent(io.ComfyNode):
-    """Zero latents for `videos` clips of the embedded model: (videos * 16, 12, 16, 16)."""
+    """Empty latent for the embedded model: 16 frames per video stacked in the batch (set frames_per_video = 16 on
+    the TITAN-Guide sampler when videos > 1)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanEmbeddedEmptyLatent", display_name="TITAN Embedded Empty Latent", category=CATEGORY,
-            description=(f"Empty latent for the embedded model: {NUM_FRAMES} frames per video stacked in the batch "
-                         "(set frames_per_video = 16 on the TITAN-Guide sampler when videos > 1)."),
-            inputs=[io.Int.Input("videos", default=1, min=1, max=256, tooltip="Number of videos (16 frames each).")],
+        return node_schema(cls, "TITAN Embedded Empty Latent", inputs=[io.Int.Input("videos", default=1, min=1, max=256, tooltip="Number of videos (16 frames each).")],
             outputs=[io.Latent.Output("latent")],
         )
 
@@ -175,18 +161,15 @@ class TitanEmbeddedEmptyLatent(io.ComfyNode):
 
 
 class TitanAttributeObjective(io.ComfyNode):
-    """-log p(target attributes) under the embedded attribute classifier (colour, shape, direction, speed)."""
+    """Loss = weight * sum over the chosen attributes of -log p(value | video) under the embedded guiding classifier;
+    for the embedded video model (16 x 32 x 32 videos)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         def attribute(name: str, default: str):
             return io.Combo.Input(name, options=[ANY, *ATTRIBUTES[name]], default=default,
                                   tooltip=f"Target {name} ('{ANY}' = not guided).")
-        return io.Schema(
-            node_id="TitanAttributeObjective", display_name="TITAN Attribute Objective (embedded)", category=CATEGORY,
-            description=("Loss = weight * sum over the chosen attributes of -log p(value | video) under the "
-                         "embedded guiding classifier; for the embedded video model (16 x 32 x 32 videos)."),
-            inputs=[
+        return node_schema(cls, "TITAN Attribute Objective (embedded)", inputs=[
                 attribute("colour", "red"), attribute("shape", ANY), attribute("direction", ANY),
                 attribute("speed", ANY),
                 io.Float.Input("weight", default=1.0, min=-100.0, max=100.0, step=0.01,

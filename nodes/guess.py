@@ -5,23 +5,19 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..guidance_core.run_config import GUESS_KINDS, GuessSpec, parse_frame_indices
-from .sockets import CATEGORY, TitanGuess
+from .sockets import TitanGuess, node_schema
 from ..guidance_core import guesses as core_guesses
 
 
 class TitanGradientGuess(io.ComfyNode):
-    """Choose the gradient guess V (paper section 4.2) and its options."""
+    """Gradient guess V for TITAN-Guide. random: Gaussian V, unbiased, noisy. score: the model's noise estimate,
+    deterministic but biased. sampled_gradient: backprop through decoder and objective (not the denoiser) on a few
+    frames, spread to all. orthogonal: K orthogonal tangents. antithetic: pairs (V, -V). mixed: sampled gradient plus
+    an orthogonal random part."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanGradientGuess", display_name="TITAN Gradient Guess", category=CATEGORY,
-            description=("Gradient guess V for TITAN-Guide. random: Gaussian V, unbiased, noisy. score: the model's "
-                         "noise estimate, deterministic but biased. sampled_gradient: backprop through decoder and "
-                         "objective (not the denoiser) on a few frames, spread to all. orthogonal: K orthogonal "
-                         "tangents. antithetic: pairs (V, -V). mixed: sampled gradient plus an orthogonal random "
-                         "part."),
-            inputs=[
+        return node_schema(cls, "TITAN Gradient Guess", inputs=[
                 io.Combo.Input("kind", options=list(GUESS_KINDS), default="random",
                                tooltip="random, score, sampled_gradient, orthogonal (K tangents), antithetic (K "
                                        "pairs, useful with the central-difference estimator) or mixed."),

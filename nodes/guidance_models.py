@@ -55,14 +55,11 @@ class WeightsFolder:
 
     def missing_message(self, name: str) -> str:
         """Clear message for a file that is not there: what, where to put it, where to get it, licence."""
-        asked = f"'{name}' was not found" if name else "no file is selected"
-        return (f"{self.weights.what} weights: {asked}. Put {self.weights.expected} into {self.where()}, then refresh the node "
-                f"list (press 'r'). Get it from {self.weights.source}. Licence: {self.weights.licence}")
+        return self.weights.missing_message(name, self.where())
 
     def tooltip(self) -> str:
         """Tooltip of the file COMBO."""
-        return (f"{self.weights.what} weights, listed from {self.where()}. Expected: {self.weights.expected}. Source: "
-                f"{self.weights.source}. Licence: {self.weights.licence}")
+        return self.weights.tooltip(self.where())
 
     def path_of(self, name: str) -> str:
         """Absolute path of a listed file; FileNotFoundError with the full message if absent."""
@@ -88,12 +85,10 @@ FULL_LOAD_MEMORY = 1e32
 class GuidanceNetworkPatcher(comfy.model_patcher.ModelPatcher):
     """ModelPatcher of a plain-PyTorch guidance network: loaded and unloaded whole, never in part.
 
-    Under memory pressure ComfyUI loads only part of a model and runs the rest from the offload device through
-    comfy.ops layers, which cast their weights on the fly. DOVER, ImageBind and CLIP use plain torch layers, which
-    would meet weights on two devices. So this patcher always loads all of the network (ComfyUI makes the room by
-    offloading other models first) and, asked to free part of it, frees nothing, after which ComfyUI unloads it
-    completely.
-    """
+    ComfyUI loads part of a model under memory pressure and runs the rest through comfy.ops layers, which cast
+    weights on the fly; plain torch layers (DOVER, ImageBind, CLIP) would meet weights on two devices. So this
+    patcher loads all of it (ComfyUI offloads other models first) and frees nothing of it when asked to free part,
+    after which ComfyUI unloads it whole."""
 
     def partially_load(self, device_to, extra_memory=0, *args, **kwargs):
         """Load the whole network, whatever amount ComfyUI offers."""
@@ -145,12 +140,8 @@ class LoadedGuidanceModel:
                 and patcher.loaded_size() >= patcher.model_size())
 
     def load(self, device=None) -> None:
-        """Load the network onto its device through ComfyUI (may offload other models to make room).
-
-        Nothing is loaded when it is there already (the guided samplers load it together with the diffusion
-        model and the VAE): a second `load_models_gpu` call would free memory for it again, possibly offloading
-        part of those models.
-        """
+        """Load the network onto its device through ComfyUI (may offload other models to make room), unless it
+        is there already: a second `load_models_gpu` call would free memory again, maybe offloading the others."""
         if device is not None and not same_device(device, self.patcher.load_device):
             raise ValueError(
                 f"the {self.kind} network is managed for {self.patcher.load_device} (ComfyUI's VAE device) but the "

@@ -8,21 +8,17 @@ from .. import guidance_core as core
 from ..guidance_core.baselines import freedom, mpgd
 from ..guidance_core.forward_gradient import ESTIMATORS
 from ..guidance_core.run_config import METHOD_DESCRIPTIONS, METHOD_KINDS, GuidanceSettings, MethodSpec
-from .sockets import CATEGORY, TitanMethod
+from .sockets import TitanMethod, node_schema
 
 
 class TitanGuidanceMethod(io.ComfyNode):
-    """Pick the guidance method; each method reads only its own options (named by prefix)."""
+    """Replaces TITAN's update with a baseline for comparison. titan and exact_gradient use the sampler's strength /
+    look-ahead / optimiser knobs; freedom, mpgd and tfg use only its guidance window; doodl optimises the initial
+    noise. Options prefixed with a method's name apply to that method only."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanGuidanceMethod", display_name="TITAN Guidance Method", category=CATEGORY,
-            description=("Replaces TITAN's update with a baseline for comparison. titan and exact_gradient use the "
-                         "sampler's strength / look-ahead / optimiser knobs; freedom, mpgd and tfg use only its "
-                         "guidance window; doodl optimises the initial noise. Options prefixed with a method's name "
-                         "apply to that method only."),
-            inputs=[
+        return node_schema(cls, "TITAN Guidance Method", inputs=[
                 io.Combo.Input("method", options=list(METHOD_KINDS), default="titan",
                                tooltip="; ".join(f"{k}: {METHOD_DESCRIPTIONS[k]}" for k in METHOD_KINDS) + "."),
                 io.Combo.Input("estimator", options=list(ESTIMATORS), default="jvp",

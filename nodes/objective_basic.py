@@ -5,25 +5,22 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..objectives.combination import ObjectiveSet
-from .sockets import CATEGORY, TitanObjective
+from .sockets import TitanObjective, node_schema
 from ..objectives.color import MODES, ColorLoss
 
 COMBINE_SLOTS = 4
 
 
 class TitanColorObjective(io.ComfyNode):
-    """Distance of the video's mean colour (and brightness) to a target: works with any model, needs no weights."""
+    """Loss = colour_weight * mean over R,G,B of (mean colour - target)^2 + brightness_weight * (luma of the mean colour
+    - brightness)^2, on the decoded video in [0, 1]."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         def channel(name, default):
             return io.Float.Input(name, default=default, min=0.0, max=1.0, step=0.01,
                                   tooltip=f"Target colour, {name} channel in [0, 1].")
-        return io.Schema(
-            node_id="TitanColorObjective", display_name="TITAN Colour Objective", category=CATEGORY,
-            description=("Loss = colour_weight * mean over R,G,B of (mean colour - target)^2 + brightness_weight * "
-                         "(luma of the mean colour - brightness)^2, on the decoded video in [0, 1]."),
-            inputs=[
+        return node_schema(cls, "TITAN Colour Objective", inputs=[
                 channel("red", 1.0), channel("green", 0.0), channel("blue", 0.0),
                 io.Float.Input("color_weight", default=1.0, min=0.0, max=100.0, step=0.01,
                                tooltip="Weight of the colour term (0 = brightness only)."),
@@ -49,7 +46,7 @@ class TitanColorObjective(io.ComfyNode):
 
 
 class TitanObjectiveCombine(io.ComfyNode):
-    """Weighted sum of up to four objectives."""
+    """Loss = sum of weight_i * objective_i over the connected objectives."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -61,9 +58,8 @@ class TitanObjectiveCombine(io.ComfyNode):
                                          optional=slot > 1,
                                          tooltip=f"Weight of objective {slot} in the sum (ignored if it is not "
                                                  "connected). Negative weights maximise that objective."))
-        return io.Schema(
-            node_id="TitanObjectiveCombine", display_name="TITAN Combine Objectives", category=CATEGORY,
-            description="Loss = sum of weight_i * objective_i over the connected objectives.",
+        return node_schema(
+            cls, "TITAN Combine Objectives",
             inputs=inputs,
             outputs=[TitanObjective.Output("objective", tooltip="The weighted sum.")],
         )

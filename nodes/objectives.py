@@ -1,12 +1,8 @@
 """Objective nodes with guidance networks: DOVER, CLIP style, ImageBind audio, and frame interpolation.
 
-Loaders read weights from ComfyUI model folders (dover/, imagebind/, clip_vision/) through the objectives' own
-loaders (safetensors or `torch.load(weights_only=True)`), build the networks outside inference mode (so
-backprop-based guesses and baselines can differentiate through them) and hand them to ComfyUI's model
-management as a `GuidanceNetworkPatcher` (a ModelPatcher that loads and unloads the network whole): the
-guided samplers pass it to `load_models_gpu` together with the diffusion model and the VAE, which puts it on
-the VAE's device for the run and lets ComfyUI offload it (or other models) under memory pressure. Loaded
-networks are cached per (file, dtype, options), so re-running a graph does not read the weights again.
+Loaders build the networks outside inference mode (backprop-based guesses and baselines differentiate through
+them) and hand them to ComfyUI's model management (nodes.guidance_models), which the guided samplers load
+together with the diffusion model and the VAE.
 """
 
 from __future__ import annotations
@@ -24,12 +20,10 @@ from ..objectives import imagebind_audio, style_clip
 from ..objectives.checkpoint_layouts import (AUTO_ARCHITECTURE, build_clip, build_dover, build_imagebind,
                                              bundled_open_clip_configs)
 from ..objectives.combination import ManagedInterpolationObjective, ManagedObjective, ObjectiveSet, ObjectiveSpec
-from ..objectives.frame_interpolation import (DECODED_RANGE_TOLERANCE, FrameInterpolationLoss,
-                                              LatentFrameInterpolationLoss, mask_to_known_frames,
-                                              parse_keyframe_indices)
+from ..objectives.frame_interpolation import keyframe_objective
 from .guidance_models import (CLIP_FOLDER, DOVER_FOLDER, DTYPES, IMAGEBIND_FOLDER, LoadedGuidanceModel, WeightsFolder,
                               cached_load)
-from .sockets import CATEGORY, TitanObjective
+from .sockets import TitanObjective, node_schema
 
 LOG = logging.getLogger("titan_guide")
 
@@ -63,10 +57,7 @@ class WeightsLoader(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id=cls.__name__, display_name=f"TITAN Load {cls.FOLDER.weights.what}", category=CATEGORY,
-            description=cls.__doc__ + " " + cls.FOLDER.tooltip(),
-            inputs=[io.Combo.Input("weights_name", options=cls.FOLDER.files(), tooltip=cls.FOLDER.tooltip()),
+        return node_schema(cls, f"TITAN Load {cls.FOLDER.weights.what}", cls.FOLDER.tooltip(), inputs=[io.Combo.Input("weights_name", options=cls.FOLDER.files(), tooltip=cls.FOLDER.tooltip()),
                     _dtype_input()],
             outputs=[cls.OUTPUT])
 
@@ -97,16 +88,12 @@ class TitanImageBindLoader(WeightsLoader):
 
 
 class TitanClipStyleLoader(io.ComfyNode):
-    """Load a CLIP model for the style objective from models/clip_vision (ComfyUI's folder)."""
+    """Loads a CLIP model for the TITAN Style Objective: a Hugging Face-layout clip_vision file (image tower: style
+    images) or an open_clip checkpoint (image and text tower: style images and text targets)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanClipStyleLoader", display_name="TITAN Load CLIP (style)", category=CATEGORY,
-            description=("Loads a CLIP model for the TITAN Style Objective: a Hugging Face-layout clip_vision file "
-                         "(image tower: style images) or an open_clip checkpoint (image and text tower: style images "
-                         "and text targets). " + CLIP_FOLDER.tooltip()),
-            inputs=[
+        return node_schema(cls, "TITAN Load CLIP (style)", CLIP_FOLDER.tooltip(), inputs=[
                 io.Combo.Input("clip_name", options=CLIP_FOLDER.files(), tooltip=CLIP_FOLDER.tooltip()),
                 io.Combo.Input("architecture", options=[AUTO_ARCHITECTURE, *bundled_open_clip_configs()],
                                default=AUTO_ARCHITECTURE,
@@ -154,15 +141,12 @@ def _require(model, socket: str, loader: str) -> LoadedGuidanceModel:
 
 
 class TitanAestheticObjective(io.ComfyNode):
-    """DOVER video quality as a guidance objective (loss = -score)."""
+    """Loss = -DOVER score of the decoded video (B, F >= 2 frames of at least 32x32 px). fused: the official fused
+    quality in (0, 1); aesthetic / technical: that branch's raw score."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanAestheticObjective", display_name="TITAN Aesthetic Objective (DOVER)", category=CATEGORY,
-            description=("Loss = -DOVER score of the decoded video (B, F >= 2 frames of at least 32x32 px). fused: "
-                         "the official fused quality in (0, 1); aesthetic / technical: that branch's raw score."),
-            inputs=[
+        return node_schema(cls, "TITAN Aesthetic Objective (DOVER)", inputs=[
                 TitanDoverModel.Input("dover", tooltip="DOVER network from TITAN Load DOVER."),
                 io.Combo.Input("mode", options=list(dover_objective.LOSS_MODES), default="fused",
                                tooltip=("fused: official fusion of both branches (paper's aesthetic guidance uses "
@@ -193,16 +177,13 @@ class TitanAestheticObjective(io.ComfyNode):
 
 
 class TitanStyleObjective(io.ComfyNode):
-    """CLIP style guidance: frames towards a style image and/or a text, optionally keeping content."""
+    """Per frame: style_weight * style term (cosine: 1 - cos(CLIP(frame), CLIP(style)); gram: Gram matrix distance of
+    patch tokens) + text_weight * (1 - cos(CLIP(frame), CLIP(text))) + content_weight * (1 - cos(CLIP(frame),
+    CLIP(reference frame))); averaged over frames."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanStyleObjective", display_name="TITAN Style Objective (CLIP)", category=CATEGORY,
-            description=("Per frame: style_weight * style term (cosine: 1 - cos(CLIP(frame), CLIP(style)); gram: Gram "
-                         "matrix distance of patch tokens) + text_weight * (1 - cos(CLIP(frame), CLIP(text))) + "
-                         "content_weight * (1 - cos(CLIP(frame), CLIP(reference frame))); averaged over frames."),
-            inputs=[
+        return node_schema(cls, "TITAN Style Objective (CLIP)", inputs=[
                 TitanClipModel.Input("clip", tooltip="CLIP model from TITAN Load CLIP (style)."),
                 io.Combo.Input("loss_kind", options=list(style_clip.STYLE_MODES), default="cosine",
                                tooltip=("cosine: match the style image's CLIP embedding (paper's Style-CLIP "
@@ -264,17 +245,14 @@ class TitanStyleObjective(io.ComfyNode):
 
 
 class TitanAudioObjective(io.ComfyNode):
-    """ImageBind audio-video alignment (optionally also towards a text)."""
+    """Loss = audio_weight * (1 - cos(ImageBind(video), ImageBind(audio span))) + text_weight * (1 -
+    cos(ImageBind(video), ImageBind(text))). A video of F frames at fps covers F / fps seconds of the audio from
+    audio_start; the audio must be that long. Any sample rate (resampled to 16 kHz) and channel count (averaged to
+    mono)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanAudioObjective", display_name="TITAN Audio Objective (ImageBind)", category=CATEGORY,
-            description=("Loss = audio_weight * (1 - cos(ImageBind(video), ImageBind(audio span))) + text_weight * "
-                         "(1 - cos(ImageBind(video), ImageBind(text))). A video of F frames at fps covers F / fps "
-                         "seconds of the audio from audio_start; the audio must be that long. Any sample rate "
-                         "(resampled to 16 kHz) and channel count (averaged to mono)."),
-            inputs=[
+        return node_schema(cls, "TITAN Audio Objective (ImageBind)", inputs=[
                 TitanImageBindModel.Input("imagebind", tooltip="ImageBind network from TITAN Load ImageBind."),
                 io.Audio.Input("audio", tooltip="Audio to align the video with (e.g. from Load Audio)."),
                 io.Float.Input("fps", default=8.0, min=0.1, max=240.0, step=0.01,
@@ -319,18 +297,13 @@ class TitanAudioObjective(io.ComfyNode):
 
 
 class TitanFrameInterpolationObjective(io.ComfyNode):
-    """Keyframe matching (paper eq. 11): known frames fixed, guidance fills the frames between."""
+    """Loss = mean squared error between the known frames of the video and the keyframes (0 for the other frames),
+    averaged over frames. pixels: on the decoded video (keyframes the video's size); latent: on latents against the
+    keyframes encoded once with the VAE (no decode)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanFrameInterpolationObjective",
-            display_name="TITAN Frame Interpolation Objective",
-            category=CATEGORY,
-            description=("Loss = mean squared error between the known frames of the video and the keyframes (0 for "
-                         "the other frames), averaged over frames. pixels: on the decoded video (keyframes the video's "
-                         "size); latent: on latents against the keyframes encoded once with the VAE (no decode)."),
-            inputs=[
+        return node_schema(cls, "TITAN Frame Interpolation Objective", inputs=[
                 io.Image.Input("keyframes", tooltip="The known frames, in order, the same size as the video."),
                 io.String.Input("frame_indices", default="0, -1",
                                 tooltip=("Video frame index of each keyframe, comma separated (negative counts from "
@@ -353,32 +326,8 @@ class TitanFrameInterpolationObjective(io.ComfyNode):
 
     @classmethod
     def execute(cls, keyframes, frame_indices, space, weight, mask=None, vae=None) -> io.NodeOutput:
-        """Build the keyframe objective (latent space: encode the keyframes once)."""
-        if not isinstance(keyframes, torch.Tensor) or keyframes.ndim != 4 or keyframes.shape[-1] != 3:
-            shape = tuple(keyframes.shape) if isinstance(keyframes, torch.Tensor) else type(keyframes).__name__
-            raise ValueError(f"keyframes must be a ComfyUI IMAGE batch (K, H, W, 3), got {shape}")
-        selection = {"mask": mask_to_known_frames(mask)} if mask is not None else \
-            {"indices": parse_keyframe_indices(frame_indices)}
-        where = "mask" if mask is not None else f"frames {selection['indices']}"
-        if space == "latent":
-            if vae is None:
-                raise ValueError("space 'latent' needs the vae input (the sampler's VAE) to encode the keyframes; "
-                                 "connect it or use space 'pixels'")
-            # VAE space, as the sampler hands latent objectives process_latent_out(x0).
-            key_latents = vae.encode(keyframes)
-            if key_latents.ndim != 4 or key_latents.shape[0] != keyframes.shape[0]:
-                raise ValueError(
-                    f"the VAE encoded {keyframes.shape[0]} keyframes to latents of shape {tuple(key_latents.shape)}; "
-                    "space 'latent' needs an image VAE (one latent per frame): use space 'pixels'")
-            with torch.inference_mode(False):  # normal tensors: backprop-based guesses may save them
-                loss = LatentFrameInterpolationLoss(key_latents.float().clone(), **selection)
-        else:
-            with torch.inference_mode(False):
-                # the video comes from the sampler's own decode (fixed convention); early Tweedie estimates of
-                # unclamped decoders (the embedded codec) overshoot [0, 1] by far more than the default allows
-                loss = FrameInterpolationLoss(keyframes.float().clone(), range_tolerance=DECODED_RANGE_TOLERANCE,
-                                              **selection)
-        name = f"frame interpolation ({space}, {keyframes.shape[0]} keyframe(s) at {where})"
+        """Build the keyframe objective (latent space: encode the keyframes once, with the sampler's VAE)."""
+        loss, name = keyframe_objective(keyframes, frame_indices, space, mask, None if vae is None else vae.encode)
         return objective_output(ManagedInterpolationObjective(loss), weight, name)
 
 

@@ -1,9 +1,7 @@
-"""The one run harness every sampler node shares (TitanGuideSampler, TitanGuideSamplerSelect, the CogVideoX
-sampler): widget and socket validation, the guidance session (ExitStack, out-of-memory message, RunRecord,
-log), the per-step callback, and `GuidedSampler`, the KSAMPLER sampler function that runs
-`guidance_core.sample` inside ComfyUI's own sampling path (CFGGuider -> KSAMPLER), so model patches, LoRAs,
-hooks and wrappers (AnimateDiff-Evolved) apply to every model call, guided or not.
-"""
+"""The one run harness of every sampler node (TitanGuideSampler, TitanGuideSamplerSelect, the CogVideoX sampler):
+validation, the guidance session (ExitStack, out-of-memory message, RunRecord, per-step callback), and
+`GuidedSampler`, the KSAMPLER function that runs `guidance_core.sample` inside ComfyUI's own sampling path
+(CFGGuider -> KSAMPLER), so model patches, LoRAs, hooks and wrappers apply to every model call."""
 
 from __future__ import annotations
 
@@ -101,7 +99,6 @@ def guidance_session(record: RunRecord, device: torch.device, clones: InferenceT
             finally:
                 record.warnings = [str(w.message) for w in caught]
     except torch.OutOfMemoryError as error:
-        clones.clear()
         raise torch.OutOfMemoryError(f"out of memory during TITAN-Guide guidance ({record.method}, {what}): {error}. "
                                      "To lower memory: " + "; ".join(MEMORY_KNOBS) + ".") from error
     finally:
@@ -130,11 +127,8 @@ class GuidedSampler:
         return comfy.samplers.KSAMPLER(self.sample)
 
     def comfy_models(self) -> list[tuple[str, Any]]:
-        """(role, ModelPatcher) of the models guidance adds to sampling: the VAE and the objectives' networks.
-
-        TitanGuideSampler registers them as additional models of the diffusion model, so ComfyUI's
-        `prepare_sampling` loads them in one `load_models_gpu` call with it and plans memory for all of them.
-        """
+        """(role, ModelPatcher) of the models guidance adds to sampling: the VAE and the objectives' networks
+        (TitanGuideSampler makes them additional models of the diffusion model, loaded and planned with it)."""
         return [("VAE", self.vae.patcher)] + self.objective.comfy_patchers()
 
     def validate(self, shape: Sequence[int], steps: int,

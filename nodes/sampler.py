@@ -11,8 +11,9 @@ from comfy_api.latest import io
 
 from ..guidance_core.report import format_report, plot_losses
 from .run_harness import GuidedSampler
-from .sockets import (ADDITIONAL_MODELS_KEY, CATEGORY, TitanObjective, guess_and_method_inputs, guidance_inputs,
+from .sockets import (ADDITIONAL_MODELS_KEY, TitanObjective, guess_and_method_inputs, guidance_inputs, node_schema,
                       report_outputs)
+
 
 def _schedule_sigmas(model, scheduler: str, steps: int, denoise: float):
     """Sigmas as KSampler computes them (denoise < 1 keeps the last `steps` of a longer schedule)."""
@@ -24,16 +25,13 @@ def _schedule_sigmas(model, scheduler: str, steps: int, denoise: float):
 
 
 class TitanGuideSampler(io.ComfyNode):
-    """KSampler with TITAN-Guide: denoises the latent while steering it towards a lower objective."""
+    """Samples like KSampler through ComfyUI's own sampling path (model patches, LoRAs and wrappers such as AnimateDiff
+    apply) and, at the guided steps, moves the latent along a forward gradient of the objective measured on the
+    decoded look-ahead estimate."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanGuideSampler", display_name="TITAN-Guide Sampler", category=CATEGORY,
-            description=("Samples like KSampler through ComfyUI's own sampling path (model patches, LoRAs and "
-                         "wrappers such as AnimateDiff apply) and, at the guided steps, moves the latent along a "
-                         "forward gradient of the objective measured on the decoded look-ahead estimate."),
-            inputs=[
+        return node_schema(cls, "TITAN-Guide Sampler", inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (cloned; the input model is not changed)."),
                 io.Conditioning.Input("positive", tooltip="Conditioning describing what to include."),
                 io.Conditioning.Input("negative", tooltip="Conditioning describing what to exclude."),
@@ -88,16 +86,13 @@ class TitanGuideSampler(io.ComfyNode):
 
 
 class TitanGuideSamplerSelect(io.ComfyNode):
-    """SAMPLER for SamplerCustomAdvanced / SamplerCustom that runs TITAN-Guide."""
+    """A SAMPLER that runs TITAN-Guide inside SamplerCustomAdvanced, so it composes with any GUIDER, SIGMAS and NOISE.
+    Guidance randomness is seeded from the NOISE seed. The report goes to the server log (this node's outputs exist
+    before sampling runs)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanGuideSamplerSelect", display_name="TITAN-Guide Sampler (SAMPLER)", category=CATEGORY,
-            description=("A SAMPLER that runs TITAN-Guide inside SamplerCustomAdvanced, so it composes with any "
-                         "GUIDER, SIGMAS and NOISE. Guidance randomness is seeded from the NOISE seed. The report "
-                         "goes to the server log (this node's outputs exist before sampling runs)."),
-            inputs=[
+        return node_schema(cls, "TITAN-Guide Sampler (SAMPLER)", inputs=[
                 TitanObjective.Input("objective", tooltip="What to minimise (TITAN-Guide objective nodes)."),
                 io.Vae.Input("vae", tooltip="VAE that decodes the look-ahead estimate for the objective."),
                 *guidance_inputs(),

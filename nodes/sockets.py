@@ -18,6 +18,13 @@ TitanGuess = io.Custom("TITAN_GUESS")  # guidance_core.run_config.GuessSpec
 TitanMethod = io.Custom("TITAN_METHOD")  # guidance_core.run_config.MethodSpec
 
 
+def node_schema(node: type, display_name: str, extra_description: str = "", **schema) -> io.Schema:
+    """A node's io.Schema: node_id is the class name, the category the pack's, the description the class docstring
+    (what the node does, as the UI shows it) and `extra_description`."""
+    return io.Schema(node_id=node.__name__, display_name=display_name, category=CATEGORY,
+                     description=" ".join((node.__doc__ + " " + extra_description).split()), **schema)
+
+
 def guidance_inputs() -> list:
     """The guidance knobs' inputs, shared by TitanGuideSampler and TitanGuideSamplerSelect."""
     return [

@@ -33,6 +33,17 @@ class WeightFiles:
     source: str
     licence: str
 
+    def missing_message(self, name: str, where: str) -> str:
+        """Clear message for a file that is not in the folder `where`: what, where to put it, where to get it."""
+        asked = f"'{name}' was not found" if name else "no file is selected"
+        return (f"{self.what} weights: {asked}. Put {self.expected} into {where}, then refresh the node list (press "
+                f"'r'). Get it from {self.source}. Licence: {self.licence}")
+
+    def tooltip(self, where: str) -> str:
+        """Tooltip of a file list read from the folder `where`."""
+        return f"{self.what} weights, listed from {where}. Expected: {self.expected}. Source: {self.source}. " \
+               f"Licence: {self.licence}"
+
 
 DOVER_WEIGHTS = WeightFiles(
     what="DOVER", expected=dover_objective.DOVER_WEIGHTS_FILENAME,

@@ -191,6 +191,14 @@ class ComfyHost:
             *self.extra_args,
         ]
 
+    def start_or_print_log(self) -> None:
+        """`start()`; when the server does not come up, print its log (pytest shows it with the failure) first."""
+        try:
+            self.start()
+        except Exception:
+            print(f"\n----- ComfyUI server log ({self.log_path}) -----\n{self.log_text()}")
+            raise
+
     def start(self) -> "ComfyHost":
         """Start the server and wait until it answers /object_info; raises ComfyHostError with the log."""
         if self.process is not None and self.process.poll() is None:

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from testing.comfy_host import HOST_DIR, ComfyHost, default_python, find_comfyui_dir
 from tiny_checkpoints import TINY_SD15_FILENAME, build_tiny_sd15_checkpoint
@@ -51,11 +52,7 @@ def comfy_host(tmp_path_factory, comfyui_dir, tiny_sd15_checkpoint):
         os.symlink(tiny_sd15_checkpoint, link)
     except OSError:
         shutil.copyfile(tiny_sd15_checkpoint, link)
-    try:
-        host.start()
-    except Exception:
-        print(f"\n----- ComfyUI server log ({host.log_path}) -----\n{host.log_text()}")
-        raise
+    host.start_or_print_log()
     yield host
     host.stop()
 
@@ -72,6 +69,16 @@ def pytest_runtest_makereport(item, call):
 
 
 TEST_KINDS = ("unit", "host", "browser")
+
+
+@pytest.fixture
+def one_thread():
+    """Run on one CPU thread: tiny tensors gain nothing from threads, and the test machine's cores are shared
+    (with the ComfyUI server, too)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def pytest_collection_modifyitems(items):

@@ -10,7 +10,8 @@ The one entry point is `forward_ad_scope()`: the context every forward-mode pass
 from .attention import (ForwardADAttentionSettings, attention_route, chunked_math_sdpa, forward_ad_sdpa,
                         register_attention_context, spatial_attention)
 from .attention import forward_ad_attention as forward_ad_scope
+from .rules import attributes_replaced
 from .cuda_graph import GraphedJvp
 
-__all__ = ["ForwardADAttentionSettings", "GraphedJvp", "attention_route", "chunked_math_sdpa", "forward_ad_scope",
+__all__ = ["ForwardADAttentionSettings", "attributes_replaced", "GraphedJvp", "attention_route", "chunked_math_sdpa", "forward_ad_scope",
            "forward_ad_sdpa", "register_attention_context", "spatial_attention"]

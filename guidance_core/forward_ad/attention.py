@@ -44,7 +44,7 @@ class ForwardADAttentionSettings:
     fused: bool = True
     fused_min_tokens: int = 256
     max_score_bytes: int = 1 << 30
-    lean_linear: bool = True  # forward_rules.lean_linear_layers inside the scope
+    lean_linear: bool = True  # rules.lean_linear_layers inside the scope
 
 
 settings = ForwardADAttentionSettings()  # benchmarks toggle it inside a try / finally that restores it

@@ -61,6 +61,19 @@ def replaced_functions(replacements: dict) -> Iterator[None]:
             setattr(F, name, function)
 
 
+@contextlib.contextmanager
+def attributes_replaced(objects, name: str, value) -> Iterator[None]:
+    """Scope in which attribute `name` of each object is `value` (each object's own value restored on exit)."""
+    saved = [(obj, getattr(obj, name)) for obj in objects]
+    for obj, _ in saved:
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for obj, original in saved:
+            setattr(obj, name, original)
+
+
 def lean_linear_layers():
     """Scope in which F.conv1d/2d/3d and F.linear use the lean forward rule (restored on exit)."""
     return replaced_functions(LEAN)

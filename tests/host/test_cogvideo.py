@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-import guidance_core as gc
+import guidance_core as core
 from testing.comfy_host import ComfyExecutionError
 from integrations import cogvideox as cx
 from objectives.color import ColorLoss
@@ -63,15 +63,6 @@ def rotary_embeddings(frames: int = LATENT_FRAMES, size: int = LATENT_SIZE):
                                    temporal_size=frames)
 
 
-@pytest.fixture
-def one_thread():
-    """Run small CPU convolutions single-threaded (much faster than two contended threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Direct tests (no host)
 # --------------------------------------------------------------------------------------------------------
@@ -86,23 +77,23 @@ def test_jvp_through_transformer_lookahead_and_vae_equals_autograd(rotary, one_t
     rope = tuple(r.double() for r in rotary_embeddings()) if rotary else None
     schedule = cx.build_schedule("CogVideoXDDIM", SCHEDULER_CONFIG_5B, 4)
     velocity = cx.CogVideoXVelocity(transformer, positive, negative, 6.0, image_rotary_emb=rope)
-    denoise = gc.VDenoiser(velocity, schedule.alphas_cumprod)
+    denoise = core.VDenoiser(velocity, schedule.alphas_cumprod)
     decoder = cx.CogVideoXDecoder(vae)
     objective = ColorLoss((1.0, 0.2, 0.0))
-    sigmas = gc.lookahead_sigmas(schedule.sigmas[1:], 1)  # from the second step, one step ahead, then Tweedie
+    sigmas = core.lookahead_sigmas(schedule.sigmas[1:], 1)  # from the second step, one step ahead, then Tweedie
 
     def f(x):
-        return objective(decoder(gc.unroll(denoise, x, sigmas)))
+        return objective(decoder(core.unroll(denoise, x, sigmas)))
 
     x = torch.randn(1, LATENT_FRAMES, 16, LATENT_SIZE, LATENT_SIZE, generator=generator, dtype=torch.float64)
     x = x * float(schedule.sigmas[1])
     tangent = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-    loss, grad = gc.exact_gradient(f, x)
+    loss, grad = core.exact_gradient(f, x)
     reference = (grad * tangent).sum()
     # diffusers' RoPE computes in float32 (x.float() in apply_rotary_emb), so the rotary model agrees to ~1e-7
     rtol = 1e-5 if rotary else 1e-9
     for estimator in ("jvp", "dual"):
-        value, derivative = gc.directional_derivative(f, x, tangent, estimator)
+        value, derivative = core.directional_derivative(f, x, tangent, estimator)
         assert torch.allclose(value, loss, rtol=1e-12)
         assert torch.allclose(derivative, reference, rtol=rtol, atol=0), (estimator, derivative, reference)
     assert abs(float(reference)) > 1e-6  # a real derivative, not zero through a dead path
@@ -141,8 +132,8 @@ def test_unguided_loop_equals_diffusers_scheduler(name, one_thread):
     stream = torch.Generator().manual_seed(3)
     x = cx.initial_latent(torch.randn(shape, generator=stream), schedule)
     # the step noise continues the initial noise's stream, as the wrapper's pipeline draws it
-    out = gc.sample(gc.VDenoiser(velocity, schedule.alphas_cumprod), x, schedule.sigmas, step=schedule.step,
-                    eta=schedule.eta, layout=gc.Layout(1, 1), generator=torch.Generator().manual_seed(99),
+    out = core.sample(core.VDenoiser(velocity, schedule.alphas_cumprod), x, schedule.sigmas, step=schedule.step,
+                    eta=schedule.eta, layout=core.Layout(1, 1), generator=torch.Generator().manual_seed(99),
                     noise_generator=stream).x
     # Euler's sigma table is float32 in diffusers; the zero-SNR entry is lifted to 1e-12 here (see MIN_ALPHAS_CUMPROD)
     assert torch.allclose(out, z, atol=1e-4 * float(z.abs().max()), rtol=0), float((out - z).abs().max())

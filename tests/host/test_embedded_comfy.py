@@ -34,11 +34,7 @@ def embedded_host():
     """A ComfyUI server with only titan-guide loaded."""
     with tempfile.TemporaryDirectory(prefix="titan_embedded_host_") as workdir:
         host = ComfyHost(workdir, custom_node_dirs=[PACK_LINK_DIR])
-        try:
-            host.start()
-        except Exception:
-            print(host.log_text())
-            raise
+        host.start_or_print_log()
         yield host
         host.stop()
 

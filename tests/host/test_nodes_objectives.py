@@ -54,13 +54,7 @@ FPS = 8.0
 EMPTY_LISTINGS: dict = {}  # loader COMBO options seen before the test files were written
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads; the server already uses both shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -80,11 +80,7 @@ def host():
         for folder, name in file_combo_values(WORKFLOW_FILES):
             root = server.input_dir if folder == "input" else server.models_dir / folder
             write_placeholder(root / name)
-        try:
-            server.start()
-        except Exception:
-            print(server.log_text())
-            raise
+        server.start_or_print_log()
         yield server
         server.stop()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import guidance_core as gc
+import guidance_core as core
 from guidance_core.forward_ad import attention
 
 
@@ -54,14 +54,14 @@ def test_routed_sdpa_inside_the_scope_only_and_counts_math_on_cpu():
     original = F.scaled_dot_product_attention
     q, k, v = _qkv((1, 2, 300, 40), dtype=torch.float32)
     before = dict(attention.route_counts)
-    with gc.forward_ad_attention():
-        assert F.scaled_dot_product_attention is gc.forward_ad_sdpa
+    with core.forward_ad_attention():
+        assert F.scaled_dot_product_attention is core.forward_ad_sdpa
         _, tangent = torch.func.jvp(lambda a: F.scaled_dot_product_attention(a, k, v), (q,), (torch.ones_like(q),))
     assert F.scaled_dot_product_attention is original
     assert attention.route_counts["math"] == before.get("math", 0) + 1
     assert attention.route_counts.get("fused", 0) == before.get("fused", 0)
     assert tangent.abs().sum() > 0
-    with pytest.raises(RuntimeError, match="boom"), gc.forward_ad_attention():
+    with pytest.raises(RuntimeError, match="boom"), core.forward_ad_attention():
         raise RuntimeError("boom")
     assert F.scaled_dot_product_attention is original
 
@@ -142,33 +142,33 @@ def test_fused_attention_refuses_the_cpu_clearly():
 
 def test_graphed_jvp_refuses_cpu_latents():
     """CUDA graphs on the CPU are an error that names the knob, not a silent eager fallback."""
-    denoise = gc.EpsDenoiser(lambda z, t: z * 0.1, torch.linspace(0.99, 0.01, 1000, dtype=torch.float64))
-    sigmas = gc.DiscreteSchedule(torch.linspace(0.99, 0.01, 1000, dtype=torch.float64)).spaced_sigmas(4).float()
+    denoise = core.EpsDenoiser(lambda z, t: z * 0.1, torch.linspace(0.99, 0.01, 1000, dtype=torch.float64))
+    sigmas = core.DiscreteSchedule(torch.linspace(0.99, 0.01, 1000, dtype=torch.float64)).spaced_sigmas(4).float()
     x = torch.randn(1, 4, 8, 8) * sigmas[0]
     with pytest.raises(ValueError, match="turn cuda_graph off"):
-        gc.sample(denoise, x, sigmas, gc.Titan(cuda_graph=True), loss=lambda x0, per_frame=False: x0.square().mean(
+        core.sample(denoise, x, sigmas, core.Titan(cuda_graph=True), loss=lambda x0, per_frame=False: x0.square().mean(
             dim=(1, 2, 3)), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="needs estimator 'jvp'"):
-        gc.Titan(cuda_graph=True, estimator="dual")
+        core.Titan(cuda_graph=True, estimator="dual")
 
 
 def test_unroll_refuses_sigmas_with_a_zero_before_the_end():
     """unroll's contract (positive sigmas, one final 0) is checked outside graph capture."""
-    denoise = gc.EpsDenoiser(lambda z, t: z * 0.1, torch.linspace(0.99, 0.01, 1000, dtype=torch.float64))
+    denoise = core.EpsDenoiser(lambda z, t: z * 0.1, torch.linspace(0.99, 0.01, 1000, dtype=torch.float64))
     x = torch.randn(1, 4, 8, 8)
     with pytest.raises(ValueError, match="positive sigmas ending in one 0"):
-        gc.unroll(denoise, x, torch.tensor([2.0, 0.0, 1.0, 0.0]))
+        core.unroll(denoise, x, torch.tensor([2.0, 0.0, 1.0, 0.0]))
     with pytest.raises(ValueError, match="at least one sigma"):
-        gc.unroll(denoise, x, torch.tensor([0.0]))
+        core.unroll(denoise, x, torch.tensor([0.0]))
 
 
 def test_plan_chunk_frames_on_cpu_decodes_everything_and_checks_its_input():
     """Without CUDA allocator statistics the plan is all frames; a bad fraction is an error."""
-    layout = gc.Layout(samples=1, frame_dim=2)
+    layout = core.Layout(samples=1, frame_dim=2)
     z = torch.randn(1, 4, 6, 8, 8)
-    assert gc.plan_chunk_frames(lambda t: t, z, layout) == 6
+    assert core.plan_chunk_frames(lambda t: t, z, layout) == 6
     with pytest.raises(ValueError, match="free_fraction"):
-        gc.plan_chunk_frames(lambda t: t, z, layout, free_fraction=0)
+        core.plan_chunk_frames(lambda t: t, z, layout, free_fraction=0)
 
 
 def _layers_net():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import guidance_core as gc
+import guidance_core as core
 from core_fixtures import video_problem
 from guidance_core.baselines import DOODL, MPGD, TFG, FreeDoM
 from guidance_core.baselines.tfg import smoothed_loss, tfg_schedule
@@ -55,7 +55,7 @@ class TinyMLP(nn.Module):
         self.net = nn.Sequential(nn.Linear(3, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2)).double()
 
     def forward(self, x, sigma):
-        z = x * gc.vp_input_scale(sigma)
+        z = x * core.vp_input_scale(sigma)
         eps = self.net(torch.cat([z, sigma.log().expand(len(x), 1)], 1))
         return x - sigma * eps
 
@@ -80,14 +80,14 @@ def run(method, points=128, steps=15, seed=0, method_seed=None, denoise=None, lo
     sigmas = sigmas_for(steps)
     x = torch.randn(points, 2, dtype=F64, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
     gen = torch.Generator().manual_seed(seed if method_seed is None else method_seed)
-    return gc.sample(denoise or Rings(), x, sigmas, method, loss=loss, layout=gc.Layout(samples=points),
+    return core.sample(denoise or Rings(), x, sigmas, method, loss=loss, layout=core.Layout(samples=points),
                      generator=gen, eta=eta)
 
 
 def context(points=4, steps=15, denoise=None, loss=ring_loss, seed=0):
     """A sampling context and a latent at sigmas[5] for single-step checks."""
     sigmas = sigmas_for(steps)
-    ctx = SamplingContext(denoise or Rings(), sigmas, loss=loss, layout=gc.Layout(samples=points),
+    ctx = SamplingContext(denoise or Rings(), sigmas, loss=loss, layout=core.Layout(samples=points),
                           generator=torch.Generator().manual_seed(seed))
     x = torch.randn(points, 2, dtype=F64, generator=torch.Generator().manual_seed(seed + 1)) * sigmas[5]
     return ctx, x
@@ -145,12 +145,12 @@ def test_samples_are_guided_independently_on_a_video_latent():
     methods = [lambda: FreeDoM(rho=0.5), lambda: MPGD(scale=0.5, iterations=2), lambda: TFG(gamma=0.0),
                lambda: DOODL(iterations=2, lr=1.0, perturbation=0.0)]
     for make in methods:
-        both = gc.sample(denoise, x, sigmas, make(), loss=loss, layout=layout, generator=torch.Generator()).x
+        both = core.sample(denoise, x, sigmas, make(), loss=loss, layout=layout, generator=torch.Generator()).x
         for s in range(2):
-            alone = gc.sample(denoise1, x[4 * s:4 * s + 4], sigmas, make(), loss=loss1, layout=layout1,
+            alone = core.sample(denoise1, x[4 * s:4 * s + 4], sigmas, make(), loss=loss1, layout=layout1,
                               generator=torch.Generator()).x
             torch.testing.assert_close(both[4 * s:4 * s + 4], alone, rtol=1e-10, atol=1e-12)
-        assert not torch.allclose(both, gc.sample(denoise, x, sigmas, None, layout=layout).x)
+        assert not torch.allclose(both, core.sample(denoise, x, sigmas, None, layout=layout).x)
 
 
 def test_bad_hyperparameters_are_refused_with_clear_errors():
@@ -274,7 +274,7 @@ def test_tfg_implicit_dynamics_is_the_log_mean_exp_smoothed_loss():
 
 def test_tfg_schedules_follow_alpha_t_and_are_normalised_to_mean_one():
     ctx, _ = context()
-    abar = gc.vp_input_scale(ctx.sigmas) ** 2
+    abar = core.vp_input_scale(ctx.sigmas) ** 2
     alpha = abar[:-1] / abar[1:]
     for kind, raw in [("increase", alpha), ("decrease", 1 - alpha), ("constant", torch.ones_like(alpha))]:
         w = tfg_schedule(kind, ctx)
@@ -349,9 +349,9 @@ def test_baselines_run_under_inference_mode_like_a_host_and_match():
     methods = [lambda: FreeDoM(rho=0.5, repeats=2, travel_start=0.0), lambda: MPGD(scale=0.5),
                lambda: TFG(gamma=0.1, n_recur=2), lambda: DOODL(iterations=1, lr=1.0)]
     for make in methods:
-        outside = gc.sample(denoise, x, sigmas, make(), loss=loss, layout=layout,
+        outside = core.sample(denoise, x, sigmas, make(), loss=loss, layout=layout,
                             generator=torch.Generator().manual_seed(0)).x
         with torch.inference_mode():
-            inside = gc.sample(denoise, x.clone(), sigmas.clone(), make(), loss=loss, layout=layout,
+            inside = core.sample(denoise, x.clone(), sigmas.clone(), make(), loss=loss, layout=layout,
                                generator=torch.Generator().manual_seed(0)).x
         assert inside.is_inference() and torch.equal(inside, outside)

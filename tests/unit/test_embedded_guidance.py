@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import guidance_core as gc
+import guidance_core as core
 from embedded import codec, world
 from embedded.classifier import load_classifier
 from embedded.unet import alphas_cumprod, load_embedded_unet
@@ -62,12 +62,12 @@ TARGETS = tuple(VIDEOS)
 #   plus an orthogonal random part), 0.1: +0.95 / +0.89 and +0.79 / +0.91, every video; judge +0.86 / +0.86
 #   and +0.75 / +1.00; frame difference 0.04 / 0.02.
 GUESSES = {
-    "random": (lambda: gc.RandomGuess(), 0.2, 0.1, None),
-    "antithetic": (lambda: gc.AntitheticGuess(), 0.2, 0.1, None),
-    "orthogonal_k2": (lambda: gc.OrthogonalGuess(k=2), 0.2, 0.1, None),
-    "score": (lambda: gc.ScoreGuess(), 0.3, 0.1, None),
-    "sampled_gradient": (lambda: gc.SampledGradientGuess(frames=None), 0.1, 0.6, 0.5),
-    "mixed": (lambda: gc.MixedGuess(gc.SampledGradientGuess(frames=None)), 0.1, 0.6, 0.5),
+    "random": (lambda: core.RandomGuess(), 0.2, 0.1, None),
+    "antithetic": (lambda: core.AntitheticGuess(), 0.2, 0.1, None),
+    "orthogonal_k2": (lambda: core.OrthogonalGuess(k=2), 0.2, 0.1, None),
+    "score": (lambda: core.ScoreGuess(), 0.3, 0.1, None),
+    "sampled_gradient": (lambda: core.SampledGradientGuess(frames=None), 0.1, 0.6, 0.5),
+    "mixed": (lambda: core.MixedGuess(core.SampledGradientGuess(frames=None)), 0.1, 0.6, 0.5),
 }
 RISING_VIDEOS = 2  # at least this many of the four videos must each rise by RISE_PER_VIDEO or more
 RISE_PER_VIDEO = 0.1
@@ -79,8 +79,8 @@ class Embedded:
     def __init__(self):
         schedule = alphas_cumprod(torch.float64)
         unet = load_embedded_unet(MODELS / "embedded_unet.safetensors").eval().requires_grad_(False)
-        self.denoise = gc.EpsDenoiser(unet, schedule)
-        self.schedule = gc.DiscreteSchedule(schedule)
+        self.denoise = core.EpsDenoiser(unet, schedule)
+        self.schedule = core.DiscreteSchedule(schedule)
         self.guide = load_attribute_classifier(MODELS / "embedded_classifier.safetensors")
         self.judge = load_classifier(MODELS / "embedded_judge.safetensors").requires_grad_(False)
         self.cache: dict = {}
@@ -95,8 +95,8 @@ class Embedded:
     def sample(self, noise: torch.Tensor, method, loss, steps: int = STEPS) -> torch.Tensor:
         """Videos (B, 16, 3, 32, 32) clamped to [0, 1] from `noise` (DDIM), guided by `method` (None: unguided)."""
         sigmas = self.schedule.spaced_sigmas(steps).float()
-        layout = gc.Layout(samples=noise.shape[0] // world.NUM_FRAMES, frame_dim=0)
-        result = gc.sample(self.denoise, noise * sigmas[0], sigmas, method=method, step="euler",
+        layout = core.Layout(samples=noise.shape[0] // world.NUM_FRAMES, frame_dim=0)
+        result = core.sample(self.denoise, noise * sigmas[0], sigmas, method=method, step="euler",
                            loss=loss, layout=layout, generator=torch.Generator().manual_seed(GENERATOR_SEED))
         return codec.decode(result.x).clamp(0, 1)
 
@@ -109,16 +109,16 @@ class Embedded:
                 for which, model in (("guide", self.guide), ("judge", self.judge))}
 
 
-def attribute_loss(models: Embedded, target: str, samples: int) -> gc.DecodedLoss:
+def attribute_loss(models: Embedded, target: str, samples: int) -> core.DecodedLoss:
     """-log p_guide(target | decode(x0)) per video: the objective TitanAttributeObjective builds."""
     objective = AttributeClassifierLoss(models.guide, target)
-    return gc.DecodedLoss(codec.decode, lambda pixels, frame_indices=None: objective(pixels),
-                          gc.Layout(samples=samples, frame_dim=0))
+    return core.DecodedLoss(codec.decode, lambda pixels, frame_indices=None: objective(pixels),
+                          core.Layout(samples=samples, frame_dim=0))
 
 
-def titan(guess, strength: float) -> gc.Titan:
+def titan(guess, strength: float) -> core.Titan:
     """TITAN with this file's settings."""
-    return gc.Titan(guess=guess, lookahead=LOOKAHEAD, strength=strength, optimizer="adam", start=0.0,
+    return core.Titan(guess=guess, lookahead=LOOKAHEAD, strength=strength, optimizer="adam", start=0.0,
                     end=GUIDED_FRACTION)
 
 
@@ -197,16 +197,16 @@ def keyframe_clip():
     return world.make_clips(KEYFRAME_WORLD_SEED, [KEYFRAME_CLIP])
 
 
-def keyframe_loss(space: str, keyframes: torch.Tensor, samples: int) -> gc.DecodedLoss:
+def keyframe_loss(space: str, keyframes: torch.Tensor, samples: int) -> core.DecodedLoss:
     """Frame-interpolation loss on the decoded pixels or directly on the codec latents (no decode)."""
-    layout = gc.Layout(samples=samples, frame_dim=0)
+    layout = core.Layout(samples=samples, frame_dim=0)
     if space == "pixels":
         # the embedded codec is linear and unclamped: x0 estimates overshoot [0, 1] (see the objective)
         objective = FrameInterpolationLoss(keyframes, indices=KEY_INDICES, range_tolerance=DECODED_RANGE_TOLERANCE)
-        return gc.DecodedLoss(codec.decode, lambda pixels, frame_indices=None: objective(pixels), layout)
+        return core.DecodedLoss(codec.decode, lambda pixels, frame_indices=None: objective(pixels), layout)
     objective = LatentFrameInterpolationLoss(codec.encode(keyframes[None]), indices=KEY_INDICES)
     per_video = lambda z: z.reshape(samples, world.NUM_FRAMES, *codec.LATENT_SHAPE)  # noqa: E731
-    return gc.DecodedLoss(per_video, lambda latents, frame_indices=None: objective(latents), layout)
+    return core.DecodedLoss(per_video, lambda latents, frame_indices=None: objective(latents), layout)
 
 
 def keyframe_errors(videos: torch.Tensor, keyframes: torch.Tensor) -> torch.Tensor:
@@ -236,7 +236,7 @@ def test_keyframe_guidance_pulls_the_end_frames_and_keeps_the_motion_coherent(mo
     if key not in models.cache:
         models.cache[key] = models.sample(noise, None, None, INTERPOLATION_STEPS)
     plain = models.cache[key]
-    method = titan(gc.SampledGradientGuess(frames=None), INTERPOLATION_STRENGTH)
+    method = titan(core.SampledGradientGuess(frames=None), INTERPOLATION_STRENGTH)
     pulled = models.sample(noise, method, keyframe_loss(space, keyframes, samples), INTERPOLATION_STEPS)
 
     plain_error, pulled_error = keyframe_errors(plain, keyframes), keyframe_errors(pulled, keyframes)

@@ -55,19 +55,14 @@ OFFICIAL_MEAN = torch.tensor([123.675, 116.28, 103.53], dtype=torch.float64)
 OFFICIAL_STD = torch.tensor([58.395, 57.12, 57.375], dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors gain nothing from threads; one thread avoids oversubscription on shared CPUs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_model(seed: int = 0) -> DoverModel:
-    """Tiny float64 DOVER with all parameters perturbed (so fragment-bias tables are non-zero)."""
+def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float64) -> DoverModel:
+    """Tiny DOVER (float64 here; the node tests use it in float32) with all parameters perturbed (so fragment-bias
+    tables are non-zero) and the fused score away from saturation."""
     torch.manual_seed(seed)
-    model = DoverModel(**TINY_MODEL).double()
+    model = DoverModel(**TINY_MODEL).to(dtype)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))

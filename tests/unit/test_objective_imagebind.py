@@ -33,6 +33,7 @@ from objectives.preprocess import (
     imagebind_melspec,
     imagebind_vision_frames,
 )
+from core_fixtures import recorded_call
 
 # Real ImageBindModel with tiny widths; widths are multiples of imagebind_huge's head counts.
 TINY = dict(
@@ -495,29 +496,16 @@ def test_frame_subset_is_the_full_video_with_each_frame_held_from_the_nearest_sh
 
 def test_a_subset_of_every_frame_is_the_full_video_and_bad_subsets_are_refused(tiny_model):
     """frame_indices covering every frame take the full-video path (same operations, same value)."""
-    from torch.overrides import TorchFunctionMode
-
-    class Recorder(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.calls = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.calls.append(getattr(func, "__name__", str(func)))
-            return func(*args, **(kwargs or {}))
-
     loss = ImageBindAudioLoss(tiny_model, sine_audio(2.0, seed=22), fps=8, num_frames=5)
     video = video_batch(22, batch=1, frames=5, height=16, width=16)
     every_frame = torch.arange(5)
-    with Recorder() as plain:
-        expected = loss(video)
-    with Recorder() as everything:
-        got = loss(video, frame_indices=every_frame)
+    expected, plain_calls = recorded_call(loss, video)
+    got, every_frame_calls = recorded_call(loss, video, frame_indices=every_frame)
     assert torch.equal(got, expected)
     def computations(calls):
         return [name for name in calls if name not in ("__get__", "tolist")]  # not attribute reads / index labels
 
-    assert computations(everything.calls) == computations(plain.calls)  # no gather, no other extra operation
+    assert computations(every_frame_calls) == computations(plain_calls)  # no gather, no other extra operation
     subset = video[:, [0, 2, 4]]
     for bad, message in (([0, 2], "names 2 frame"), ([2, 0, 4], "strictly increasing"), ([0, 2, 5], "reach past"),
                          ([-1, 2, 4], ">= 0"), (torch.tensor([0.0, 2.0, 4.0]), "whole numbers")):

@@ -19,6 +19,7 @@ from objectives.style_clip import (
     load_clip_vision,
     load_open_clip,
 )
+from core_fixtures import recorded_call
 
 TINY_OPEN_CLIP = "titan-test-tiny-clip"
 OTHER_OPEN_CLIP = "titan-test-other-clip"
@@ -446,17 +447,6 @@ def test_style_and_text_targets_are_encoded_once_with_unchanged_values_and_deriv
 def test_content_reference_follows_a_frame_subset(open_clip_model):
     """frame_indices: each shown frame is compared with the reference frame of the same index; a subset of every
     frame is the full video (no gather); bad subsets are refused."""
-    from torch.overrides import TorchFunctionMode
-
-    class Recorder(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.calls = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.calls.append(getattr(func, "__name__", str(func)))
-            return func(*args, **(kwargs or {}))
-
     reference = video_batch(30, batch=1, frames=4)
     loss = StyleLoss(open_clip_model, text="chalk", content_weight=0.8, content_video=reference)
     video = video_batch(31, frames=4)
@@ -472,12 +462,10 @@ def test_content_reference_follows_a_frame_subset(open_clip_model):
     torch.testing.assert_close(derivative, want_derivative, atol=1e-13, rtol=1e-11)
 
     every_frame = torch.arange(4)
-    with Recorder() as plain:
-        expected = loss(video)
-    with Recorder() as everything:
-        got = loss(video, frame_indices=every_frame)
+    expected, plain_calls = recorded_call(loss, video)
+    got, every_frame_calls = recorded_call(loss, video, frame_indices=every_frame)
     assert torch.equal(got, expected)
-    assert [n for n in everything.calls if n not in ("__get__", "tolist")] == [n for n in plain.calls if n != "__get__"]
+    assert [n for n in every_frame_calls if n not in ("__get__", "tolist")] == [n for n in plain_calls if n != "__get__"]
     with pytest.raises(ValueError, match="reach past the 4 frames"):
         loss(video[:, :2], frame_indices=[3, 4])
     with pytest.raises(ValueError, match="names 3 frame"):

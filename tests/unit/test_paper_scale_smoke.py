@@ -49,7 +49,7 @@ class RaisingMethod:
 @pytest.fixture
 def fake_rows(monkeypatch):
     """run_row on FakeProblem with make_method replaced by a raising method."""
-    monkeypatch.setattr(ps.gc, "SamplingContext", FakeContext)
+    monkeypatch.setattr(ps.core, "SamplingContext", FakeContext)
 
     def run(error, spec):
         method = RaisingMethod(error)
@@ -112,7 +112,7 @@ def test_cogvideox_chunk_plan_is_even_and_bounds_the_first_call(monkeypatch, pai
     """diffusers' first call decodes c + F % c latent frames; it must fit the probe's 2 * pairs."""
     problem = object.__new__(ps.CogVideoXProblem)
     problem.latent_frames, problem.x, problem.layout = frames, None, None
-    monkeypatch.setattr(ps.gc, "plan_chunk_frames", lambda decode, x, layout, fraction: pairs)
+    monkeypatch.setattr(ps.core, "plan_chunk_frames", lambda decode, x, layout, fraction: pairs)
     chunk = problem.plan_decode_chunk(0.5)
     assert chunk == expected
     assert chunk == frames or (chunk % 2 == 0 and (chunk + frames % chunk <= 2 * pairs or chunk == 2))
