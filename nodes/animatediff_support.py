@@ -29,11 +29,8 @@ ADE_CLASS_NAME = "CrossAttentionMM"
 ATTRIBUTE = "actual_attention"
 
 class MotionAttentionRoute:
-    """ADE's attention signature `(q, k, v, heads, mask)` through ComfyUI's attention_pytorch, whose SDPA call is
-    guidance_core's forward-AD router inside the JVP scope (chunked MATH for ADE's short temporal sequences).
-
-    `scope()` makes every loaded CrossAttentionMM read this route; `calls` counts the calls it served.
-    """
+    """ADE's attention signature `(q, k, v, heads, mask)` through ComfyUI's attention_pytorch (SDPA: the forward-AD
+    router inside a JVP); `scope()` makes every loaded CrossAttentionMM read it; `calls` counts what it served."""
 
     class Descriptor:
         """Class-level data descriptor: reads give the route, writes go to the instance."""
@@ -79,12 +76,9 @@ class MotionAttentionRoute:
 
     @contextlib.contextmanager
     def scope(self, function=None, classes=None) -> Iterator[list]:
-        """Scope in which ADE's motion attention reads `function` (default: this route); yields the patched
-        classes; always restores.
-
-        `classes` defaults to `classes()`. Nested scopes leave a class to the outermost one. A class that defines
-        `actual_attention` itself (a future ADE) is left alone, with a warning.
-        """
+        """Scope in which ADE's motion attention (`classes`, default `classes()`) reads `function` (default: this
+        route); yields the patched classes; always restores. Nested scopes leave a class to the outermost one; a
+        class that defines `actual_attention` itself (a future ADE) is left alone, with a warning."""
         function = self if function is None else function
         classes = self.classes() if classes is None else list(classes)
         patched = []

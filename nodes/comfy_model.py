@@ -35,12 +35,9 @@ def vae_forward_ad_attention(vae_model: torch.nn.Module):
 
 
 class ComfyDenoiser:
-    """`denoise(x, sigma) -> x0` through ComfyUI's sampler model (CFG, patches, wrappers, inpainting mask).
-
-    Checks for an interrupt before every model call. Inside `forward_ad_scope()` (entered by guidance_core
-    around every JVP) the calls get a copy of the model options whose transformer_options route attention to
-    `attention_pytorch` (and so to guidance_core's forward-AD SDPA); plain steps keep the user's attention.
-    """
+    """`denoise(x, sigma) -> x0` through ComfyUI's sampler model (CFG, patches, wrappers, inpainting mask), with an
+    interrupt check before every call. Inside `forward_ad_scope()` (every JVP) the model options route attention
+    to `attention_pytorch` (guidance_core's forward-AD SDPA); plain steps keep the user's attention."""
 
     def __init__(self, model: Callable, extra_args: dict, clones: InferenceTensorClones):
         self.model, self.extra_args, self.clones = model, extra_args, clones
@@ -76,11 +73,8 @@ class ComfyDenoiser:
 
 
 def vae_decoder(vae, base_model, clones: InferenceTensorClones) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Differentiable decode of sampler-space latents (N, C, h, w) to pixels (N, 3, H, W) in [0, 1].
-
-    The same steps as comfy.sd.VAE.decode (latent out-scaling, VAE dtype / device, float output,
-    `process_output`), minus its no-grad batching and tiling fallbacks.
-    """
+    """Differentiable decode of sampler-space latents (N, C, h, w) to pixels (N, 3, H, W) in [0, 1]: the steps of
+    comfy.sd.VAE.decode (latent out-scaling, VAE dtype / device, `process_output`) minus its no-grad fallbacks."""
     def decode(z: torch.Tensor) -> torch.Tensor:
         model_management.throw_exception_if_processing_interrupted()
         with clones.scope():
@@ -117,11 +111,8 @@ def managed_entry(patcher):
 
 
 def describe_loaded_models(models: Sequence[tuple[str, Any]], loaded_late: Sequence = ()) -> list[str]:
-    """One line per (role, ModelPatcher): what ComfyUI's model management holds of it now, and where.
-
-    `loaded_late`: patchers that were not loaded with the diffusion model and had to be loaded when guidance
-    started (ComfyUI did not plan memory for them together).
-    """
+    """One line per (role, ModelPatcher): what ComfyUI's model management holds of it now, and where;
+    `loaded_late`: those loaded only when guidance started (ComfyUI did not plan memory for them together)."""
     lines = []
     for role, patcher in models:
         entry = managed_entry(patcher)
@@ -138,13 +129,9 @@ def describe_loaded_models(models: Sequence[tuple[str, Any]], loaded_late: Seque
 
 def load_run_models(guider: comfy.samplers.CFGGuider, guidance: list[tuple[str, Any]], vae: comfy.sd.VAE,
                     decode_memory: int) -> tuple[list[tuple[str, Any]], list]:
-    """Make sure the VAE and the objectives' networks are loaded, keeping the models sampling runs on.
-
-    Models not loaded yet (TitanGuideSamplerSelect, whose GUIDER comes from elsewhere; or offloaded since)
-    are loaded in one `load_models_gpu` call. Memory for the guidance activations is then freed from idle
-    models only: every model of this run is kept. Returns (role, patcher) of all of them for the report,
-    and the patchers that had to be loaded here.
-    """
+    """Load the VAE and the objectives' networks where they are not (TitanGuideSamplerSelect's GUIDER comes from
+    elsewhere; or they were offloaded since) in one `load_models_gpu` call, then free memory for the guidance
+    activations from idle models only. Returns (role, patcher) of every model of the run, and those loaded here."""
     sampling = [("diffusion model", guider.model_patcher)] if getattr(guider, "model_patcher", None) else []
     for extra in getattr(guider, "loaded_models", None) or ():  # controlnets etc. (and ours, listed once)
         if hasattr(extra, "model_size") and not any(extra is p or extra.is_clone(p) for _, p in guidance):

@@ -31,9 +31,6 @@ TitanDoverModel = io.Custom("TITAN_DOVER_MODEL")
 TitanImageBindModel = io.Custom("TITAN_IMAGEBIND_MODEL")
 TitanClipModel = io.Custom("TITAN_CLIP_MODEL")
 
-DTYPE_TOOLTIP = ("Weight dtype. fp32 as in the paper (most accurate); bf16 / fp16 halve the weights' memory "
-                 "(fp16 can overflow; on CPU both are slower than fp32).")
-WEIGHT_TOOLTIP = "Weight of this objective in the guidance loss (a TITAN Combine Objectives node multiplies it)."
 
 
 def objective_output(module: ManagedObjective, weight: float, name: str, supplied: Sequence[str] = ()) -> io.NodeOutput:
@@ -44,7 +41,9 @@ def objective_output(module: ManagedObjective, weight: float, name: str, supplie
 
 def _dtype_input() -> io.Combo.Input:
     """The loaders' weight dtype choice."""
-    return io.Combo.Input("dtype", options=list(DTYPES), default="fp32", tooltip=DTYPE_TOOLTIP)
+    return io.Combo.Input("dtype", options=list(DTYPES), default="fp32",
+                          tooltip="Weight dtype. fp32 as in the paper (most accurate); bf16 / fp16 halve the weights' "
+                                  "memory (fp16 can overflow; on CPU both are slower than fp32).")
 
 
 class WeightsLoader(io.ComfyNode):
@@ -130,7 +129,8 @@ class TitanClipStyleLoader(io.ComfyNode):
 
 def _weight_input() -> io.Float.Input:
     """The objectives' weight input."""
-    return io.Float.Input("weight", default=1.0, min=0.0, max=100.0, step=0.01, tooltip=WEIGHT_TOOLTIP)
+    return io.Float.Input("weight", default=1.0, min=0.0, max=100.0, step=0.01, tooltip="Weight of this objective in "
+                          "the guidance loss (a TITAN Combine Objectives node multiplies it).")
 
 
 def _require(model, socket: str, loader: str) -> LoadedGuidanceModel:

@@ -6,6 +6,7 @@ validation, the guidance session (ExitStack, out-of-memory message, RunRecord, p
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -34,6 +35,26 @@ MEMORY_KNOBS = ("set 'decode chunk frames' to 1 or 2 (decodes fewer frames at on
                 "for exact gradient / FreeDoM / TFG enable 'checkpoint' (or use titan, which keeps no activations)")
 
 
+MAX_SCHEDULE_STEPS = 10000  # the 'steps' widget's maximum; a denoise schedule may not be longer either
+
+
+def widget_value(widget: io.Input, value):
+    """`value` checked against its widget (messages name it as the UI shows it): a real boolean, a whole number, or
+    a finite number within min and max (NaN passes ComfyUI's own range check and would reach the latent)."""
+    label = f"'{widget.display_name or widget.id}'"
+    if isinstance(widget, io.Boolean.Input) and not isinstance(value, bool):
+        raise ValueError(f"{label} must be true or false, got {value!r}")
+    if not isinstance(widget, (io.Int.Input, io.Float.Input)):
+        return value
+    whole = isinstance(widget, io.Int.Input)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not float(value).is_integer()):
+        raise ValueError(f"{label} must be {'a whole number' if whole else 'a number'}, got {value!r}")
+    low, high = (-math.inf if widget.min is None else widget.min), (math.inf if widget.max is None else widget.max)
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{label} must be a finite number from {low:g} to {high:g}, got {value!r}")
+    return int(value) if whole else float(value)
+
+
 def validated_inputs(objective, guess, method, widgets: Mapping[str, Any], **replaced
                      ) -> tuple[ObjectiveSet, GuessSpec, MethodSpec, GuidanceSettings]:
     """The one validation layer of every sampler node: the TITAN_OBJECTIVE / TITAN_GUESS / TITAN_METHOD values
@@ -47,16 +68,7 @@ def validated_inputs(objective, guess, method, widgets: Mapping[str, Any], **rep
     if not isinstance(guess, GuessSpec) or not isinstance(method, MethodSpec):
         raise ValueError("'guess' and 'method' must come from the TITAN Gradient Guess and TITAN Guidance Method nodes")
     values = {**widgets, **replaced}
-    read = {}
-    for widget in guidance_inputs():
-        value = values[widget.id]
-        if isinstance(widget, io.Float.Input):
-            value = float(value)
-        elif isinstance(widget, io.Int.Input):
-            value = int(value)
-        elif isinstance(widget, io.Boolean.Input):
-            value = bool(value)
-        read[widget.id] = value
+    read = {widget.id: widget_value(widget, values[widget.id]) for widget in guidance_inputs()}
     settings = GuidanceSettings(
         sampler=read["sampler"], eta=read["eta"], strength=read["strength"], schedule=read["strength_schedule"],
         lookahead=read["lookahead"], start=read["guidance_start"], end=read["guidance_end"],
@@ -71,12 +83,9 @@ def validated_inputs(objective, guess, method, widgets: Mapping[str, Any], **rep
 def guidance_session(record: RunRecord, device: torch.device, clones: InferenceTensorClones,
                      forward_ad_scope: Callable[[], contextlib.AbstractContextManager], what: str,
                      progress: Callable[[dict], None] | None = None) -> Iterator[Callable[[dict], None]]:
-    """Around `guidance_core.sample`: inference mode off, `forward_ad_scope` entered in every forward-mode pass,
-    inference-tensor clones for autograd, warnings gathered; out of memory becomes a message naming the knobs
-    that lower memory; the record gets the time, peak memory and warnings, and the log the report.
-
-    Yields guidance_core's per-step callback: it drops the step's clones, honours ComfyUI's interrupt and then
-    reports `progress` (ComfyUI's progress bar / previews)."""
+    """Around `guidance_core.sample`: inference mode off, `forward_ad_scope` in every forward-mode pass, inference-
+    tensor clones, warnings gathered; out of memory becomes a message naming the knobs; the record gets time, peak
+    memory and warnings. Yields the per-step callback: clones dropped, ComfyUI's interrupt, then `progress`."""
     def step_callback(info: dict) -> None:
         clones.clear()  # the step's backward passes are done
         model_management.throw_exception_if_processing_interrupted()

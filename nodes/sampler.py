@@ -10,17 +10,22 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..guidance_core.report import format_report, plot_losses
-from .run_harness import GuidedSampler
+from .run_harness import MAX_SCHEDULE_STEPS, GuidedSampler, widget_value
 from .sockets import (ADDITIONAL_MODELS_KEY, TitanObjective, guess_and_method_inputs, guidance_inputs, node_schema,
                       report_outputs)
 
 
 def _schedule_sigmas(model, scheduler: str, steps: int, denoise: float):
-    """Sigmas as KSampler computes them (denoise < 1 keeps the last `steps` of a longer schedule)."""
+    """Sigmas as KSampler computes them (denoise < 1 keeps the last `steps` of a longer schedule), refusing a
+    schedule longer than MAX_SCHEDULE_STEPS (KSampler would build millions of steps for a tiny denoise)."""
     model_sampling = model.get_model_object("model_sampling")
     if denoise >= 0.9999:
         return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).cpu()
     total = int(steps / denoise)
+    if total > MAX_SCHEDULE_STEPS:
+        raise ValueError(f"'denoise' {denoise:g} with {steps} steps needs a schedule of {total} steps, more than "
+                         f"{MAX_SCHEDULE_STEPS}: raise 'denoise' to at least {steps / MAX_SCHEDULE_STEPS:.2g} or "
+                         "lower 'steps'")
     return comfy.samplers.calculate_sigmas(model_sampling, scheduler, total).cpu()[-(steps + 1):]
 
 
@@ -62,14 +67,16 @@ class TitanGuideSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, latent_image, vae, objective, seed, steps, cfg, scheduler, denoise,
                 guess=None, method=None, **knobs) -> io.NodeOutput:
         run = GuidedSampler(knobs, objective, vae, guess, method, seed=seed)
+        widgets = {widget.id: widget for widget in cls.define_schema().inputs}
+        cfg, denoise = widget_value(widgets["cfg"], cfg), widget_value(widgets["denoise"], denoise)
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        sigmas = _schedule_sigmas(model, scheduler, steps, denoise)
-        run.validate(samples.shape, len(sigmas) - 1, model.get_model_object("model_sampling"))
-        if denoise <= 0.0 or len(sigmas) < 2:
+        if denoise == 0.0:  # as the tooltip says (KSampler would divide by it)
             latent["samples"] = samples
             return io.NodeOutput(latent, "denoise is 0: the latent was returned unchanged",
                                  plot_losses(run.record))
+        sigmas = _schedule_sigmas(model, scheduler, steps, denoise)
+        run.validate(samples.shape, len(sigmas) - 1, model.get_model_object("model_sampling"))
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
         diffusion_model = model.clone()
         # The VAE and the objectives' networks run at every guided step: as additional models of the diffusion

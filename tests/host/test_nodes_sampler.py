@@ -364,6 +364,10 @@ def test_interrupt_stops_a_long_run_within_a_model_call(comfy_host):
     (dict(guidance_start=0.8, guidance_end=0.2), "0 <= start <= end <= 1"),
     # ComfyUI does not check V3 combo values before execution; the node names the valid choices
     (dict(guess={"kind": "newton"}), "unknown gradient guess 'newton'; choose one of"),
+    # NaN passes ComfyUI's min / max check; the sampler names the widget (issue #18)
+    (dict(strength=float("nan")), "'strength' must be a finite number from 0 to 10, got nan"),
+    (dict(cfg=float("nan")), "'cfg' must be a finite number from 0 to 100, got nan"),
+    (dict(denoise=1e-6), "'denoise' 1e-06 with 2 steps needs a schedule of"),
 ])
 def test_invalid_inputs_give_a_clear_error_and_the_server_keeps_serving(comfy_host, overrides, message):
     knobs = {**CHEAP, **overrides}
@@ -372,6 +376,14 @@ def test_invalid_inputs_give_a_clear_error_and_the_server_keeps_serving(comfy_ho
     assert message in caught.value.details["exception_message"]
     assert caught.value.details["exception_type"].endswith("ValueError")
     assert comfy_host.is_running()
+
+
+def test_denoise_zero_returns_the_input_latent(comfy_host):
+    """As the tooltip says (it divided by zero before)."""
+    outputs = comfy_host.run(graphs.titan_prompt(CKPT, "nodes_sampler/denoise_zero", **{**CHEAP, "denoise": 0.0}),
+                             timeout=300)
+    assert "denoise is 0: the latent was returned unchanged" in report_of(outputs)
+    assert not latent_of(comfy_host, outputs).any()  # the empty latent, not sampled noise
 
 
 def test_out_of_range_widgets_are_rejected_before_execution(comfy_host):
