@@ -184,15 +184,9 @@ def unet_profile(device, repeats: int, frames: int, size: int, smoke: bool) -> d
 
 @contextlib.contextmanager
 def scope_settings(**values):
-    """Temporarily change guidance_core.attention.settings."""
-    previous = {name: getattr(attention.settings, name) for name in values}
-    for name, value in values.items():
-        setattr(attention.settings, name, value)
-    try:
+    """Change the forward-AD attention settings for the scope."""
+    with attention.settings_override(**values):
         yield
-    finally:
-        for name, value in previous.items():
-            setattr(attention.settings, name, value)
 
 
 def titan_video(device, frames: int, size: int, smoke: bool, steps: int = 20, order=("eager", "graph")) -> dict:

@@ -8,7 +8,7 @@ ImageBind-huge, open_clip ViT-H-14 / ViT-L-14 style loss). CFG is on (batch 2 th
 Per row: peak `torch.cuda.max_memory_allocated` (weights included) and the weights alone, the median seconds of
 one guidance step at step 5 of 20 (DOODL: one optimisation iteration plus the EDICT chain, i.e. a whole video),
 and for some rows a complete guided 20-step video including the final decode. TITAN variants: "+graph"
-(`Titan(cuda_graph=True)`) and "math attention" (`guidance_core.attention.settings.fused = False` for that row
+(`Titan(cuda_graph=True)`) and "math attention" (`guidance_core.forward_ad.settings_override(fused=False)` for that row
 only). The decode chunk is planned once per case (`guidance_core.plan_chunk_frames`, before anything is
 measured, because it resets the peak counter; a case with a memory target, such as 16x384x384 for a 24 GB card,
 plans for that card's free memory) unless `--chunk` fixes it. The first forward-mode row and the first backprop
@@ -22,6 +22,7 @@ JSON is rewritten after every row; `--max-minutes` starts no new row past the bu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import inspect
@@ -417,7 +418,7 @@ def uses_lookahead(method_name: str) -> bool:
 
 def attention_mode(spec: RowSpec) -> str:
     """"fused" where forward-mode attention may use the flash JVP kernel in this row, else "math"."""
-    if spec.math_attention or not attention.settings.fused or attention.fused_kernel() is None:
+    if spec.math_attention or not attention.current_settings().fused or attention.fused_kernel() is None:
         return "math"
     return "fused"
 
@@ -482,13 +483,13 @@ def run_row(problem, spec: RowSpec, options: Options, warmed: set | None = None)
     warmed = set() if warmed is None else warmed
     cuda = options.cuda
     row = {"peak_gb": None, "step_s": None, "video_s": None, "status": None, "route_counts": {}}
-    saved_fused = attention.settings.fused
+    overrides = contextlib.ExitStack()  # closed in `finally`: the row's settings do not outlive it
     method, phase = None, "step"
     try:
         row["attention"] = attention_mode(spec)
         method = make_method(spec)
         if spec.math_attention:
-            attention.settings.fused = False
+            overrides.enter_context(attention.settings_override(fused=False))
         attention.route_counts.clear()
         if hasattr(method, "sample"):  # DOODL: optimises the initial latent, then samples: the step is a video
             ctx = core.SamplingContext(problem.denoise, problem.sigmas, **problem.context_kwargs())
@@ -535,7 +536,7 @@ def run_row(problem, spec: RowSpec, options: Options, warmed: set | None = None)
         if not row["route_counts"]:
             row["route_counts"] = dict(attention.route_counts)
     finally:
-        attention.settings.fused = saved_fused
+        overrides.close()
     stats = graph_stats(method)
     if stats is not None:
         row["video_graph_stats" if phase == "video" else "graph_stats"] = stats
@@ -784,7 +785,7 @@ def smoke() -> None:
                 _, tangent = torch.func.jvp(problem.pair_probe, (one,), (torch.randn_like(one),))
             probes.append(tuple(tangent.shape))
 
-    fused_before = attention.settings.fused
+    fused_before = attention.current_settings().fused
     with tempfile.TemporaryDirectory() as folder:
         out = pathlib.Path(folder) / "paper_scale_smoke.json"
         profile = pathlib.Path(folder) / "jvp_profile.json"
@@ -800,8 +801,8 @@ def smoke() -> None:
         problems.append(f"JSON top level {sorted(written)} (attention {written.get('attention')!r})")
     if "attention" in chunk_written or len(written["rows"]) != len(rows):
         problems.append("JSON rows or the jvp_profile hook wrong")
-    if attention.settings.fused != fused_before:
-        problems.append("attention.settings.fused was not restored")
+    if attention.current_settings().fused != fused_before:
+        problems.append("the fused attention setting was not restored")
     if len(probes) != 1 or probes[0][1] != 8:  # one latent frame decoded as an even pair: 2 x 4 video frames
         problems.append(f"CogVideoX chunk probe decoded {probes}, expected one (1, 8, 3, h, w) pair")
     if [r["decode_chunk"] for r in chunk_rows] != [2]:

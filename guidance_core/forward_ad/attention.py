@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import dataclasses
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator
 
@@ -36,7 +38,7 @@ _builtin_sdpa = torch._C._nn.scaled_dot_product_attention
 FUSED_HEAD_DIMS = (16, 32, 64, 128, 256)  # what the Triton kernel compiles for; others are zero-padded up
 
 
-@dataclass
+@dataclass(frozen=True)
 class ForwardADAttentionSettings:
     """Forward-AD scope settings: fused kernel on/off, the shortest sequence worth it, MATH chunk budget, and
     the lean conv/linear forward rules on/off (the switches exist so benchmarks can show each one's effect)."""
@@ -47,8 +49,25 @@ class ForwardADAttentionSettings:
     lean_linear: bool = True  # rules.lean_linear_layers inside the scope
 
 
-settings = ForwardADAttentionSettings()  # benchmarks toggle it inside a try / finally that restores it
+# The settings in force: the defaults, or a settings_override() scope's (per thread / task, restored on exit).
+_settings: ContextVar[ForwardADAttentionSettings] = ContextVar("forward_ad_settings",
+                                                               default=ForwardADAttentionSettings())
 route_counts: Counter = Counter()  # calls per path, for benchmarks and tests; `.clear()` resets it
+
+
+def current_settings() -> ForwardADAttentionSettings:
+    """The forward-AD settings in force here."""
+    return _settings.get()
+
+
+@contextlib.contextmanager
+def settings_override(**changes) -> Iterator[ForwardADAttentionSettings]:
+    """Scope in which the forward-AD settings differ by `changes` (e.g. fused=False); nothing outlives it."""
+    token = _settings.set(dataclasses.replace(_settings.get(), **changes))
+    try:
+        yield _settings.get()
+    finally:
+        _settings.reset(token)
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,6 +97,7 @@ def attention_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask
                     is_causal: bool = False, enable_gqa: bool = False, kernel_available: bool | None = None) -> str:
     """"fused" where the flash JVP kernel applies and pays (long self-attention on CUDA), else "math"."""
     available = fused_kernel() is not None if kernel_available is None else kernel_available
+    settings = current_settings()
     tokens = q.shape[-2]
     if not (settings.fused and available and q.is_cuda and q.dim() == 4):
         return "math"
@@ -126,7 +146,7 @@ def chunked_math_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, s
 
 
 def _chunked_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, max_score_bytes):
-    budget = settings.max_score_bytes if max_score_bytes is None else max_score_bytes
+    budget = current_settings().max_score_bytes if max_score_bytes is None else max_score_bytes
     queries = q.shape[-2]
     rows = math.prod(q.shape[:-2]) if q.dim() > 2 else 1
     per_query = rows * k.shape[-2] * q.element_size() * 2  # scores and their tangent
@@ -159,7 +179,7 @@ def forward_ad_attention() -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
         stack.enter_context(replaced_functions({"scaled_dot_product_attention": forward_ad_sdpa}))
-        if settings.lean_linear:
+        if current_settings().lean_linear:
             stack.enter_context(lean_linear_layers())
         stack.enter_context(contiguous_group_norm())
         stack.enter_context(float32_layer_norm())

@@ -97,16 +97,12 @@ def test_route_rules(q_shape, k_shape, dtype, kwargs, expected):
 
 
 def test_route_respects_settings_and_short_sequences():
-    """Below fused_min_tokens MATH is cheaper; `settings.fused = False` turns the kernel off."""
+    """Below fused_min_tokens MATH is cheaper; `settings_override(fused=False)` turns the kernel off."""
     q = _CudaLike((32, 8, 128, 64))
     assert attention.attention_route(q, q, q, kernel_available=True) == "math"
     long = _CudaLike((32, 8, 4096, 64))
-    previous = attention.settings.fused
-    attention.settings.fused = False
-    try:
+    with attention.settings_override(fused=False):
         assert attention.attention_route(long, long, long, kernel_available=True) == "math"
-    finally:
-        attention.settings.fused = previous
     assert attention.attention_route(long, long, long, kernel_available=True) == "fused"
 
 

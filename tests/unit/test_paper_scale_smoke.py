@@ -42,7 +42,7 @@ class RaisingMethod:
         self.error, self.fused_seen = error, []
 
     def guide(self, x, i, ctx):
-        self.fused_seen.append(attention.settings.fused)
+        self.fused_seen.append(attention.current_settings().fused)
         raise self.error
 
 
@@ -70,16 +70,12 @@ def test_out_of_memory_is_a_result_and_other_failures_are_error_rows(fake_rows):
 
 
 def test_math_attention_row_turns_the_fused_kernel_off_and_restores_it(fake_rows):
-    before = attention.settings.fused
-    try:
-        attention.settings.fused = True
+    with attention.settings_override(fused=True):
         row, method = fake_rows(ValueError("x"), ps.titan(1, math_attention=True))
-        assert method.fused_seen == [False] and attention.settings.fused is True
+        assert method.fused_seen == [False] and attention.current_settings().fused is True
         assert row["attention"] == "math"
         row, method = fake_rows(ValueError("x"), ps.titan(1))
         assert method.fused_seen == [True]
-    finally:
-        attention.settings.fused = before
 
 
 def test_time_budget_skips_every_row_without_building_models(tmp_path, monkeypatch):
