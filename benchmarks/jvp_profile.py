@@ -26,8 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-import guidance_core as gc
-from guidance_core import attention
+import guidance_core as core
+from guidance_core.forward_ad import attention
 from benchmarks.paper_scale import add_precision_argument, build_animatediff, set_precision
 
 CFG = 7.5
@@ -72,7 +72,7 @@ def attention_kernels(device, repeats: int) -> list[dict]:
             f = (lambda a, b, c: F.scaled_dot_product_attention(a, b, c))
             cast = [t.to(dtype) for t in (q, k, v, tq, tk, tv)]
             row = {"shape": name, "dims": list(shape), "dtype": str(dtype).replace("torch.", "")}
-            with gc.forward_ad_attention():
+            with core.forward_ad_attention():
                 with scope_settings(fused=False):
                     row["math_ms"], row["math_peak_gb"], math_out = timed(
                         lambda: torch.func.jvp(f, tuple(cast[:3]), tuple(cast[3:])), repeats)
@@ -83,7 +83,7 @@ def attention_kernels(device, repeats: int) -> list[dict]:
             row["math_ms"] *= 1e3
             row["fused_ms"] *= 1e3
             if shape[2] <= 2304:  # float64 reference (MATH) where it fits comfortably
-                with gc.forward_ad_attention(), scope_settings(fused=False):
+                with core.forward_ad_attention(), scope_settings(fused=False):
                     ref = torch.func.jvp(f, tuple(t.double() for t in (q, k, v)),
                                          tuple(t.double() for t in (tq, tk, tv)))
                 for label, out in (("math", math_out), ("fused", fused_out)):
@@ -137,7 +137,7 @@ def unet_profile(device, repeats: int, frames: int, size: int, smoke: bool) -> d
             return unet(torch.cat([x, x, v, v]), call.sigmas, encoder_hidden_states=torch.cat([text, text])).sample
 
     def jvp():
-        with torch.no_grad(), gc.forward_ad_attention():
+        with torch.no_grad(), core.forward_ad_attention():
             return torch.func.jvp(call, (x,), (v,))
 
     out["forward_s"], out["forward_peak_gb"], _ = timed(forward, repeats)
@@ -155,7 +155,7 @@ def unet_profile(device, repeats: int, frames: int, size: int, smoke: bool) -> d
                                for k in attention.route_counts}
     out["fused_vs_math_tangent_err"] = rel_error(eager[1], math_result[1])
     if torch.cuda.is_available():
-        graphed = gc.GraphedJvp()
+        graphed = core.GraphedJvp()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -184,15 +184,9 @@ def unet_profile(device, repeats: int, frames: int, size: int, smoke: bool) -> d
 
 @contextlib.contextmanager
 def scope_settings(**values):
-    """Temporarily change guidance_core.attention.settings."""
-    previous = {name: getattr(attention.settings, name) for name in values}
-    for name, value in values.items():
-        setattr(attention.settings, name, value)
-    try:
+    """Change the forward-AD attention settings for the scope."""
+    with attention.settings_override(**values):
         yield
-    finally:
-        for name, value in previous.items():
-            setattr(attention.settings, name, value)
 
 
 def titan_video(device, frames: int, size: int, smoke: bool, steps: int = 20, order=("eager", "graph")) -> dict:
@@ -219,25 +213,25 @@ def titan_video(device, frames: int, size: int, smoke: bool, steps: int = 20, or
         video = ((pixels.permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
         return scorer(video) if scorer is not None else video.mean(dim=(1, 2, 3, 4))
 
-    layout = gc.Layout(samples=1, frame_dim=2)
-    denoise = gc.EpsDenoiser(eps_model, sd15_alphas_cumprod().to(device))
-    sigmas = gc.DiscreteSchedule(sd15_alphas_cumprod()).spaced_sigmas(steps).to(device, torch.float32)
+    layout = core.Layout(samples=1, frame_dim=2)
+    denoise = core.EpsDenoiser(eps_model, sd15_alphas_cumprod().to(device))
+    sigmas = core.DiscreteSchedule(sd15_alphas_cumprod()).spaced_sigmas(steps).to(device, torch.float32)
     x = (torch.randn(1, 4, frames, size // 8, size // 8, generator=g) * float(sigmas[0])).to(device)
-    chunk = gc.plan_chunk_frames(decode, x, layout)
-    loss = gc.DecodedLoss(decode, score, layout, chunk)
+    chunk = core.plan_chunk_frames(decode, x, layout)
+    loss = core.DecodedLoss(decode, score, layout, chunk)
     out = {"frames": frames, "size": size, "decode_chunk": chunk, "steps": steps}
     results = {}
     for label, graph in ((label, label == "graph") for label in order):
         if graph and not torch.cuda.is_available():
             continue
-        method = gc.Titan(guess=gc.SampledGradientGuess(frames=2), lookahead=1, strength=0.1, optimizer="adam",
+        method = core.Titan(guess=core.SampledGradientGuess(frames=2), lookahead=1, strength=0.1, optimizer="adam",
                           cuda_graph=graph)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         try:
-            result = gc.sample(denoise, x.clone(), sigmas, method, loss=loss, layout=layout,
+            result = core.sample(denoise, x.clone(), sigmas, method, loss=loss, layout=layout,
                                generator=torch.Generator(device=device).manual_seed(1))
         except Exception as error:  # recorded: the run goes on
             out[f"{label}_error"] = f"{type(error).__name__}: {error}"[:400]
@@ -284,7 +278,7 @@ def bf16_check(unet, call, x, v, fp32_tangent) -> dict:
     unet16 = unet.to(torch.bfloat16)
     call16 = UNetCall(unet16, call.text.to(torch.bfloat16), call.sigmas)
     try:
-        with torch.no_grad(), gc.forward_ad_attention():
+        with torch.no_grad(), core.forward_ad_attention():
             _, tangent = torch.func.jvp(call16, (x.to(torch.bfloat16),), (v.to(torch.bfloat16),))
         return {"finite": bool(torch.isfinite(tangent).all()), "dtype": str(tangent.dtype),
                 "rel_error_vs_fp32": rel_error(tangent.float(), fp32_tangent),

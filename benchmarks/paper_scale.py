@@ -8,7 +8,7 @@ ImageBind-huge, open_clip ViT-H-14 / ViT-L-14 style loss). CFG is on (batch 2 th
 Per row: peak `torch.cuda.max_memory_allocated` (weights included) and the weights alone, the median seconds of
 one guidance step at step 5 of 20 (DOODL: one optimisation iteration plus the EDICT chain, i.e. a whole video),
 and for some rows a complete guided 20-step video including the final decode. TITAN variants: "+graph"
-(`Titan(cuda_graph=True)`) and "math attention" (`guidance_core.attention.settings.fused = False` for that row
+(`Titan(cuda_graph=True)`) and "math attention" (`guidance_core.forward_ad.settings_override(fused=False)` for that row
 only). The decode chunk is planned once per case (`guidance_core.plan_chunk_frames`, before anything is
 measured, because it resets the peak counter; a case with a memory target, such as 16x384x384 for a 24 GB card,
 plans for that card's free memory) unless `--chunk` fixes it. The first forward-mode row and the first backprop
@@ -22,8 +22,9 @@ JSON is rewritten after every row; `--max-minutes` starts no new row past the bu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import gc as python_gc
+import gc
 import inspect
 import json
 import pathlib
@@ -37,8 +38,8 @@ from typing import Callable
 
 import torch
 
-import guidance_core as gc
-from guidance_core import attention
+import guidance_core as core
+from guidance_core.forward_ad import attention
 
 STEPS, GUIDED_STEP = 20, 5
 ANIMATEDIFF_CFG, COGVIDEOX_CFG = 7.5, 6.0  # AnimateDiff's usual 7.5; CogVideoX pipelines' default 6
@@ -273,10 +274,10 @@ class AnimateDiffProblem:
             uncond, cond = out.chunk(2)
             return uncond + ANIMATEDIFF_CFG * (cond - uncond)
 
-        self.vae, self.layout, self.latent_frames = vae, gc.Layout(samples=1, frame_dim=2), frames
-        self.denoise = gc.EpsDenoiser(eps_model, sd15_alphas_cumprod().to(device))
+        self.vae, self.layout, self.latent_frames = vae, core.Layout(samples=1, frame_dim=2), frames
+        self.denoise = core.EpsDenoiser(eps_model, sd15_alphas_cumprod().to(device))
         self.score_video = ScorerCall(scorer)
-        self.sigmas = gc.DiscreteSchedule(sd15_alphas_cumprod()).spaced_sigmas(options.steps).to(device, torch.float32)
+        self.sigmas = core.DiscreteSchedule(sd15_alphas_cumprod()).spaced_sigmas(options.steps).to(device, torch.float32)
         latent = (case.height // 8, case.width // 8)
         self.x = (torch.randn(1, 4, frames, *latent, generator=gen) * float(self.sigmas[0])).to(device, dtype)
         self.set_decode_chunk(frames)
@@ -296,19 +297,19 @@ class AnimateDiffProblem:
 
     def plan_decode_chunk(self, free_fraction: float) -> int:
         """Frames per decode chunk whose forward-mode pass fits `free_fraction` of the free memory."""
-        return gc.plan_chunk_frames(self.decode, self.x, self.layout, free_fraction)
+        return core.plan_chunk_frames(self.decode, self.x, self.layout, free_fraction)
 
     def set_decode_chunk(self, chunk: int) -> None:
         """Decode `chunk` frames per VAE call inside the objective."""
         if chunk < 1:
             raise ValueError(f"decode chunk must be >= 1 frame, got {chunk}")
         self.chunk = chunk
-        self.loss = gc.DecodedLoss(self.decode, self.score, self.layout, chunk)
+        self.loss = core.DecodedLoss(self.decode, self.score, self.layout, chunk)
 
     def decode_video(self, x):
         """The final decode of a sampled latent (no gradient)."""
         with torch.no_grad():
-            return gc.chunked_decode(self.decode, x, self.chunk, self.layout)
+            return core.chunked_decode(self.decode, x, self.chunk, self.layout)
 
     def context_kwargs(self) -> dict:
         """SamplingContext fields besides denoiser and sigmas."""
@@ -338,10 +339,10 @@ class CogVideoXProblem:
         positive = torch.randn(1, tokens, width, generator=gen).to(self.device)
         negative = torch.randn(1, tokens, width, generator=gen).to(self.device)
         velocity = cx.CogVideoXVelocity(transformer, positive, negative, COGVIDEOX_CFG, dtype=case.dtype)
-        self.denoise = gc.VDenoiser(velocity, self.schedule.alphas_cumprod)
+        self.denoise = core.VDenoiser(velocity, self.schedule.alphas_cumprod)
         self.sigmas = self.schedule.sigmas.to(self.device)
         self.step, self.eta = self.schedule.step, self.schedule.eta
-        self.layout, self.latent_frames = gc.Layout(samples=1, frame_dim=1), shape[1]
+        self.layout, self.latent_frames = core.Layout(samples=1, frame_dim=1), shape[1]
         noise = torch.randn(tuple(shape), generator=gen)
         self.x = cx.initial_latent(noise, self.schedule).to(self.device, torch.float32)
         self.score_video = ScorerCall(scorer)
@@ -364,7 +365,7 @@ class CogVideoXProblem:
         diffusers decodes `c` latent frames per call, the first call `c + F % c`; the plan keeps that call
         within what the probe of one even pair says fits.
         """
-        pairs = gc.plan_chunk_frames(self.pair_probe, self.x, self.layout, free_fraction)
+        pairs = core.plan_chunk_frames(self.pair_probe, self.x, self.layout, free_fraction)
         capacity, frames = 2 * pairs, self.latent_frames
         if capacity >= frames:
             return frames
@@ -376,7 +377,7 @@ class CogVideoXProblem:
         self.cx.check_decode_chunk(chunk, self.latent_frames)
         self.chunk = chunk
         self.decoder = self.cx.CogVideoXDecoder(self.vae, chunk)
-        self.loss = gc.DecodedLoss(self.decoder, self.score, self.layout, None)
+        self.loss = core.DecodedLoss(self.decoder, self.score, self.layout, None)
 
     def decode_video(self, x):
         """The final decode of a sampled latent (no gradient)."""
@@ -395,16 +396,16 @@ class CogVideoXProblem:
 def make_method(spec: RowSpec):
     """The guidance method of a row."""
     common = dict(lookahead=spec.lookahead, strength=0.1, optimizer="adam")
-    guesses = {"titan_random": gc.RandomGuess, "titan_score": gc.ScoreGuess,
-               "titan_sampled_gradient": lambda: gc.SampledGradientGuess(frames=SAMPLED_FRAMES)}
+    guesses = {"titan_random": core.RandomGuess, "titan_score": core.ScoreGuess,
+               "titan_sampled_gradient": lambda: core.SampledGradientGuess(frames=SAMPLED_FRAMES)}
     if spec.method in guesses:
-        return gc.Titan(guess=guesses[spec.method](), cuda_graph=spec.cuda_graph, **common)
+        return core.Titan(guess=guesses[spec.method](), cuda_graph=spec.cuda_graph, **common)
     if spec.cuda_graph or spec.math_attention:
         raise ValueError(f"{spec.method}: the CUDA-graph and attention variants are TITAN's (forward mode) only")
     if spec.method == "exact":
-        return gc.baselines.ExactGradient(**common)
-    others = {"freedom": gc.baselines.FreeDoM, "mpgd": gc.baselines.MPGD, "tfg": gc.baselines.TFG,
-              "doodl": lambda: gc.baselines.DOODL(iterations=1)}
+        return core.baselines.ExactGradient(**common)
+    others = {"freedom": core.baselines.FreeDoM, "mpgd": core.baselines.MPGD, "tfg": core.baselines.TFG,
+              "doodl": lambda: core.baselines.DOODL(iterations=1)}
     if spec.method not in others:
         raise ValueError(f"unknown method {spec.method!r}")
     return others[spec.method]()
@@ -417,7 +418,7 @@ def uses_lookahead(method_name: str) -> bool:
 
 def attention_mode(spec: RowSpec) -> str:
     """"fused" where forward-mode attention may use the flash JVP kernel in this row, else "math"."""
-    if spec.math_attention or not attention.settings.fused or attention.fused_kernel() is None:
+    if spec.math_attention or not attention.current_settings().fused or attention.fused_kernel() is None:
         return "math"
     return "fused"
 
@@ -435,7 +436,7 @@ def peak_gb(cuda: bool) -> float | None:
 
 def release(cuda: bool) -> None:
     """Free what the last row left behind."""
-    python_gc.collect()
+    gc.collect()
     if cuda:
         torch.cuda.empty_cache()
 
@@ -482,16 +483,16 @@ def run_row(problem, spec: RowSpec, options: Options, warmed: set | None = None)
     warmed = set() if warmed is None else warmed
     cuda = options.cuda
     row = {"peak_gb": None, "step_s": None, "video_s": None, "status": None, "route_counts": {}}
-    saved_fused = attention.settings.fused
+    overrides = contextlib.ExitStack()  # closed in `finally`: the row's settings do not outlive it
     method, phase = None, "step"
     try:
         row["attention"] = attention_mode(spec)
         method = make_method(spec)
         if spec.math_attention:
-            attention.settings.fused = False
+            overrides.enter_context(attention.settings_override(fused=False))
         attention.route_counts.clear()
         if hasattr(method, "sample"):  # DOODL: optimises the initial latent, then samples: the step is a video
-            ctx = gc.SamplingContext(problem.denoise, problem.sigmas, **problem.context_kwargs())
+            ctx = core.SamplingContext(problem.denoise, problem.sigmas, **problem.context_kwargs())
             result = []
             row["peak_gb"], row["step_s"], row["timed_calls"] = measure(
                 lambda: result.append(method.sample(problem.x.clone(), ctx)[0]), cuda)
@@ -501,7 +502,7 @@ def run_row(problem, spec: RowSpec, options: Options, warmed: set | None = None)
                 _, decode_s, _ = measure(lambda: problem.decode_video(result[-1]), cuda)
                 row["video_s"] = row["step_s"] + decode_s
         else:
-            ctx = gc.SamplingContext(problem.denoise, problem.sigmas, **problem.context_kwargs())
+            ctx = core.SamplingContext(problem.denoise, problem.sigmas, **problem.context_kwargs())
             x = problem.x.clone()
             for i in range(options.guided_step):  # reach the guided step unguided, as a run would
                 x = ctx.plain_step(x, i)
@@ -519,7 +520,7 @@ def run_row(problem, spec: RowSpec, options: Options, warmed: set | None = None)
                 method = make_method(spec)  # a fresh one: the step's CUDA graph (and its memory pool) goes
 
                 def video():
-                    result = gc.sample(problem.denoise, problem.x.clone(), problem.sigmas, method=method,
+                    result = core.sample(problem.denoise, problem.x.clone(), problem.sigmas, method=method,
                                        **problem.context_kwargs())
                     problem.decode_video(result.x)
                 row["video_peak_gb"], row["video_s"], _ = measure(video, cuda)
@@ -535,7 +536,7 @@ def run_row(problem, spec: RowSpec, options: Options, warmed: set | None = None)
         if not row["route_counts"]:
             row["route_counts"] = dict(attention.route_counts)
     finally:
-        attention.settings.fused = saved_fused
+        overrides.close()
     stats = graph_stats(method)
     if stats is not None:
         row["video_graph_stats" if phase == "video" else "graph_stats"] = stats
@@ -780,11 +781,11 @@ def smoke() -> None:
     def check_probe(problem) -> None:  # the CUDA-only chunk planner's probe must be forward-differentiable
         if isinstance(problem, CogVideoXProblem):
             one = problem.x[:, :1]
-            with torch.no_grad(), gc.forward_ad_attention():
+            with torch.no_grad(), core.forward_ad_attention():
                 _, tangent = torch.func.jvp(problem.pair_probe, (one,), (torch.randn_like(one),))
             probes.append(tuple(tangent.shape))
 
-    fused_before = attention.settings.fused
+    fused_before = attention.current_settings().fused
     with tempfile.TemporaryDirectory() as folder:
         out = pathlib.Path(folder) / "paper_scale_smoke.json"
         profile = pathlib.Path(folder) / "jvp_profile.json"
@@ -800,8 +801,8 @@ def smoke() -> None:
         problems.append(f"JSON top level {sorted(written)} (attention {written.get('attention')!r})")
     if "attention" in chunk_written or len(written["rows"]) != len(rows):
         problems.append("JSON rows or the jvp_profile hook wrong")
-    if attention.settings.fused != fused_before:
-        problems.append("attention.settings.fused was not restored")
+    if attention.current_settings().fused != fused_before:
+        problems.append("the fused attention setting was not restored")
     if len(probes) != 1 or probes[0][1] != 8:  # one latent frame decoded as an even pair: 2 x 4 video frames
         problems.append(f"CogVideoX chunk probe decoded {probes}, expected one (1, 8, 3, h, w) pair")
     if [r["decode_chunk"] for r in chunk_rows] != [2]:

@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-import guidance_core as gc
+import guidance_core as core
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 RADIUS2 = 0.3
@@ -90,15 +90,15 @@ def methods() -> dict:
     common = dict(lookahead="all", strength=0.05, optimizer="adam", start=0.0, end=1.0)
     table = {
         "unguided": None,
-        "titan_random": gc.Titan(guess=gc.RandomGuess(), **common),
-        "titan_score": gc.Titan(guess=gc.ScoreGuess(), **common),
-        "titan_sampled_gradient": gc.Titan(guess=gc.SampledGradientGuess(frames=None), **common),
-        "titan_orthogonal_k2": gc.Titan(guess=gc.OrthogonalGuess(k=2), **common),
-        "titan_mixed": gc.Titan(guess=gc.MixedGuess(gc.SampledGradientGuess(frames=None)), **common),
-        "exact": gc.baselines.ExactGradient(**common),
+        "titan_random": core.Titan(guess=core.RandomGuess(), **common),
+        "titan_score": core.Titan(guess=core.ScoreGuess(), **common),
+        "titan_sampled_gradient": core.Titan(guess=core.SampledGradientGuess(frames=None), **common),
+        "titan_orthogonal_k2": core.Titan(guess=core.OrthogonalGuess(k=2), **common),
+        "titan_mixed": core.Titan(guess=core.MixedGuess(core.SampledGradientGuess(frames=None)), **common),
+        "exact": core.baselines.ExactGradient(**common),
     }
     for name in ("FreeDoM", "MPGD", "TFG", "DOODL"):
-        cls = getattr(gc.baselines, name, None)
+        cls = getattr(core.baselines, name, None)
         if cls is not None:
             table[name.lower()] = cls()
     return table
@@ -138,9 +138,9 @@ def run(model: ToyEps, points: int = 2000, steps: int = 50, seed: int = 0, names
         table: dict | None = None, observe_cosines: bool = True) -> dict:
     """Sample every method from the same noise; returns per-method samples, objective, cosine and seconds."""
     ac = ddpm_alphas_cumprod()
-    denoise = gc.EpsDenoiser(model, ac)
-    sigmas = gc.DiscreteSchedule(ac).spaced_sigmas(steps)
-    layout = gc.Layout(samples=points)
+    denoise = core.EpsDenoiser(model, ac)
+    sigmas = core.DiscreteSchedule(ac).spaced_sigmas(steps)
+    layout = core.Layout(samples=points)
     x = torch.randn(points, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
     out = {}
     for name, method in (table or methods()).items():
@@ -150,11 +150,11 @@ def run(model: ToyEps, points: int = 2000, steps: int = 50, seed: int = 0, names
 
         def observe(i, x, gradient, **_):
             # exact gradient of the full traverse to 0 at the same latent: the paper's "true gradient"
-            ref = gc.exact_gradient(lambda z: circle_loss(gc.unroll(denoise, z, sigmas[i:])), x)[1]
-            cosines.append(float(gc.cosine(gradient, ref, layout).mean()))
+            ref = core.exact_gradient(lambda z: circle_loss(core.unroll(denoise, z, sigmas[i:])), x)[1]
+            cosines.append(float(core.cosine(gradient, ref, layout).mean()))
 
         start = time.perf_counter()
-        result = gc.sample(denoise, x, sigmas, method=method, loss=circle_loss, layout=layout,
+        result = core.sample(denoise, x, sigmas, method=method, loss=circle_loss, layout=layout,
                            generator=torch.Generator().manual_seed(seed + 1),
                            observer=observe if observe_cosines else None)
         seconds = time.perf_counter() - start

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codec import PIXEL_MEAN, PIXEL_STD
+from .files import safetensors_metadata
 from .world import ATTRIBUTES, IMAGE_SIZE, NUM_CHANNELS, NUM_FRAMES
 
 VIDEO_SHAPE = (NUM_FRAMES, NUM_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
@@ -168,15 +169,11 @@ def save_classifier(model: nn.Module, path: str | Path, extra_metadata: dict[str
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     """Load a classifier saved by ``save_classifier`` (strict), in eval mode."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"classifier weights not found at {path}; the committed files live in models/titan_guide/ "
-                                "(embedded_classifier.safetensors, embedded_judge.safetensors)")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    metadata = safetensors_metadata(path, "classifier", "the committed files live in models/titan_guide/ "
+                                    "(embedded_classifier.safetensors, embedded_judge.safetensors)")
     if metadata.get("format") != CLASSIFIER_FORMAT or metadata.get("architecture") not in ARCHITECTURES:
         raise ValueError(f"{path} is not an embedded attribute classifier (format={metadata.get('format')!r}, "
                          f"architecture={metadata.get('architecture')!r}); expected a file written by "

@@ -57,3 +57,29 @@ def decode(latent: torch.Tensor, num_frames: int = NUM_FRAMES) -> torch.Tensor:
                          "frames must be stacked in the batch dimension, clip by clip")
     frames = F.pixel_shuffle(latent * (PIXEL_STD / LATENT_STD) + PIXEL_MEAN, DOWNSCALE)
     return frames.reshape(-1, num_frames, NUM_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def preview_rgb_factors() -> tuple[list, list]:
+    """Latent -> preview RGB in [-1, 1]: mean of each colour's 4 unshuffled sub-pixels, de-standardised."""
+    down = DOWNSCALE
+    per_pixel = PIXEL_STD / LATENT_STD  # latent unit -> pixel unit
+    factors = []
+    for channel in range(LATENT_CHANNELS):
+        colour = channel // (down * down)  # pixel_unshuffle orders channels colour-major
+        row = [0.0, 0.0, 0.0]
+        row[colour] = 2.0 * per_pixel / (down * down)
+        factors.append(row)
+    bias = [2.0 * PIXEL_MEAN - 1.0] * 3
+    return factors, bias
+
+
+class CodecAutoencoder(torch.nn.Module):
+    """The codec as a VAE first-stage model (a host's VAE wrapper calls encode / decode): frames (N, 3, 32, 32) in [0, 1] <-> latents (N, 12, 16, 16)."""
+
+    def encode(self, pixels: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Exact encode of single frames (any number; frames need not form whole videos)."""
+        return encode(pixels[:, None])
+
+    def decode(self, latents: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Exact, unclamped (so differentiable) decode of single frames."""
+        return decode(latents, num_frames=1)[:, 0]

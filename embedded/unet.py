@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codec import LATENT_CHANNELS, LATENT_SIZE
+from .files import safetensors_metadata
 from .world import NUM_FRAMES
 
 # SD1.5 DDPM schedule ("scaled_linear" in diffusers, "linear" in ComfyUI's make_beta_schedule).
@@ -313,15 +314,11 @@ def save_embedded_unet(model: EmbeddedVideoUNet, path: str | Path, extra_metadat
 
 def load_embedded_unet(path: str | Path, device: torch.device | str = "cpu") -> EmbeddedVideoUNet:
     """Load the committed embedded UNet (strictly) from a safetensors file, in eval mode."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"embedded UNet weights not found at {path}; the committed file lives in "
-                                "models/titan_guide/embedded_unet.safetensors (re-create it with scripts/train_embedded.py)")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    metadata = safetensors_metadata(path, "embedded UNet", "the committed file lives in "
+                                    "models/titan_guide/embedded_unet.safetensors (re-create it with scripts/train_embedded.py)")
     if metadata.get("format") != "titan_guide.embedded_unet" or "config" not in metadata:
         raise ValueError(f"{path} is not an embedded UNet file (metadata format={metadata.get('format')!r}); "
                          "expected models/titan_guide/embedded_unet.safetensors written by scripts/train_embedded.py")
@@ -331,3 +328,21 @@ def load_embedded_unet(path: str | Path, device: torch.device | str = "cpu") -> 
     except RuntimeError as error:
         raise ValueError(f"weights in {path} do not match the EmbeddedVideoUNet architecture: {error}") from error
     return model.to(device).eval()
+
+
+class EmbeddedDiffusionModel(nn.Module):
+    """The embedded UNet behind a host's diffusion_model call signature (ComfyUI's BaseModel); conditioning is
+    ignored."""
+
+    def __init__(self, unet: EmbeddedVideoUNet):
+        super().__init__()
+        self.unet = unet
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Weight dtype (BaseModel.get_dtype reads it)."""
+        return next(self.unet.parameters()).dtype
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kwargs):
+        """eps for x (N*16, 12, 16, 16) at DDPM timesteps; context and extra conds are unused."""
+        return self.unet(x, timesteps.to(x.dtype))

@@ -5,14 +5,15 @@ memory of the whole guidance step by the cost of one chunk: decoding dominates J
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, ContextManager
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from .forward_gradient import directional_derivative
 from .layout import Layout
+from .steps import with_checkpointing
 
 
 def chunked_decode(decode: Callable[[Tensor], Tensor], z: Tensor, chunk_frames: int | None,
@@ -22,7 +23,7 @@ def chunked_decode(decode: Callable[[Tensor], Tensor], z: Tensor, chunk_frames: 
     Frame-independent decoders (image VAEs) give exactly the same result as one call. `checkpointed`
     recomputes each chunk in the backward pass, for the backprop baselines.
     """
-    run = (lambda t: checkpoint(decode, t, use_reentrant=False)) if checkpointed else decode
+    run = with_checkpointing(decode) if checkpointed else decode
     frames = layout.frames(z)
     if not chunk_frames or chunk_frames >= frames:
         return run(z)
@@ -39,25 +40,69 @@ def chunked_decode(decode: Callable[[Tensor], Tensor], z: Tensor, chunk_frames: 
     return torch.cat(parts, dim=0 if layout.frame_dim == 0 else layout.frame_dim)
 
 
-class DecodedLoss:
-    """loss(x0) = score(decode(x0)): the guidance objective seen from the latent.
+class PixelScore:
+    """An objective given as plain functions of the decoded pixels: `score(pixels, frame_indices)` -> (samples,),
+    `frame_score` (optional) -> (samples, frames). The shape `DecodedLoss` expects of an objective."""
 
-    `score(pixels, frame_indices)` returns per-sample losses (samples,); `frame_score`, where the objective has
-    one, returns per-frame losses (samples, frames). `frame_indices` tells a frame-aware objective which frames
-    of the video it is given when it sees a subset (sampled-gradient guess).
-    """
+    spaces = frozenset({"pixels"})
 
-    def __init__(self, decode: Callable[[Tensor], Tensor], score: Callable[..., Tensor], layout: Layout = Layout(),
-                 chunk_frames: int | None = None, checkpointed: bool = False,
-                 frame_score: Callable[..., Tensor] | None = None):
-        self.decode, self.score, self.frame_score, self.layout = decode, score, frame_score, layout
-        self.chunk_frames, self.checkpointed = chunk_frames, checkpointed
+    def __init__(self, score: Callable[..., Tensor], frame_score: Callable[..., Tensor] | None = None):
+        self.score, self.frame_score = score, frame_score
 
-    def __call__(self, x0: Tensor, frame_indices: Tensor | None = None, per_frame: bool = False) -> Tensor:
+    def loss(self, pixels: Tensor, latents: Tensor | None, per_frame: bool = False,
+             frame_indices: Tensor | None = None) -> Tensor:
+        """`score(pixels, frame_indices)`, or `frame_score` for per-frame losses (latents are not read)."""
         if per_frame and self.frame_score is None:
             raise ValueError("this objective has no per-frame loss; turn per-frame derivatives off")
-        pixels = chunked_decode(self.decode, x0, self.chunk_frames, self.layout, self.checkpointed)
         return (self.frame_score if per_frame else self.score)(pixels, frame_indices)
+
+
+class DecodedLoss:
+    """loss(x0) = objective(decode(x0)): the guidance objective seen from the latent; the one loss type every
+    sampler path, benchmark and test hands guidance_core.
+
+    `objective` has `spaces` ("pixels" and / or "latent") and `loss(pixels, latents, per_frame, frame_indices)`
+    returning per-sample (samples,) or per-frame (samples, frames) losses, with pixels and latents shaped
+    (samples, frames, ...) (objectives.ObjectiveSet); a plain `score(pixels, frame_indices)` function (with
+    `frame_score` for per-frame losses) is wrapped in a `PixelScore` and sees the decoder's output as it is.
+    `latent_out` maps x0 to what latent objectives read; `scope` is entered around every call (the host's
+    inference-tensor clones). `frame_indices` tells a frame-aware objective which frames of the video it is
+    given when it sees a subset (sampled-gradient guess).
+    """
+
+    def __init__(self, decode: Callable[[Tensor], Tensor], objective, layout: Layout = Layout(),
+                 chunk_frames: int | None = None, checkpointed: bool = False,
+                 frame_score: Callable[..., Tensor] | None = None, latent_out: Callable[[Tensor], Tensor] | None = None,
+                 scope: Callable[[], ContextManager] = contextlib.nullcontext):
+        self.by_video = hasattr(objective, "loss")  # an ObjectiveSet: pixels and latents grouped per video
+        self.objective = objective if self.by_video else PixelScore(objective, frame_score)
+        self.decode, self.layout, self.chunk_frames, self.checkpointed = decode, layout, chunk_frames, checkpointed
+        self.latent_out, self.scope = latent_out or (lambda x0: x0), scope
+
+    def _per_video(self, t: Tensor) -> Tensor:
+        return t.reshape(self.layout.samples, -1, *t.shape[1:]) if self.by_video else t
+
+    def __call__(self, x0: Tensor, frame_indices: Tensor | None = None, per_frame: bool = False) -> Tensor:
+        pixels = latents = None
+        if "pixels" in self.objective.spaces:
+            pixels = self._per_video(chunked_decode(self.decode, x0, self.chunk_frames, self.layout,
+                                                    self.checkpointed))
+        with self.scope():
+            if "latent" in self.objective.spaces:
+                latents = self._per_video(self.latent_out(x0))
+            return self.objective.loss(pixels, latents, per_frame=per_frame, frame_indices=frame_indices)
+
+    def plan_chunk(self, x: Tensor, frames: int, setting: int) -> str:
+        """Set `chunk_frames` (`setting`, or 0 = automatic: the most frames whose forward-mode decode fits half the
+        free GPU memory, measured on one frame; all frames on the CPU); returns the report line."""
+        if "pixels" not in self.objective.spaces:
+            return ""
+        if setting:
+            self.chunk_frames = setting
+            return f"{min(setting, frames)} of {frames} frame(s) per VAE call (set by decode_chunk_frames)"
+        self.chunk_frames = plan_chunk_frames(self.decode, x, self.layout)
+        how = "planned from free GPU memory" if x.is_cuda else "all at once on the CPU"
+        return f"{self.chunk_frames} of {frames} frame(s) per VAE call (automatic: {how})"
 
 
 def plan_chunk_frames(decode: Callable[[Tensor], Tensor], z: Tensor, layout: Layout = Layout(),

@@ -89,6 +89,6 @@ class VDenoiser:
         return x * c_in**2 - sigma * c_in * v
 
 
-def eps_from(x: Tensor, denoised: Tensor, sigma: Tensor) -> Tensor:
-    """The noise estimate (x - x0) / sigma implied by a denoiser output."""
+def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
+    """k-diffusion's ODE derivative dx/dsigma = (x - x0) / sigma: the noise estimate implied by a denoiser output."""
     return (x - denoised) / sigma

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .attention import forward_ad_attention
+from .forward_ad.attention import forward_ad_attention
 from .layout import Layout
 
 ESTIMATORS = ("jvp", "dual", "central_difference")

@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .denoiser import eps_from
+from .denoiser import to_d
+from .steps import noise_like
 from .layout import Layout
 
 FRAME_CHOICES = ("even", "random", "fixed")
@@ -31,11 +32,6 @@ class GuessContext:
     memory: dict | None = None  # per-run scratch of the guess (MomentumGuess keeps its running estimate here)
 
 
-def _randn(shape: Sequence[int], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else like.device
-    return torch.randn(tuple(shape), generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-
 class RandomGuess:
     """V ~ N(0, I): unbiased (E[V V^T] = I), variance grows with the latent's dimension."""
 
@@ -47,7 +43,7 @@ class RandomGuess:
         self.k = k
 
     def __call__(self, ctx: GuessContext) -> Tensor:
-        return _randn((self.k, *ctx.x.shape), ctx.x, ctx.generator)
+        return noise_like(ctx.x, ctx.generator, (self.k, *ctx.x.shape))
 
 
 def frames_view(t: Tensor, layout: Layout) -> Tensor:
@@ -92,8 +88,8 @@ class SmoothRandomGuess:
         *lead, height, width = view.shape
         coarse = (max(1, height // self.downscale), max(1, width // self.downscale))
         rho = self.frame_correlation
-        shared = _randn((self.k, lead[0], 1, *lead[2:], *coarse), x, ctx.generator)
-        own = _randn((self.k, *lead, *coarse), x, ctx.generator)
+        shared = noise_like(x, ctx.generator, (self.k, lead[0], 1, *lead[2:], *coarse))
+        own = noise_like(x, ctx.generator, (self.k, *lead, *coarse))
         v = rho * shared + (1 - rho**2) ** 0.5 * own
         v = torch.nn.functional.interpolate(v.reshape(-1, 1, *coarse), size=(height, width), mode="bilinear",
                                             align_corners=False).reshape(self.k, *view.shape)
@@ -154,7 +150,7 @@ class OrthogonalGuess:
         d = layout.flat(x).shape[1]
         if self.k > d:
             raise ValueError(f"cannot draw {self.k} orthogonal tangents in a {d}-dimensional sample")
-        g = _randn((layout.samples, d, self.k), x, ctx.generator)
+        g = noise_like(x, ctx.generator, (layout.samples, d, self.k))
         q, _ = torch.linalg.qr(g.double() if x.dtype != torch.float64 else g)  # (samples, d, K), orthonormal columns
         # E[sum_k q_k q_k^T] = (K/d) I, so V_k = sqrt(d) q_k makes the K-average unbiased
         v = (q.to(x.dtype) * d**0.5).permute(2, 0, 1)
@@ -185,7 +181,7 @@ class ScoreGuess:
     k = 1
 
     def __call__(self, ctx: GuessContext) -> Tensor:
-        eps = eps_from(ctx.x, ctx.denoised, ctx.sigma)
+        eps = to_d(ctx.x, ctx.sigma, ctx.denoised)
         return ctx.layout.normalize(eps)[None]
 
 
@@ -275,18 +271,20 @@ class MixedGuess:
     def __call__(self, ctx: GuessContext) -> Tensor:
         layout = ctx.layout
         g = self.base(ctx)[0]
-        r = _randn(g.shape, g, ctx.generator)
+        r = noise_like(g, ctx.generator, g.shape)
         r = layout.normalize(r - layout.per_sample(layout.dot(r, g), g) * g)
         w = torch.as_tensor(self.random_weight * torch.pi / 2)
         return layout.normalize(torch.cos(w) * g + torch.sin(w) * r)[None]
 
 
+GUESS_CLASSES = {"random": RandomGuess, "score": ScoreGuess, "sampled_gradient": SampledGradientGuess,
+                 "orthogonal": OrthogonalGuess, "antithetic": AntitheticGuess, "mixed": MixedGuess,
+                 "smooth_random": SmoothRandomGuess, "momentum": MomentumGuess}
+GUESS_KINDS = tuple(GUESS_CLASSES)
+
+
 def make_guess(kind: str, **options) -> object:
-    """Build a guess by name: random, orthogonal, antithetic, score, sampled_gradient, mixed, smooth_random,
-    momentum."""
-    kinds = {"random": RandomGuess, "orthogonal": OrthogonalGuess, "antithetic": AntitheticGuess,
-             "score": ScoreGuess, "sampled_gradient": SampledGradientGuess, "mixed": MixedGuess,
-             "smooth_random": SmoothRandomGuess, "momentum": MomentumGuess}
-    if kind not in kinds:
-        raise ValueError(f"unknown gradient guess {kind!r}; choose one of {tuple(kinds)}")
-    return kinds[kind](**options)
+    """Build a guess by name (GUESS_KINDS)."""
+    if kind not in GUESS_CLASSES:
+        raise ValueError(f"unknown gradient guess {kind!r}; choose one of {GUESS_KINDS}")
+    return GUESS_CLASSES[kind](**options)

@@ -19,6 +19,20 @@ class Layout:
     samples: int = 1
     frame_dim: int = 0
 
+    @classmethod
+    def of_frame_batch(cls, shape, frames_per_video: int = 0) -> tuple["Layout", int]:
+        """(layout, frames per video) of a ComfyUI / AnimateDiff latent (batch * frames, C, H, W) whose videos hold
+        `frames_per_video` frames (0: the whole batch is one video); raises if the batch cannot hold whole videos."""
+        if len(shape) != 4:
+            raise ValueError(f"TITAN-Guide samples latents of shape (batch * frames, C, H, W); got {tuple(shape)}. "
+                             "Video models with 5-D latents (B, C, T, H, W) are not supported by these nodes")
+        batch = shape[0]
+        frames = frames_per_video or batch
+        if batch % frames:
+            raise ValueError(f"the latent batch of {batch} cannot be split into videos of {frames} frames: "
+                             f"set 'frames_per_video' to a divisor of {batch} (0 = the whole batch is one video)")
+        return cls(samples=batch // frames, frame_dim=0), frames
+
     def check(self, x: Tensor) -> None:
         """Raise a clear error if `x` cannot hold `samples` equal chunks along dim 0."""
         if self.samples < 1 or x.shape[0] % self.samples:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .denoiser import Denoiser, vp_input_scale
 from .layout import Layout
-from .unroll import STEPS, ancestral_step, heun_step
+from .steps import STEPS, ancestral_step, derived_seed, heun_step
 
 
 @dataclass
@@ -39,7 +39,7 @@ class SamplingContext:
         # with eta > 0 a guided run and an unguided run from the same seed see the same step noise.
         if self.noise_generator is None and self.generator is not None:
             self.noise_generator = torch.Generator(device=self.generator.device).manual_seed(
-                (self.generator.initial_seed() * 6364136223846793005 + 1) % 2**63)
+                derived_seed(self.generator.initial_seed(), 1))
 
     def run_state(self, owner: object, build: Callable[[], object]) -> object:
         """`owner`'s state for this run, built on first use (a method object may serve several runs)."""

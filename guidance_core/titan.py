@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from .cuda_graph import GraphedJvp
+from .forward_ad.cuda_graph import GraphedJvp
 from .forward_gradient import ESTIMATORS, forward_gradient
 from .guesses import GuessContext, RandomGuess
 from .layout import Layout
 from .sampling import SamplingContext
-from .unroll import lookahead_sigmas, unroll
+from .steps import lookahead_sigmas, unroll
 from .update import apply_update, clip_per_sample, guided_steps, make_optimizer, strength_schedule
 
 

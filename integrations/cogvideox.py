@@ -19,9 +19,10 @@ diffusers is imported only when a schedule is built (it is a dependency of the w
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -409,3 +410,127 @@ def latent_shape(batch: int, num_frames: int, height: int, width: int, channels:
     frames = (num_frames - 1) // time_ratio + 1
     padding = (patch_size_t - frames % patch_size_t) if patch_size_t and frames % patch_size_t else 0
     return (batch, frames + padding, channels, height // space_ratio, width // space_ratio), padding
+
+
+def decoded_frames(latent_frames: int, time_ratio: int) -> int:
+    """Frames the CogVideoX VAE decodes from `latent_frames` latent frames (the first alone when the count is odd)."""
+    return 1 + time_ratio * (latent_frames - 1) if latent_frames % 2 else time_ratio * latent_frames
+
+
+def pipeline_parts(model) -> tuple:
+    """(pipe, transformer, dtype, scheduler_config) of a COGVIDEOMODEL, with clear errors for what is not supported."""
+    if not isinstance(model, dict) or "pipe" not in model or "scheduler_config" not in model:
+        raise ValueError("'model' must come from a CogVideoX loader of ComfyUI-CogVideoXWrapper (a COGVIDEOMODEL dict "
+                         f"with 'pipe' and 'scheduler_config'), got {type(model).__name__}")
+    pipe = model["pipe"]
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is None:
+        raise ValueError("the COGVIDEOMODEL's pipeline has no transformer")
+    quantization = str(model.get("quantization", "disabled"))
+    if quantization != "disabled":
+        raise ValueError(f"the guided CogVideoX sampler needs an unquantized transformer (bf16 / fp16 / fp32), but this "
+                         f"model is loaded with quantization {quantization!r}; reload it with quantization 'disabled'")
+    config = transformer.config
+    if config.in_channels != config.out_channels or getattr(config, "ofs_embed_dim", None):
+        raise ValueError(f"this CogVideoX transformer takes {config.in_channels} input channels for "
+                         f"{config.out_channels} output channels: an image-to-video, Fun or interpolation model. "
+                         "The guided sampler supports text-to-video models (and video-to-video via 'samples')")
+    dtype = model.get("dtype") or next(transformer.parameters()).dtype
+    return pipe, transformer, dtype, model["scheduler_config"]
+
+
+def video_size(samples, transformer) -> tuple[int, int, torch.Tensor | None]:
+    """(height, width, init latents or None) from the optional samples input, as CogVideoSampler reads them."""
+    if samples is None:
+        # CogVideoSampler needs samples for the size; without them, use the model's native resolution
+        return int(transformer.config.sample_height) * 8, int(transformer.config.sample_width) * 8, None
+    latents = samples.get("samples") if isinstance(samples, dict) else None
+    if not isinstance(latents, torch.Tensor) or latents.dim() not in (4, 5):
+        raise ValueError("'samples' must be a LATENT: an empty latent (B, C, h, w) that sets the size, or CogVideoX "
+                         "latents (B, frames, C, h, w) for video-to-video")
+    if latents.dim() == 4:
+        return latents.shape[-2] * 8, latents.shape[-1] * 8, None
+    return latents.shape[-2] * 8, latents.shape[-1] * 8, latents
+
+
+def disable_wrapper_enhance(transformer) -> None:
+    """Switch off the wrapper's Enhance-A-Video global, which a previous CogVideoSampler run may have left on."""
+    package = getattr(importlib.import_module(type(transformer).__module__), "__package__", None)
+    if not package:
+        return
+    try:
+        flags = importlib.import_module(f"{package}.enhance_a_video.globals")
+    except ImportError:
+        return  # diffusers' own transformer: no such global
+    if callable(getattr(flags, "disable_enhance", None)):
+        flags.disable_enhance()
+
+
+class CogVideoXLoss:
+    """latent x0 (B, F, C, h, w) -> per-video (B,) or per-latent-frame (B, F) objective values.
+
+    Pixel objectives see the CogVideoX VAE decode (B, T, 3, H, W); latent objectives see x0 divided by the VAE
+    scaling factor (the raw VAE latent). Per-frame pixel losses are assigned to the latent frames that produced
+    their frames (CogVideoXDecoder.latent_frame_losses).
+
+    `objective` is an objectives.ObjectiveSet; `before_call` runs before every call (the host's interrupt check)
+    and `scope` is entered around it (the host's inference-tensor clones: the VAE's weights are inference
+    tensors, and backprop needs normal clones).
+    """
+
+    def __init__(self, objective, decoder: CogVideoXDecoder, before_call: Callable[[], None] = lambda: None,
+                 scope: Callable[[], ContextManager] = contextlib.nullcontext):
+        self.decoder, self.before_call, self.scope = decoder, before_call, scope
+        pixel_specs = tuple(s for s in objective.specs if s.input_space != "latent")
+        latent_specs = tuple(s for s in objective.specs if s.input_space == "latent")
+        self.pixel = type(objective)(pixel_specs) if pixel_specs else None
+        self.latent = type(objective)(latent_specs) if latent_specs else None
+
+    def __call__(self, x0: torch.Tensor, frame_indices: torch.Tensor | None = None,
+                 per_frame: bool = False) -> torch.Tensor:
+        self.before_call()
+        with self.scope():
+            return self._losses(x0, frame_indices, per_frame)
+
+    def _losses(self, x0: torch.Tensor, frame_indices: torch.Tensor | None, per_frame: bool) -> torch.Tensor:
+        total = None
+        if self.pixel is not None:
+            if frame_indices is None:
+                pixels, pixel_indices = self.decoder(x0), None
+            else:
+                pixels, pixel_indices = self.decode_subset(x0, frame_indices)
+            term = self.pixel.loss(pixels, None, per_frame=per_frame, frame_indices=pixel_indices)
+            total = self.decoder.latent_frame_losses(term, x0.shape[1]) if per_frame else term
+        if self.latent is not None:
+            term = self.latent.loss(None, x0 / self.decoder.scaling_factor, per_frame=per_frame,
+                                    frame_indices=frame_indices)
+            total = term if total is None else total + term.to(total)
+        return total
+
+    def decode_subset(self, x0: torch.Tensor, frame_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode the latent frames `frame_indices` of a video on their own; (pixels, their full-video indices)."""
+        skip = self.decoder.skip
+        keep = frame_indices >= skip  # CogVideoX 1.5 padding frames are never decoded
+        if not bool(keep.any()):
+            raise ValueError("the sampled-gradient frames are all padding frames; sample more frames")
+        subset = CogVideoXDecoder(self.decoder.vae, self.decoder.chunk, 0)
+        pixels = subset(x0[:, keep.to(x0.device)])
+        return pixels, subset.decoded_frame_indices(frame_indices[keep] - skip, pixels.shape[1])
+
+
+def wrapper_start(pipe, shape: Sequence[int], seed: int, dtype: torch.dtype, device: torch.device,
+                  schedule: CogVideoXSchedule, init: Tensor | None, strength: float
+                  ) -> tuple[Tensor, torch.Generator, Tensor | None]:
+    """Where the wrapper's CogVideoSampler starts: (initial latent from its seeded noise, the CPU generator that
+    continues that stream for ancestral steps, rotary embeddings or None), with the transformer's leftover
+    wrapper state (a previous sampler's caches, Enhance-A-Video) reset."""
+    transformer = pipe.transformer
+    reset_wrapper_state(transformer)
+    disable_wrapper_enhance(transformer)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn(tuple(shape), generator=generator, dtype=dtype).to(device, torch.float32)
+    x = initial_latent(noise, schedule, None if init is None else init.to(device, torch.float32), strength)
+    height, width = shape[-2] * 8, shape[-1] * 8
+    rotary = (pipe._prepare_rotary_positional_embeddings(height, width, shape[1], device)
+              if transformer.config.use_rotary_positional_embeddings else None)
+    return x, generator, rotary

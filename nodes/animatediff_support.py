@@ -1,31 +1,13 @@
 """AnimateDiff-Evolved (ADE) support: motion attention with a forward derivative during TITAN-Guide's JVPs.
 
-Nothing else is needed for ADE: its evolved sampling is a set of ModelPatcher wrappers (OUTER_SAMPLE,
-CALC_COND_BATCH for context windows) and motion modules injected when the model loads, and TITAN-Guide's
-sampler runs inside ComfyUI's CFGGuider.sample, so every guided model call goes through them.
-
-The exception is ADE's temporal attention. `CrossAttentionMM` (animatediff/utils_motion.py; ADE's
-`VersatileAttention` subclasses it) does not use ComfyUI's `optimized_attention` and never sees
-`transformer_options["optimized_attention_override"]`: each instance binds `self.actual_attention` in
-__init__ to a function ADE chose once, at import, from ComfyUI's flags (`attention_pytorch` when PyTorch
-attention is on, ComfyUI's default on NVIDIA; `attention_sub_quad` or `attention_split` otherwise), and calls
-`self.actual_attention(q, k, v, heads, mask)`. Inside a forward-mode pass the SDPA choice works (torch's
-SDPA is guidance_core's router then, which selects MATH itself despite ComfyUI's backend-priority context);
-the sub-quadratic and split choices, which write into buffers in place, have no forward derivative.
-
-`motion_attention_for_forward_ad()` sets, for its scope only, a data descriptor `actual_attention` on each
-loaded CrossAttentionMM class. A data descriptor on the class takes precedence over the instance attribute,
-so every instance (of the class and its subclasses) reads ComfyUI's `attention_pytorch`, whose SDPA call
-inside the JVP scope is guidance_core's forward-AD router (fused
-flash JVP for long sequences on CUDA, chunked MATH otherwise; ADE's temporal sequences are short), while assignments
-(ADE's CUDA-error fallback, `reset_attention_type`) still land in the instance. On exit, also after an error,
-the descriptor is removed and every instance reads its own choice again; no model, module or instance is
-changed. `install()` registers the scope with guidance_core, which enters it inside
-`guidance_core.forward_ad_attention()`, i.e. only for forward-mode passes: plain sampler steps keep ADE's
-fast attention.
-
-ADE may be imported after this pack (custom node packs load in folder order), so its classes are looked up
-in `sys.modules` each time the scope is entered; without ADE the scope does nothing.
+Every guided model call runs through ADE's wrappers and motion modules, but ADE's `CrossAttentionMM` binds
+`self.actual_attention` once from ComfyUI's flags and never sees `optimized_attention_override`; its
+sub-quadratic and split choices write into buffers in place and have no forward derivative. For a forward-mode
+pass only (`install()` registers the scope with guidance_core), `MotionAttentionRoute.scope()` puts a data
+descriptor `actual_attention` on each loaded CrossAttentionMM class: every instance then reads ComfyUI's
+`attention_pytorch` (SDPA, the forward-AD router there) while assignments (ADE's CUDA-error fallback,
+`reset_attention_type`) still land in the instance; on exit, also after an error, the descriptor is removed.
+ADE may load after this pack, so its classes are looked up in `sys.modules` each time.
 """
 
 from __future__ import annotations
@@ -46,102 +28,93 @@ ADE_MODULE_SUFFIX = ".animatediff.utils_motion"
 ADE_CLASS_NAME = "CrossAttentionMM"
 ATTRIBUTE = "actual_attention"
 
-_lock = threading.Lock()
-_routed_calls = 0
-_logged_route = False
+class MotionAttentionRoute:
+    """ADE's attention signature `(q, k, v, heads, mask)` through ComfyUI's attention_pytorch (SDPA: the forward-AD
+    router inside a JVP); `scope()` makes every loaded CrossAttentionMM read it; `calls` counts what it served."""
+
+    class Descriptor:
+        """Class-level data descriptor: reads give the route, writes go to the instance."""
+
+        def __init__(self, function):
+            self.function = function
+
+        def __get__(self, instance, owner=None):
+            return self.function
+
+        def __set__(self, instance, value):
+            instance.__dict__[ATTRIBUTE] = value
+
+        def __delete__(self, instance):
+            instance.__dict__.pop(ATTRIBUTE, None)
+
+    def __init__(self):
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._logged = False
+
+    def __call__(self, q, k, v, heads, mask=None, *args, **kwargs):
+        with self._lock:
+            self.calls += 1
+            first, self._logged = not self._logged, True
+        if first:
+            LOG.info("TITAN-Guide: AnimateDiff-Evolved motion attention runs through guidance_core's forward-AD "
+                     "SDPA inside forward-mode passes")
+        # ComfyUI's CUDA backend-priority context around SDPA is harmless: the router selects MATH itself
+        return attention_pytorch(q, k, v, heads, mask, *args, **kwargs)
+
+    @staticmethod
+    def classes() -> list:
+        """The CrossAttentionMM classes of every ADE copy ComfyUI loaded (usually one; none without ADE)."""
+        found = []
+        for name, module in list(sys.modules.items()):
+            if module is None or not name.endswith(ADE_MODULE_SUFFIX):
+                continue
+            cls = getattr(module, ADE_CLASS_NAME, None)
+            if isinstance(cls, type) and hasattr(cls, "reset_attention_type") and cls not in found:
+                found.append(cls)
+        return found
+
+    @contextlib.contextmanager
+    def scope(self, function=None, classes=None) -> Iterator[list]:
+        """Scope in which ADE's motion attention (`classes`, default `classes()`) reads `function` (default: this
+        route); yields the patched classes; always restores. Nested scopes leave a class to the outermost one; a
+        class that defines `actual_attention` itself (a future ADE) is left alone, with a warning."""
+        function = self if function is None else function
+        classes = self.classes() if classes is None else list(classes)
+        patched = []
+        try:
+            for cls in classes:
+                current = cls.__dict__.get(ATTRIBUTE)
+                if isinstance(current, self.Descriptor):
+                    continue
+                if current is not None:
+                    LOG.warning("TITAN-Guide: %s.%s already defines %s; its motion attention is not rerouted for "
+                                "forward-mode AD", cls.__module__, cls.__qualname__, ATTRIBUTE)
+                    continue
+                setattr(cls, ATTRIBUTE, self.Descriptor(function))
+                patched.append(cls)
+            yield patched
+        finally:
+            for cls in patched:
+                if isinstance(cls.__dict__.get(ATTRIBUTE), self.Descriptor):
+                    delattr(cls, ATTRIBUTE)
+
+
+forward_ad_motion_attention = MotionAttentionRoute()
+motion_attention_for_forward_ad = forward_ad_motion_attention.scope
+motion_attention_classes = MotionAttentionRoute.classes
+_unregister = None
 
 
 def routed_call_count() -> int:
     """How many motion-attention calls went through the forward-AD route in this process."""
-    return _routed_calls
-
-
-def forward_ad_motion_attention(q, k, v, heads, mask=None, *args, **kwargs):
-    """ADE's attention signature `(q, k, v, heads, mask)` through ComfyUI's attention_pytorch, whose SDPA call is
-    guidance_core's forward-AD router inside the JVP scope (chunked MATH for ADE's short temporal sequences)."""
-    global _routed_calls, _logged_route
-    with _lock:
-        _routed_calls += 1
-        first = not _logged_route
-        _logged_route = True
-    if first:
-        LOG.info("TITAN-Guide: AnimateDiff-Evolved motion attention runs through guidance_core's forward-AD "
-                 "SDPA inside forward-mode passes")
-    # ComfyUI's CUDA backend-priority context around SDPA is harmless: the router selects MATH itself
-    return attention_pytorch(q, k, v, heads, mask, *args, **kwargs)
-
-
-class _ForwardADAttentionDescriptor:
-    """Class-level data descriptor: reads give the forward-AD attention, writes go to the instance."""
-
-    def __init__(self, function):
-        self.function = function
-
-    def __get__(self, instance, owner=None):
-        return self.function
-
-    def __set__(self, instance, value):
-        instance.__dict__[ATTRIBUTE] = value
-
-    def __delete__(self, instance):
-        instance.__dict__.pop(ATTRIBUTE, None)
-
-
-def motion_attention_classes() -> list:
-    """The CrossAttentionMM classes of every loaded ADE copy (usually one; none without ADE)."""
-    found = []
-    for name, module in list(sys.modules.items()):
-        if module is None or not name.endswith(ADE_MODULE_SUFFIX):
-            continue
-        cls = getattr(module, ADE_CLASS_NAME, None)
-        if isinstance(cls, type) and hasattr(cls, "reset_attention_type") and cls not in found:
-            found.append(cls)
-    return found
-
-
-@contextlib.contextmanager
-def motion_attention_for_forward_ad(function=forward_ad_motion_attention, classes=None) -> Iterator[list]:
-    """Scope in which ADE's motion attention reads `function`; yields the patched classes; always restores.
-
-    `classes` defaults to `motion_attention_classes()`. Nested scopes leave a class to the outermost one. A
-    class that defines `actual_attention` itself (a future ADE) is left alone, with a warning.
-    """
-    classes = motion_attention_classes() if classes is None else list(classes)
-    patched = []
-    try:
-        for cls in classes:
-            current = cls.__dict__.get(ATTRIBUTE)
-            if isinstance(current, _ForwardADAttentionDescriptor):
-                continue
-            if current is not None:
-                LOG.warning("TITAN-Guide: %s.%s already defines %s; its motion attention is not rerouted for "
-                            "forward-mode AD", cls.__module__, cls.__qualname__, ATTRIBUTE)
-                continue
-            setattr(cls, ATTRIBUTE, _ForwardADAttentionDescriptor(function))
-            patched.append(cls)
-        yield patched
-    finally:
-        for cls in patched:
-            if isinstance(cls.__dict__.get(ATTRIBUTE), _ForwardADAttentionDescriptor):
-                delattr(cls, ATTRIBUTE)
-
-
-_unregister = None
+    return forward_ad_motion_attention.calls
 
 
 def install() -> None:
     """Register the scope with guidance_core's forward-AD attention contexts (idempotent)."""
     global _unregister
-    if _unregister is not None:
-        return
-    from ..guidance_core import register_attention_context
+    if _unregister is None:
+        from ..guidance_core import register_attention_context
 
-    _unregister = register_attention_context(motion_attention_for_forward_ad)
-
-
-def uninstall() -> None:
-    """Undo `install()`."""
-    global _unregister
-    if _unregister is not None:
-        _unregister()
-        _unregister = None
+        _unregister = register_attention_context(motion_attention_for_forward_ad)

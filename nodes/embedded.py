@@ -1,17 +1,11 @@
-"""Nodes for the embedded tiny video model: a real ComfyUI MODEL / VAE / CONDITIONING, its empty latent,
-and the attribute-classifier objective.
-
-The embedded UNet (embedded/unet.py) is an unconditional eps-prediction model on SD1.5's DDPM schedule,
-so it is wrapped as a `comfy.model_base.BaseModel` with ModelSamplingDiscrete + EPS and works with core
-KSampler, SamplerCustomAdvanced and TitanGuideSampler. Its "VAE" is the exact pixel-unshuffle codec
-(embedded/codec.py) inside a `comfy.sd.VAE`, so core VAEDecode / VAEEncode and the guidance glue's
-differentiable decode (first_stage_model.decode + process_output) use it unchanged.
+"""Nodes for the embedded tiny video model: a real ComfyUI MODEL (BaseModel, EPS on SD1.5's schedule), VAE (the
+exact codec inside a `comfy.sd.VAE`, so VAEDecode / VAEEncode and the guidance decode use it unchanged) and
+CONDITIONING, its empty latent, and the attribute-classifier objective.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 import comfy.latent_formats
 import comfy.model_base
@@ -22,35 +16,18 @@ import comfy.supported_models_base
 import folder_paths
 from comfy_api.latest import io
 
-from . import glue
+from ..objectives.combination import ObjectiveSet, ObjectiveSpec
+from .sockets import TitanObjective, node_schema
 from ..embedded import codec as embedded_codec
 from ..embedded import unet as embedded_unet
 from ..embedded.world import ATTRIBUTES, NUM_FRAMES
+from ..embedded import CLASSIFIER_FILENAME, UNET_FILENAME
 from ..objectives.attribute_classifier import AttributeClassifierLoss, load_attribute_classifier
 
 MODEL_FOLDER = "titan_guide"
-UNET_FILENAME = "embedded_unet.safetensors"
-CLASSIFIER_FILENAME = "embedded_classifier.safetensors"
 ANY = "any"
 # Width of the dummy conditioning tensor; the unconditional UNet never reads it.
 CONDITIONING_WIDTH = 8
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------------------------
-def _preview_rgb_factors() -> tuple[list, list]:
-    """Latent -> preview RGB in [-1, 1]: mean of each colour's 4 unshuffled sub-pixels, de-standardised."""
-    down = embedded_codec.DOWNSCALE
-    per_pixel = embedded_codec.PIXEL_STD / embedded_codec.LATENT_STD  # latent unit -> pixel unit
-    factors = []
-    for channel in range(embedded_codec.LATENT_CHANNELS):
-        colour = channel // (down * down)  # pixel_unshuffle orders channels colour-major
-        row = [0.0, 0.0, 0.0]
-        row[colour] = 2.0 * per_pixel / (down * down)
-        factors.append(row)
-    bias = [2.0 * embedded_codec.PIXEL_MEAN - 1.0] * 3
-    return factors, bias
 
 
 class EmbeddedLatentFormat(comfy.latent_formats.LatentFormat):
@@ -61,7 +38,7 @@ class EmbeddedLatentFormat(comfy.latent_formats.LatentFormat):
     latent_dimensions = 2
 
     def __init__(self):
-        self.latent_rgb_factors, self.latent_rgb_factors_bias = _preview_rgb_factors()
+        self.latent_rgb_factors, self.latent_rgb_factors_bias = embedded_codec.preview_rgb_factors()
 
 
 class EmbeddedModelConfig(comfy.supported_models_base.BASE):
@@ -77,29 +54,12 @@ class EmbeddedModelConfig(comfy.supported_models_base.BASE):
     memory_usage_factor = 1.0
 
 
-class EmbeddedDiffusionModel(nn.Module):
-    """The embedded UNet behind ComfyUI's diffusion_model call signature; conditioning is ignored."""
-
-    def __init__(self, unet: embedded_unet.EmbeddedVideoUNet):
-        super().__init__()
-        self.unet = unet
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Weight dtype (BaseModel.get_dtype reads it)."""
-        return next(self.unet.parameters()).dtype
-
-    def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kwargs):
-        """eps for x (N*16, 12, 16, 16) at DDPM timesteps; context and extra conds are unused."""
-        return self.unet(x, timesteps.to(x.dtype))
-
-
 class EmbeddedBaseModel(comfy.model_base.BaseModel):
     """BaseModel around the embedded UNet (unconditional, so no cross-attention cond is required)."""
 
     def __init__(self, unet: embedded_unet.EmbeddedVideoUNet, device=None):
         super().__init__(EmbeddedModelConfig(dict(EmbeddedModelConfig.unet_config)), model_type=comfy.model_base.ModelType.EPS, device=device)
-        self.diffusion_model = EmbeddedDiffusionModel(unet)
+        self.diffusion_model = embedded_unet.EmbeddedDiffusionModel(unet)
 
 
 def weights_path(filename: str, what: str) -> str:
@@ -123,37 +83,15 @@ def load_embedded_model(path: str) -> comfy.model_patcher.ModelPatcher:
     return comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload_device)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# VAE (the exact codec)
-# ---------------------------------------------------------------------------------------------------------
-class CodecAutoencoder(nn.Module):
-    """first_stage_model of the codec VAE: frames (N, 3, 32, 32) in [0, 1] <-> latents (N, 12, 16, 16)."""
-
-    def encode(self, pixels: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Exact encode of single frames (any number; frames need not form whole videos)."""
-        return embedded_codec.encode(pixels[:, None])
-
-    def decode(self, latents: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Exact, unclamped (so differentiable) decode of single frames."""
-        return embedded_codec.decode(latents, num_frames=1)[:, 0]
-
-
-def _identity(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
-
-
 class EmbeddedCodecVAE(comfy.sd.VAE):
-    """comfy.sd.VAE whose model is the exact codec: downscale 2, 12 latent channels, pixels in [0, 1].
-
-    process_output is the identity, so the guidance decode sees the exact, unclamped codec output; `decode`
-    (what VAEDecode calls) clamps the IMAGE it returns to [0, 1] as every ComfyUI IMAGE is.
-    """
+    """comfy.sd.VAE whose model is the exact codec (downscale 2, 12 latent channels, pixels in [0, 1]): the guidance
+    decode sees its exact, unclamped output; `decode` (VAEDecode) clamps the IMAGE to [0, 1] as every IMAGE is."""
 
     def __init__(self):
         # ComfyUI's own pixel-space VAE branch sets up device, dtype, output device and patcher fields ...
         super().__init__(sd={"pixel_space_vae": torch.tensor(1.0)}, dtype=torch.float32)
         # ... then the codec replaces its identity model.
-        self.first_stage_model = CodecAutoencoder().eval()
+        self.first_stage_model = embedded_codec.CodecAutoencoder().eval()
         self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.device,
                                                         offload_device=comfy.model_management.vae_offload_device())
         self.latent_channels = embedded_codec.LATENT_CHANNELS
@@ -161,8 +99,7 @@ class EmbeddedCodecVAE(comfy.sd.VAE):
         self.upscale_ratio = embedded_codec.DOWNSCALE
         self.latent_dim = 2
         self.output_channels = 3
-        self.process_input = _identity
-        self.process_output = _identity
+        self.process_input = self.process_output = torch.nn.Identity()  # exact, unclamped codec pixels
         self.working_dtypes = [torch.float32]
         self.vae_dtype = torch.float32
         # one float per pixel in and out, with a generous margin
@@ -174,14 +111,6 @@ class EmbeddedCodecVAE(comfy.sd.VAE):
         return super().decode(samples_in, vae_options).clamp(0.0, 1.0)
 
 
-def empty_conditioning() -> list:
-    """CONDITIONING with one zero token: valid for every sampler, ignored by the unconditional UNet."""
-    return [[torch.zeros(1, 1, CONDITIONING_WIDTH), {}]]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Nodes
-# ---------------------------------------------------------------------------------------------------------
 def _weight_files(default: str) -> list:
     """Weight files of the titan_guide folder, with `default` first (listed even when missing, so graphs
     validate and the loader can say where the file belongs)."""
@@ -190,18 +119,13 @@ def _weight_files(default: str) -> list:
 
 
 class TitanEmbeddedModelLoader(io.ComfyNode):
-    """Loads the embedded tiny video model as MODEL, its exact codec as VAE, and empty conditioning."""
+    """The pack's self-trained tiny unconditional video model (16 frames, 32x32 RGB, ships in models/titan_guide/). Runs
+    on any CPU; sample it with KSampler or TITAN-Guide Sampler on a TITAN Embedded Empty Latent, decode with
+    VAEDecode."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanEmbeddedModelLoader",
-            display_name="TITAN Embedded Video Model Loader",
-            category=glue.CATEGORY,
-            description=("The pack's self-trained tiny unconditional video model (16 frames, 32x32 RGB, ships in "
-                         "models/titan_guide/). Runs on any CPU; sample it with KSampler or TITAN-Guide Sampler on "
-                         "a TITAN Embedded Empty Latent, decode with VAEDecode."),
-            inputs=[io.Combo.Input("unet_name", options=_weight_files(UNET_FILENAME), default=UNET_FILENAME,
+        return node_schema(cls, "TITAN Embedded Video Model Loader", inputs=[io.Combo.Input("unet_name", options=_weight_files(UNET_FILENAME), default=UNET_FILENAME,
                                    tooltip=f"UNet weights in the {MODEL_FOLDER} model folder.")],
             outputs=[
                 io.Model.Output("model", tooltip="Unconditional eps-prediction video UNet (SD1.5 schedule)."),
@@ -214,21 +138,18 @@ class TitanEmbeddedModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, unet_name) -> io.NodeOutput:
         model = load_embedded_model(weights_path(unet_name, "embedded UNet"))
-        return io.NodeOutput(model, EmbeddedCodecVAE(), empty_conditioning(), empty_conditioning())
+        # one zero token each: valid for every sampler, ignored by the unconditional UNet
+        conditioning = [[[torch.zeros(1, 1, CONDITIONING_WIDTH), {}]] for _ in ("positive", "negative")]
+        return io.NodeOutput(model, EmbeddedCodecVAE(), *conditioning)
 
 
 class TitanEmbeddedEmptyLatent(io.ComfyNode):
-    """Zero latents for `videos` clips of the embedded model: (videos * 16, 12, 16, 16)."""
+    """Empty latent for the embedded model: 16 frames per video stacked in the batch (set frames_per_video = 16 on
+    the TITAN-Guide sampler when videos > 1)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanEmbeddedEmptyLatent",
-            display_name="TITAN Embedded Empty Latent",
-            category=glue.CATEGORY,
-            description=(f"Empty latent for the embedded model: {NUM_FRAMES} frames per video stacked in the batch "
-                         "(set frames_per_video = 16 on the TITAN-Guide sampler when videos > 1)."),
-            inputs=[io.Int.Input("videos", default=1, min=1, max=256, tooltip="Number of videos (16 frames each).")],
+        return node_schema(cls, "TITAN Embedded Empty Latent", inputs=[io.Int.Input("videos", default=1, min=1, max=256, tooltip="Number of videos (16 frames each).")],
             outputs=[io.Latent.Output("latent")],
         )
 
@@ -240,20 +161,15 @@ class TitanEmbeddedEmptyLatent(io.ComfyNode):
 
 
 class TitanAttributeObjective(io.ComfyNode):
-    """-log p(target attributes) under the embedded attribute classifier (colour, shape, direction, speed)."""
+    """Loss = weight * sum over the chosen attributes of -log p(value | video) under the embedded guiding classifier;
+    for the embedded video model (16 x 32 x 32 videos)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         def attribute(name: str, default: str):
             return io.Combo.Input(name, options=[ANY, *ATTRIBUTES[name]], default=default,
                                   tooltip=f"Target {name} ('{ANY}' = not guided).")
-        return io.Schema(
-            node_id="TitanAttributeObjective",
-            display_name="TITAN Attribute Objective (embedded)",
-            category=glue.CATEGORY,
-            description=("Loss = weight * sum over the chosen attributes of -log p(value | video) under the "
-                         "embedded guiding classifier; for the embedded video model (16 x 32 x 32 videos)."),
-            inputs=[
+        return node_schema(cls, "TITAN Attribute Objective (embedded)", inputs=[
                 attribute("colour", "red"), attribute("shape", ANY), attribute("direction", ANY),
                 attribute("speed", ANY),
                 io.Float.Input("weight", default=1.0, min=-100.0, max=100.0, step=0.01,
@@ -263,7 +179,7 @@ class TitanAttributeObjective(io.ComfyNode):
                                tooltip=f"Guiding classifier weights in the {MODEL_FOLDER} model folder (the judge "
                                        "file is for evaluation; guiding with it defeats the independent check)."),
             ],
-            outputs=[glue.TitanObjective.Output("objective", tooltip="Connect to a TITAN-Guide sampler.")],
+            outputs=[TitanObjective.Output("objective", tooltip="Connect to a TITAN-Guide sampler.")],
         )
 
     @classmethod
@@ -275,7 +191,7 @@ class TitanAttributeObjective(io.ComfyNode):
         classifier = load_attribute_classifier(weights_path(classifier_name, "attribute classifier"))
         module = AttributeClassifierLoss(classifier, targets)
         name = "attribute(" + ", ".join(f"{k}={v}" for k, v in targets.items()) + ")"
-        return io.NodeOutput(glue.ObjectiveSet((glue.ObjectiveSpec(module, float(weight), name),)))
+        return io.NodeOutput(ObjectiveSet((ObjectiveSpec(module, float(weight), name),)))
 
 
 NODE_CLASSES = [TitanEmbeddedModelLoader, TitanEmbeddedEmptyLatent, TitanAttributeObjective]

@@ -4,26 +4,21 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import glue
+from ..guidance_core.run_config import GUESS_KINDS, GuessSpec, parse_frame_indices
+from .sockets import TitanGuess, node_schema
 from ..guidance_core import guesses as core_guesses
 
 
 class TitanGradientGuess(io.ComfyNode):
-    """Choose the gradient guess V (paper section 4.2) and its options."""
+    """Gradient guess V for TITAN-Guide. random: Gaussian V, unbiased, noisy. score: the model's noise estimate,
+    deterministic but biased. sampled_gradient: backprop through decoder and objective (not the denoiser) on a few
+    frames, spread to all. orthogonal: K orthogonal tangents. antithetic: pairs (V, -V). mixed: sampled gradient plus
+    an orthogonal random part."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanGradientGuess",
-            display_name="TITAN Gradient Guess",
-            category=glue.CATEGORY,
-            description=("Gradient guess V for TITAN-Guide. random: Gaussian V, unbiased, noisy. score: the model's "
-                         "noise estimate, deterministic but biased. sampled_gradient: backprop through decoder and "
-                         "objective (not the denoiser) on a few frames, spread to all. orthogonal: K orthogonal "
-                         "tangents. antithetic: pairs (V, -V). mixed: sampled gradient plus an orthogonal random "
-                         "part."),
-            inputs=[
-                io.Combo.Input("kind", options=list(glue.GUESS_KINDS), default="random",
+        return node_schema(cls, "TITAN Gradient Guess", inputs=[
+                io.Combo.Input("kind", options=list(GUESS_KINDS), default="random",
                                tooltip="random, score, sampled_gradient, orthogonal (K tangents), antithetic (K "
                                        "pairs, useful with the central-difference estimator) or mixed."),
                 io.Int.Input("k", default=1, min=1, max=64,
@@ -44,13 +39,13 @@ class TitanGradientGuess(io.ComfyNode):
                                tooltip="mixed: share of the random part (0 = sampled gradient only, 1 = random only; "
                                        "the mix angle is random_weight * 90 degrees)."),
             ],
-            outputs=[glue.TitanGuess.Output("guess", tooltip="Connect to a TITAN-Guide sampler's guess input.")],
+            outputs=[TitanGuess.Output("guess", tooltip="Connect to a TITAN-Guide sampler's guess input.")],
         )
 
     @classmethod
     def execute(cls, kind, k, sampled_frames, frame_choice, frame_indices, expansion, random_weight) -> io.NodeOutput:
-        indices = glue.parse_frame_indices(frame_indices) if frame_choice == "fixed" else ()
-        return io.NodeOutput(glue.GuessSpec(kind=kind, k=k, frames=sampled_frames, choice=frame_choice,
+        indices = parse_frame_indices(frame_indices) if frame_choice == "fixed" else ()
+        return io.NodeOutput(GuessSpec(kind=kind, k=k, frames=sampled_frames, choice=frame_choice,
                                             indices=indices, expand=expansion, random_weight=random_weight))
 
 

@@ -4,38 +4,24 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import glue
 from .. import guidance_core as core
 from ..guidance_core.baselines import freedom, mpgd
-
-METHOD_TOOLTIP = {
-    "titan": "titan: forward gradients from one forward-mode pass per tangent (no backprop, low memory)",
-    "exact_gradient": "exact_gradient: backprop through the same look-ahead, decode and objective (reference; "
-                      "high memory)",
-    "freedom": "freedom: FreeDoM, backprop through the denoiser at the Tweedie estimate, optional time travel",
-    "mpgd": "mpgd: MPGD, gradient steps on the clean estimate through decoder and objective only",
-    "tfg": "tfg: TFG, variance + mean guidance with implicit-dynamics smoothing and recurrence",
-    "doodl": "doodl: DOODL, optimises the initial noise through an invertible EDICT sampler",
-}
+from ..guidance_core.forward_gradient import ESTIMATORS
+from ..guidance_core.run_config import METHOD_DESCRIPTIONS, METHOD_KINDS, GuidanceSettings, MethodSpec
+from .sockets import TitanMethod, node_schema
 
 
 class TitanGuidanceMethod(io.ComfyNode):
-    """Pick the guidance method; each method reads only its own options (named by prefix)."""
+    """Replaces TITAN's update with a baseline for comparison. titan and exact_gradient use the sampler's strength /
+    look-ahead / optimiser knobs; freedom, mpgd and tfg use only its guidance window; doodl optimises the initial
+    noise. Options prefixed with a method's name apply to that method only."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanGuidanceMethod",
-            display_name="TITAN Guidance Method",
-            category=glue.CATEGORY,
-            description=("Replaces TITAN's update with a baseline for comparison. titan and exact_gradient use the "
-                         "sampler's strength / look-ahead / optimiser knobs; freedom, mpgd and tfg use only its "
-                         "guidance window; doodl optimises the initial noise. Options prefixed with a method's name "
-                         "apply to that method only."),
-            inputs=[
-                io.Combo.Input("method", options=list(glue.METHOD_KINDS), default="titan",
-                               tooltip="; ".join(METHOD_TOOLTIP[k] for k in glue.METHOD_KINDS) + "."),
-                io.Combo.Input("estimator", options=list(glue.ESTIMATORS), default="jvp",
+        return node_schema(cls, "TITAN Guidance Method", inputs=[
+                io.Combo.Input("method", options=list(METHOD_KINDS), default="titan",
+                               tooltip="; ".join(f"{k}: {METHOD_DESCRIPTIONS[k]}" for k in METHOD_KINDS) + "."),
+                io.Combo.Input("estimator", options=list(ESTIMATORS), default="jvp",
                                tooltip="titan: how the directional derivative is computed. jvp (torch.func.jvp), "
                                        "dual (torch.autograd.forward_ad; tolerates in-place ops and hooks that jvp "
                                        "refuses) or central_difference (two forward passes, no AD)."),
@@ -75,15 +61,15 @@ class TitanGuidanceMethod(io.ComfyNode):
                 io.Float.Input("doodl_mix", default=0.93, min=0.51, max=1.0, step=0.01,
                                tooltip="doodl: EDICT mixing weight p (in (0.5, 1])."),
             ],
-            outputs=[glue.TitanMethod.Output("guidance_method", display_name="method",
+            outputs=[TitanMethod.Output("guidance_method", display_name="method",
                                              tooltip="Connect to a TITAN-Guide sampler's method input.")],
         )
 
     @classmethod
     def execute(cls, method, **options) -> io.NodeOutput:
-        spec = glue.MethodSpec(kind=method, options=tuple(sorted(options.items())))
+        spec = MethodSpec(kind=method, options=tuple(sorted(options.items())))
         # build once with default sampler knobs so bad hyperparameters fail here, not mid-sampling
-        spec.build(glue.GuidanceSettings(), core.RandomGuess())
+        spec.build(GuidanceSettings(), core.RandomGuess())
         return io.NodeOutput(spec)
 
 

@@ -4,27 +4,23 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import glue
+from ..objectives.combination import ObjectiveSet
+from .sockets import TitanObjective, node_schema
 from ..objectives.color import MODES, ColorLoss
 
 COMBINE_SLOTS = 4
 
 
 class TitanColorObjective(io.ComfyNode):
-    """Distance of the video's mean colour (and brightness) to a target: works with any model, needs no weights."""
+    """Loss = colour_weight * mean over R,G,B of (mean colour - target)^2 + brightness_weight * (luma of the mean colour
+    - brightness)^2, on the decoded video in [0, 1]."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         def channel(name, default):
             return io.Float.Input(name, default=default, min=0.0, max=1.0, step=0.01,
                                   tooltip=f"Target colour, {name} channel in [0, 1].")
-        return io.Schema(
-            node_id="TitanColorObjective",
-            display_name="TITAN Colour Objective",
-            category=glue.CATEGORY,
-            description=("Loss = colour_weight * mean over R,G,B of (mean colour - target)^2 + brightness_weight * "
-                         "(luma of the mean colour - brightness)^2, on the decoded video in [0, 1]."),
-            inputs=[
+        return node_schema(cls, "TITAN Colour Objective", inputs=[
                 channel("red", 1.0), channel("green", 0.0), channel("blue", 0.0),
                 io.Float.Input("color_weight", default=1.0, min=0.0, max=100.0, step=0.01,
                                tooltip="Weight of the colour term (0 = brightness only)."),
@@ -37,7 +33,7 @@ class TitanColorObjective(io.ComfyNode):
                                tooltip="frame: each frame's mean colour against the target, averaged (has per-frame "
                                        "losses); video: the whole video's mean colour (no per-frame losses)."),
             ],
-            outputs=[glue.TitanObjective.Output("objective", tooltip="Connect to a TITAN-Guide sampler.")],
+            outputs=[TitanObjective.Output("objective", tooltip="Connect to a TITAN-Guide sampler.")],
         )
 
     @classmethod
@@ -46,36 +42,33 @@ class TitanColorObjective(io.ComfyNode):
                            brightness_weight=brightness_weight, mode=mode)
         brightness_part = f"; brightness {brightness:g}" if brightness_weight else ""
         name = f"colour({red:g},{green:g},{blue:g}{brightness_part})"
-        return io.NodeOutput(glue.ObjectiveSet.single(module, name=name))
+        return io.NodeOutput(ObjectiveSet.single(module, name=name))
 
 
 class TitanObjectiveCombine(io.ComfyNode):
-    """Weighted sum of up to four objectives."""
+    """Loss = sum of weight_i * objective_i over the connected objectives."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         inputs = []
         for slot in range(1, COMBINE_SLOTS + 1):
-            inputs.append(glue.TitanObjective.Input(f"objective_{slot}", optional=slot > 1,
+            inputs.append(TitanObjective.Input(f"objective_{slot}", optional=slot > 1,
                                                     tooltip=f"Objective {slot}{' (optional)' if slot > 1 else ''}."))
             inputs.append(io.Float.Input(f"weight_{slot}", default=1.0, min=-100.0, max=100.0, step=0.01,
                                          optional=slot > 1,
                                          tooltip=f"Weight of objective {slot} in the sum (ignored if it is not "
                                                  "connected). Negative weights maximise that objective."))
-        return io.Schema(
-            node_id="TitanObjectiveCombine",
-            display_name="TITAN Combine Objectives",
-            category=glue.CATEGORY,
-            description="Loss = sum of weight_i * objective_i over the connected objectives.",
+        return node_schema(
+            cls, "TITAN Combine Objectives",
             inputs=inputs,
-            outputs=[glue.TitanObjective.Output("objective", tooltip="The weighted sum.")],
+            outputs=[TitanObjective.Output("objective", tooltip="The weighted sum.")],
         )
 
     @classmethod
     def execute(cls, **values) -> io.NodeOutput:
         weighted = [(values[f"objective_{slot}"], values.get(f"weight_{slot}", 1.0))
                     for slot in range(1, COMBINE_SLOTS + 1) if values.get(f"objective_{slot}") is not None]
-        return io.NodeOutput(glue.ObjectiveSet.combine(weighted))
+        return io.NodeOutput(ObjectiveSet.combine(weighted))
 
 
 NODE_CLASSES = [TitanColorObjective, TitanObjectiveCombine]

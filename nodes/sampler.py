@@ -9,39 +9,40 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
-from . import glue
-
-GUIDANCE_INPUT_IDS = tuple(i.id for i in glue.guidance_inputs())
+from ..guidance_core.report import format_report, plot_losses
+from .run_harness import MAX_SCHEDULE_STEPS, GuidedSampler, widget_value
+from .sockets import (ADDITIONAL_MODELS_KEY, TitanObjective, guess_and_method_inputs, guidance_inputs, node_schema,
+                      report_outputs)
 
 
 def _schedule_sigmas(model, scheduler: str, steps: int, denoise: float):
-    """Sigmas as KSampler computes them (denoise < 1 keeps the last `steps` of a longer schedule)."""
+    """Sigmas as KSampler computes them (denoise < 1 keeps the last `steps` of a longer schedule), refusing a
+    schedule longer than MAX_SCHEDULE_STEPS (KSampler would build millions of steps for a tiny denoise)."""
     model_sampling = model.get_model_object("model_sampling")
     if denoise >= 0.9999:
         return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).cpu()
     total = int(steps / denoise)
+    if total > MAX_SCHEDULE_STEPS:
+        raise ValueError(f"'denoise' {denoise:g} with {steps} steps needs a schedule of {total} steps, more than "
+                         f"{MAX_SCHEDULE_STEPS}: raise 'denoise' to at least {steps / MAX_SCHEDULE_STEPS:.2g} or "
+                         "lower 'steps'")
     return comfy.samplers.calculate_sigmas(model_sampling, scheduler, total).cpu()[-(steps + 1):]
 
 
 class TitanGuideSampler(io.ComfyNode):
-    """KSampler with TITAN-Guide: denoises the latent while steering it towards a lower objective."""
+    """Samples like KSampler through ComfyUI's own sampling path (model patches, LoRAs and wrappers such as AnimateDiff
+    apply) and, at the guided steps, moves the latent along a forward gradient of the objective measured on the
+    decoded look-ahead estimate."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanGuideSampler",
-            display_name="TITAN-Guide Sampler",
-            category=glue.CATEGORY,
-            description=("Samples like KSampler through ComfyUI's own sampling path (model patches, LoRAs and "
-                         "wrappers such as AnimateDiff apply) and, at the guided steps, moves the latent along a "
-                         "forward gradient of the objective measured on the decoded look-ahead estimate."),
-            inputs=[
+        return node_schema(cls, "TITAN-Guide Sampler", inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (cloned; the input model is not changed)."),
                 io.Conditioning.Input("positive", tooltip="Conditioning describing what to include."),
                 io.Conditioning.Input("negative", tooltip="Conditioning describing what to exclude."),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise (frames of a video sit in the batch)."),
                 io.Vae.Input("vae", tooltip="VAE that decodes the look-ahead estimate for the objective."),
-                glue.TitanObjective.Input("objective", tooltip="What to minimise (TITAN-Guide objective nodes)."),
+                TitanObjective.Input("objective", tooltip="What to minimise (TITAN-Guide objective nodes)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the initial noise (as KSampler) and, derived from it, of every random "
                                      "tangent and stochastic step of the guidance."),
@@ -53,40 +54,34 @@ class TitanGuideSampler(io.ComfyNode):
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Fraction of the schedule to run, as in KSampler (1 = from pure noise; "
                                        "0 returns the input latent)."),
-                *glue.guidance_inputs(),
-                glue.TitanGuess.Input("guess", optional=True,
-                                      tooltip="Gradient guess V (TITAN Gradient Guess node); default: random Gaussian, "
-                                              "one tangent."),
-                glue.TitanMethod.Input("method", optional=True,
-                                       tooltip="Guidance method (TITAN Guidance Method node); default: titan. A "
-                                               "baseline replaces the forward-gradient update."),
+                *guidance_inputs(),
+                *guess_and_method_inputs(),
             ],
             outputs=[
                 io.Latent.Output("latent", tooltip="The guided, denoised latent."),
-                io.String.Output("report", tooltip="Per guided step: loss, |G| and look-ahead; totals: time and peak "
-                                                   "memory (and what was measured)."),
-                io.Image.Output("loss_plot", tooltip="Plot of the loss at each guided step."),
+                *report_outputs(),
             ],
         )
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, vae, objective, seed, steps, cfg, scheduler, denoise,
                 guess=None, method=None, **knobs) -> io.NodeOutput:
-        settings = glue.settings_from_inputs(knobs)
-        run = glue.GuidedRun(settings, objective, vae, guess, method, seed=seed)
+        run = GuidedSampler(knobs, objective, vae, guess, method, seed=seed)
+        widgets = {widget.id: widget for widget in cls.define_schema().inputs}
+        cfg, denoise = widget_value(widgets["cfg"], cfg), widget_value(widgets["denoise"], denoise)
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        sigmas = _schedule_sigmas(model, scheduler, steps, denoise)
-        run.validate(samples.shape, len(sigmas) - 1, model.get_model_object("model_sampling"))
-        if denoise <= 0.0 or len(sigmas) < 2:
+        if denoise == 0.0:  # as the tooltip says (KSampler would divide by it)
             latent["samples"] = samples
             return io.NodeOutput(latent, "denoise is 0: the latent was returned unchanged",
-                                 glue.plot_losses(run.record))
+                                 plot_losses(run.record))
+        sigmas = _schedule_sigmas(model, scheduler, steps, denoise)
+        run.validate(samples.shape, len(sigmas) - 1, model.get_model_object("model_sampling"))
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
         diffusion_model = model.clone()
         # The VAE and the objectives' networks run at every guided step: as additional models of the diffusion
         # model, ComfyUI's prepare_sampling loads them in one load_models_gpu call with it and plans memory for all.
-        diffusion_model.set_additional_models(glue.ADDITIONAL_MODELS_KEY, [p for _, p in run.comfy_models()])
+        diffusion_model.set_additional_models(ADDITIONAL_MODELS_KEY, [p for _, p in run.comfy_models()])
         guider = comfy.samplers.CFGGuider(diffusion_model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
@@ -94,29 +89,21 @@ class TitanGuideSampler(io.ComfyNode):
         out = guider.sample(noise, samples, run.ksampler(), sigmas, denoise_mask=latent_image.get("noise_mask"),
                             callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         latent["samples"] = out.to(comfy.model_management.intermediate_device())
-        return io.NodeOutput(latent, glue.format_report(run.record), glue.plot_losses(run.record))
+        return io.NodeOutput(latent, format_report(run.record), plot_losses(run.record))
 
 
 class TitanGuideSamplerSelect(io.ComfyNode):
-    """SAMPLER for SamplerCustomAdvanced / SamplerCustom that runs TITAN-Guide."""
+    """A SAMPLER that runs TITAN-Guide inside SamplerCustomAdvanced, so it composes with any GUIDER, SIGMAS and NOISE.
+    Guidance randomness is seeded from the NOISE seed. The report goes to the server log (this node's outputs exist
+    before sampling runs)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TitanGuideSamplerSelect",
-            display_name="TITAN-Guide Sampler (SAMPLER)",
-            category=glue.CATEGORY,
-            description=("A SAMPLER that runs TITAN-Guide inside SamplerCustomAdvanced, so it composes with any "
-                         "GUIDER, SIGMAS and NOISE. Guidance randomness is seeded from the NOISE seed. The report "
-                         "goes to the server log (this node's outputs exist before sampling runs)."),
-            inputs=[
-                glue.TitanObjective.Input("objective", tooltip="What to minimise (TITAN-Guide objective nodes)."),
+        return node_schema(cls, "TITAN-Guide Sampler (SAMPLER)", inputs=[
+                TitanObjective.Input("objective", tooltip="What to minimise (TITAN-Guide objective nodes)."),
                 io.Vae.Input("vae", tooltip="VAE that decodes the look-ahead estimate for the objective."),
-                *glue.guidance_inputs(),
-                glue.TitanGuess.Input("guess", optional=True,
-                                      tooltip="Gradient guess V; default: random Gaussian, one tangent."),
-                glue.TitanMethod.Input("method", optional=True,
-                                       tooltip="Guidance method; default: titan."),
+                *guidance_inputs(),
+                *guess_and_method_inputs(),
             ],
             outputs=[io.Sampler.Output("titan_sampler", display_name="sampler",
                                        tooltip="Connect to SamplerCustomAdvanced's sampler input.")],
@@ -124,7 +111,7 @@ class TitanGuideSamplerSelect(io.ComfyNode):
 
     @classmethod
     def execute(cls, objective, vae, guess=None, method=None, **knobs) -> io.NodeOutput:
-        run = glue.GuidedRun(glue.settings_from_inputs(knobs), objective, vae, guess, method)
+        run = GuidedSampler(knobs, objective, vae, guess, method)
         return io.NodeOutput(run.ksampler())
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .constants import on_device, outside_function_transforms
+from .function_transforms import on_device, outside_function_transforms
 
 Triple = Tuple[int, int, int]
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .constants import capturing, outside_function_transforms
+from .function_transforms import capturing, outside_function_transforms
 
 # Decoded videos may overshoot [0, 1] slightly (an unclamped VAE decode); anything
 # further out means a wrong value range (e.g. [-1, 1] or [0, 255]).
@@ -304,6 +304,7 @@ class VideoObjective(nn.Module):
     input_space: str = "pixels"
     has_frame_losses: bool = False
     min_frames: int = 1
+    accepts_frame_subsets: bool = False  # forward / frame_losses take `frame_indices`
 
     def check_video(self, video: torch.Tensor) -> None:
         """Validate this objective's input (video or latents) and raise ValueError if unusable."""

@@ -16,6 +16,7 @@ keyframe latents encoded once by the caller's VAE: no decode, much cheaper.
 
 from __future__ import annotations
 
+import re
 from typing import Optional, Sequence
 
 import torch
@@ -160,3 +161,64 @@ class LatentFrameInterpolationLoss(_KnownFrameMSE):
             shape = tuple(key_latents.shape) if isinstance(key_latents, torch.Tensor) else type(key_latents).__name__
             raise ValueError(f"key_latents must be a float tensor (K, C, h, w), got {shape}.")
         super().__init__(key_latents, indices=indices, mask=mask)
+
+
+def parse_keyframe_indices(text: str) -> list[int]:
+    """'0, 8, -1' -> [0, 8, -1] (negative counts from the end); clear error otherwise."""
+    parts = [p for p in re.split(r"[,;\s]+", text.strip()) if p]
+    if not parts:
+        raise ValueError("frame_indices is empty: give one frame index per keyframe (e.g. '0, -1') or connect a mask")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"frame_indices must be whole numbers separated by commas (e.g. '0, 8, -1'), got {text!r}") \
+            from None
+
+
+def mask_to_known_frames(mask: torch.Tensor) -> torch.Tensor:
+    """ComfyUI MASK with one mask per video frame -> boolean (F,): True where the frame's mask is all 1."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        raise ValueError(f"mask must be a ComfyUI MASK (frames, H, W), got "
+                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+    per_frame = mask.reshape(mask.shape[0] if mask.ndim == 3 else 1, -1).float()
+    low, high = per_frame.min(dim=1).values, per_frame.max(dim=1).values
+    mixed = [f for f in range(per_frame.shape[0])
+             if not ((high[f] <= 1e-3) or (low[f] >= 1 - 1e-3))]
+    if mixed:
+        raise ValueError(f"mask frames {mixed} are neither all 0 nor all 1; the mask marks whole frames (1 = known "
+                         "keyframe, 0 = to generate), one mask per video frame")
+    return low >= 1 - 1e-3
+
+
+def keyframe_objective(keyframes: torch.Tensor, frame_indices: str, space: str, mask: Optional[torch.Tensor] = None,
+                       encode=None) -> tuple[torch.nn.Module, str]:
+    """(loss, description) of keyframe matching from a ComfyUI IMAGE batch of keyframes (K, H, W, 3), placed by
+    `frame_indices` text (e.g. '0, -1') or a per-frame MASK: on the decoded video (space "pixels"), or on latents
+    against `encode(keyframes)` (space "latent"; `encode` is the sampler VAE's, so the latents are in the space the
+    sampler hands latent objectives)."""
+    if not isinstance(keyframes, torch.Tensor) or keyframes.ndim != 4 or keyframes.shape[-1] != 3:
+        shape = tuple(keyframes.shape) if isinstance(keyframes, torch.Tensor) else type(keyframes).__name__
+        raise ValueError(f"keyframes must be a ComfyUI IMAGE batch (K, H, W, 3), got {shape}")
+    selection = {"mask": mask_to_known_frames(mask)} if mask is not None else \
+        {"indices": parse_keyframe_indices(frame_indices)}
+    where = "mask" if mask is not None else f"frames {selection['indices']}"
+    if space == "latent":
+        if encode is None:
+            raise ValueError("space 'latent' needs the vae input (the sampler's VAE) to encode the keyframes; "
+                             "connect it or use space 'pixels'")
+        # VAE space, as the sampler hands latent objectives process_latent_out(x0).
+        key_latents = encode(keyframes)
+        if key_latents.ndim != 4 or key_latents.shape[0] != keyframes.shape[0]:
+            raise ValueError(
+                f"the VAE encoded {keyframes.shape[0]} keyframes to latents of shape {tuple(key_latents.shape)}; "
+                "space 'latent' needs an image VAE (one latent per frame): use space 'pixels'")
+        with torch.inference_mode(False):  # normal tensors: backprop-based guesses may save them
+            loss = LatentFrameInterpolationLoss(key_latents.float().clone(), **selection)
+    else:
+        with torch.inference_mode(False):
+            # the video comes from the sampler's own decode (fixed convention); early Tweedie estimates of
+            # unclamped decoders (the embedded codec) overshoot [0, 1] by far more than the default allows
+            loss = FrameInterpolationLoss(keyframes.float().clone(), range_tolerance=DECODED_RANGE_TOLERANCE,
+                                          **selection)
+    name = f"frame interpolation ({space}, {keyframes.shape[0]} keyframe(s) at {where})"
+    return loss, name

@@ -60,7 +60,7 @@ from .base import (
     load_weights_file,
     subset_frame_indices,
 )
-from .constants import constant
+from .function_transforms import constant
 from .preprocess import (
     IMAGEBIND_AUDIO_CLIPS_PER_VIDEO,
     IMAGEBIND_IMAGE_SIZE,
@@ -268,6 +268,7 @@ class ImageBindAudioLoss(VideoObjective):
     """
 
     needs = frozenset({"audio", "fps"})
+    accepts_frame_subsets = True
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import IMAGE_RANGE_TOLERANCE, check_finite
-from .constants import constant
+from .function_transforms import constant
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -437,6 +437,7 @@ class StyleLoss(VideoObjective):
     """
 
     has_frame_losses = True
+    accepts_frame_subsets = True
 
     def __init__(
         self,

@@ -40,7 +40,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .constants import constant, outside_function_transforms
+from .function_transforms import constant, outside_function_transforms
 
 DOVER_MEAN_255 = (123.675, 116.28, 103.53)
 DOVER_STD_255 = (58.395, 57.12, 57.375)

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/demo.py --quick    # fewer videos and steps (~1 min)
     .venv/bin/python scripts/demo.py --write-workflow   # regenerate workflows/demo_embedded.json
 
-Starts ComfyUI with the pack (tests/comfy_host.py), queues the graph of workflows/demo_embedded.json in API
+Starts ComfyUI with the pack (testing/comfy_host.py), queues the graph of workflows/demo_embedded.json in API
 format (the same node table builds both, see DEMO_NODES), shows per-node and per-step progress from the
 websocket, and writes to outputs/demo/: unguided.webp and guided.webp (same seed, all videos one after the
 other), loss_plot.png, guidance_report.txt. It then measures the change in the objective with the
@@ -27,7 +27,6 @@ import uuid
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 sys.path.insert(0, str(REPO_ROOT))
 
 WORKFLOW_PATH = REPO_ROOT / "workflows" / "demo_embedded.json"
@@ -361,7 +360,7 @@ def summarise(unguided: dict, guided: dict) -> list:
 
 def run_demo(options) -> int:
     """Start the host, run the graph, collect outputs, score them; returns the exit code."""
-    from comfy_host import PACK_LINK_DIR, PACK_NAME, ComfyHost
+    from testing.comfy_host import PACK_LINK_DIR, PACK_NAME, ComfyHost
 
     settings = QUICK if options.quick else FULL
     prompt = api_prompt(videos=settings["videos"], steps=settings["steps"], seed=options.seed)

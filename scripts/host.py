@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests"))
+sys.path.insert(0, str(REPO_ROOT))
 
-from comfy_host import ComfyHost, ComfyHostError, default_custom_node_dirs  # noqa: E402
+from testing.comfy_host import ComfyHost, ComfyHostError, default_custom_node_dirs  # noqa: E402
 
 DEFAULT_WORKDIR = REPO_ROOT / ".host" / "run"
 STATE_FILE_NAME = "host.json"

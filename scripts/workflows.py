@@ -4,11 +4,11 @@
     .venv/bin/python scripts/workflows.py            # start a ComfyUI host, write every workflows/*.json
     .venv/bin/python scripts/workflows.py --check    # exit 1 if a committed file differs from the tables
 
-Widget order comes from the live /object_info of a test host (tests/comfy_host.py, with AnimateDiff-Evolved and
+Widget order comes from the live /object_info of a test host (testing/comfy_host.py, with AnimateDiff-Evolved and
 the CogVideoXWrapper loaded), so it follows the nodes' declarations exactly: the widget inputs in input order
 (required, then optional), a "fixed" control_after_generate value after every seed widget that has one, linked
-inputs never as widgets. Unset widgets take the node's default. tests/test_workflows.py validates the files and
-tests/test_browser.py opens them in the real frontend (layout included: above a node's pos sit its 30 px title bar
+inputs never as widgets. Unset widgets take the node's default. tests/host/test_workflows.py validates the files and
+tests/browser/test_browser.py opens them in the real frontend (layout included: above a node's pos sit its 30 px title bar
 and, for custom-node packs, a 20 px source badge, so stacked nodes are 60 px apart and a group's first row starts at
 y = 100, below the group's title).
 """
@@ -493,8 +493,8 @@ def dump(workflow: dict) -> str:
 
 def live_object_info() -> dict:
     """/object_info of a throw-away test host with this pack and the vendored packs."""
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from comfy_host import ComfyHost
+    sys.path.insert(0, str(REPO_ROOT))
+    from testing.comfy_host import ComfyHost
 
     with tempfile.TemporaryDirectory(prefix="titan_workflows_") as workdir:
         with ComfyHost(workdir) as host:

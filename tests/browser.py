@@ -1,4 +1,4 @@
-"""Drive the real ComfyUI frontend in headless Chromium through playwright (used by tests/test_browser.py).
+"""Drive the real ComfyUI frontend in headless Chromium through playwright (used by tests/browser/test_browser.py).
 
 The browser is the system's Chromium (Debian's `chromium`, which scripts/setup.sh installs) or $TITAN_CHROMIUM;
 playwright's own browser download (`playwright install`) is never used. The page is the frontend the host serves
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from comfy_host import REPO_ROOT
+from testing.comfy_host import REPO_ROOT
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 VIEWPORT = {"width": 1600, "height": 1000}

@@ -1,22 +1,25 @@
 """Shared pytest fixtures: a real ComfyUI host with this pack loaded, and tiny checkpoints.
 
 ``comfy_host`` (session scope) starts one ComfyUI server for the whole test
-session (see tests/comfy_host.py). Its models folder is ``comfy_host.models_dir``
+session (see testing/comfy_host.py). Its models folder is ``comfy_host.models_dir``
 (checkpoints/, vae/, clip/, loras/, animatediff_models/, CogVideo/,
 titan_guide/, dover/, imagebind/, ...); tests may add files there before
 queueing a prompt that uses them. ``comfy_host.models_dir / "checkpoints" /
 TINY_SD15_FILENAME`` is a tiny random SD1.5 checkpoint.
 
 When a test that uses ``comfy_host`` fails, the tail of the server log is added
-to the failure report.
+to the failure report. Every test gets the marker of its folder: unit, host or
+browser (registered in pyproject.toml).
 """
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
 
-from comfy_host import HOST_DIR, ComfyHost, default_python, find_comfyui_dir
+from testing.comfy_host import HOST_DIR, ComfyHost, default_python, find_comfyui_dir
 from tiny_checkpoints import TINY_SD15_FILENAME, build_tiny_sd15_checkpoint
 
 # Rebuilt only when the seed, the file format or the ComfyUI version changes
@@ -49,11 +52,7 @@ def comfy_host(tmp_path_factory, comfyui_dir, tiny_sd15_checkpoint):
         os.symlink(tiny_sd15_checkpoint, link)
     except OSError:
         shutil.copyfile(tiny_sd15_checkpoint, link)
-    try:
-        host.start()
-    except Exception:
-        print(f"\n----- ComfyUI server log ({host.log_path}) -----\n{host.log_text()}")
-        raise
+    host.start_or_print_log()
     yield host
     host.stop()
 
@@ -67,3 +66,24 @@ def pytest_runtest_makereport(item, call):
         host = getattr(item, "funcargs", {}).get("comfy_host")
         if isinstance(host, ComfyHost):
             report.sections.append((f"ComfyUI server log tail ({host.log_path})", host.log_tail(150)))
+
+
+TEST_KINDS = ("unit", "host", "browser")
+
+
+@pytest.fixture
+def one_thread():
+    """Run on one CPU thread: tiny tensors gain nothing from threads, and the test machine's cores are shared
+    (with the ComfyUI server, too)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def pytest_collection_modifyitems(items):
+    """Mark each test with its folder's kind, so `-m unit` selects the tests that need no ComfyUI host."""
+    for item in items:
+        kind = Path(str(item.fspath)).parent.name
+        if kind in TEST_KINDS:
+            item.add_marker(kind)

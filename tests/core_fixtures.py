@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from guidance_core import Layout
 
@@ -77,3 +78,22 @@ def video_problem(samples: int = 1, frames: int = 4, chunk: int | None = 2):
     sigmas = DiscreteSchedule(ac).spaced_sigmas(6)
     x = torch.randn(samples * frames, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     return denoise, loss, layout, sigmas, x * sigmas[1]
+
+
+def recorded_call(fn, *args, **kwargs):
+    """(fn(*args, **kwargs), the torch functions it called)."""
+    with TorchCallRecorder() as recorder:
+        result = fn(*args, **kwargs)
+    return result, recorder.calls
+
+
+class TorchCallRecorder(TorchFunctionMode):
+    """Records the name of every torch function called inside it (`calls`), to compare two code paths."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))

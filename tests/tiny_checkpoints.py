@@ -200,20 +200,25 @@ def _build_in_this_process(out_path: Path, seed: int, comfy_dir) -> None:
     os.replace(tmp_path, out_path)
 
 
-def main(argv=None) -> int:
-    """Command-line entry: build one tiny SD1.5 checkpoint."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def builder_options(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """The options of a checkpoint-builder script (--comfy-dir, --out, --seed and the parser's own), with ComfyUI's
+    folder checked and put first on sys.path, and tests/ (which must not shadow ComfyUI's modules) taken off it."""
     parser.add_argument("--comfy-dir", required=True, help="ComfyUI folder (holds main.py and comfy/)")
     parser.add_argument("--out", required=True, help="output .safetensors path")
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args(argv)
-    comfy_dir = os.path.abspath(options.comfy_dir)
-    if not os.path.isdir(os.path.join(comfy_dir, "comfy")):
-        parser.error(f"{comfy_dir} has no comfy/ folder; pass the ComfyUI folder (run scripts/setup.sh)")
-    # The script's own folder (tests/) must not shadow ComfyUI's top-level modules.
+    options.comfy_dir = os.path.abspath(options.comfy_dir)
+    if not os.path.isdir(os.path.join(options.comfy_dir, "comfy")):
+        parser.error(f"{options.comfy_dir} has no comfy/ folder; pass the ComfyUI folder (run scripts/setup.sh)")
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-    sys.path.insert(0, comfy_dir)
-    _build_in_this_process(Path(options.out), options.seed, comfy_dir)
+    sys.path.insert(0, options.comfy_dir)
+    return options
+
+
+def main(argv=None) -> int:
+    """Command-line entry: build one tiny SD1.5 checkpoint."""
+    options = builder_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]), argv)
+    _build_in_this_process(Path(options.out), options.seed, options.comfy_dir)
     return 0
 
 

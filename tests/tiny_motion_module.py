@@ -250,19 +250,9 @@ def _build_checkpoint_in_this_process(base: Path, out_path: Path, seed: int, com
 def main(argv=None) -> int:
     """Command-line entry: build the ADE-compatible tiny SD1.5 checkpoint."""
     parser = argparse.ArgumentParser(description="Build the ADE-compatible tiny SD1.5 checkpoint.")
-    parser.add_argument("--comfy-dir", required=True, help="ComfyUI folder (holds main.py and comfy/)")
     parser.add_argument("--base", required=True, help="tiny SD1.5 checkpoint whose CLIP and VAE are reused")
-    parser.add_argument("--out", required=True, help="output .safetensors path")
-    parser.add_argument("--seed", type=int, default=0)
-    options = parser.parse_args(argv)
-    comfy_dir = os.path.abspath(options.comfy_dir)
-    if not os.path.isdir(os.path.join(comfy_dir, "comfy")):
-        parser.error(f"{comfy_dir} has no comfy/ folder; pass the ComfyUI folder (run scripts/setup.sh)")
-    # tests/ must not shadow ComfyUI's top-level modules (tiny_checkpoints is already imported).
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
-    sys.path.insert(0, comfy_dir)
-    _build_checkpoint_in_this_process(Path(options.base), Path(options.out), options.seed, comfy_dir)
+    options = tiny_checkpoints.builder_options(parser, argv)  # tiny_checkpoints is imported before tests/ leaves
+    _build_checkpoint_in_this_process(Path(options.base), Path(options.out), options.seed, options.comfy_dir)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Tiny random guidance networks saved in their official file formats, for host tests of the objective nodes.
 
-The sizes come from the objectives' own tests (tests/test_objective_*.py), so the nodes load exactly the
+The sizes come from the objectives' own tests (tests/unit/test_objective_*.py), so the nodes load exactly the
 layouts those tests check: DOVER (plain torch state dict, like DOVER.pth), ImageBind (plain torch state dict,
 like imagebind_huge.pth), CLIP vision (Hugging Face safetensors, like ComfyUI's clip_vision files) and open_clip
 (safetensors checkpoint plus its model config as <name>.json next to it).
@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from objectives.dover import FULL_CONFIG, DoverModel
 from objectives._swin3d import relative_position_index
 from test_objective_dover import TINY_MODEL as TINY_DOVER_CONFIG
+from test_objective_dover import tiny_model as tiny_dover_model
 from test_objective_imagebind import TINY as TINY_IMAGEBIND_CONFIG
 from test_objective_style import tiny_hf_vision_model
 
@@ -29,15 +30,7 @@ TINY_OPEN_CLIP_CONFIG = {
 
 def tiny_dover(seed: int = 0) -> DoverModel:
     """Tiny float32 DOVER (the objective tests' sizes) with perturbed weights and unsaturated fused score."""
-    torch.manual_seed(seed)
-    model = DoverModel(**TINY_DOVER_CONFIG)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.1 * torch.randn_like(param))
-        # Move the raw branch scores near the fusion's centres so the sigmoid is not saturated.
-        model.technical_head.fc_last.bias.add_(0.8)
-        model.aesthetic_head.fc_last.bias.add_(0.35)
-    return model.eval()
+    return tiny_dover_model(seed, torch.float32)
 
 
 def write_tiny_dover(path: Path, seed: int = 0) -> DoverModel:

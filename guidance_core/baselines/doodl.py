@@ -31,7 +31,9 @@ import torch
 from torch import Tensor
 
 from ..sampling import SamplingContext
-from .tfg import randn_like_latent, sample_losses
+from ..denoiser import to_d
+from ..steps import noise_like
+from .common import sample_losses
 
 
 @dataclass
@@ -62,7 +64,7 @@ class DOODL:
     @staticmethod
     def _eps(v: Tensor, sigma: Tensor, ctx: SamplingContext) -> tuple[Tensor, Tensor]:
         denoised = ctx.denoise(v, sigma)
-        return (v - denoised) / sigma, denoised
+        return to_d(v, sigma, denoised), denoised
 
     def edict_step(self, x: Tensor, y: Tensor, i: int, ctx: SamplingContext,
                    report_progress: bool = False) -> tuple[Tensor, Tensor]:
@@ -162,7 +164,7 @@ class DOODL:
             velocity = step if velocity is None else self.momentum * velocity + step
             z = z + velocity
             if self.perturbation:
-                z = z + self.perturbation * randn_like_latent(z, ctx.generator)
+                z = z + self.perturbation * noise_like(z, ctx.generator)
             if self.renormalize:
                 z = z * layout.per_sample(initial_norm / layout.flat(z).norm(dim=1).clamp_min(1e-30), z)
         return z / scale, reports

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..sampling import SamplingContext
+from ..steps import with_checkpointing
 from ..update import guided_steps
-from .tfg import (TFG_SCHEDULES, check_schedule, check_update, finite_or_warn, grad_of, gradient_step, new_report,
-                  observe, record, renoise, sample_losses, tfg_schedule)
+from .common import (TFG_SCHEDULES, check_schedule, check_update, finite_or_warn, grad_of, gradient_step,
+                     new_report, observe, record, renoise, sample_losses, tfg_schedule)
 
 FREEDOM_SCHEDULES = ("sqrt_alpha",) + TFG_SCHEDULES
 
@@ -68,12 +69,9 @@ class FreeDoM:
     def gradient(self, x: Tensor, i: int, ctx: SamplingContext) -> tuple[Tensor, Tensor, Tensor]:
         """(per-sample loss at the Tweedie estimate, grad_x of the summed loss through the denoiser, x0)."""
         sigma = ctx.sigmas[i]
-        if self.checkpointed:
-            from torch.utils.checkpoint import checkpoint
-            through = lambda t: checkpoint(ctx.denoise, t, sigma.clone(), use_reentrant=False)  # noqa: E731
-        else:
-            # clone: hosts build sigmas in inference mode, and those cannot be saved for backward
-            through = lambda t: ctx.denoise(t, sigma.clone())  # noqa: E731
+        denoise = with_checkpointing(ctx.denoise) if self.checkpointed else ctx.denoise
+        # clone: hosts build sigmas in inference mode, and those cannot be saved for backward
+        through = lambda t: denoise(t, sigma.clone())  # noqa: E731
         return grad_of(lambda x0: sample_losses(ctx, x0), x, through)
 
     def guide(self, x: Tensor, i: int, ctx: SamplingContext) -> tuple[Tensor, dict | None]:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..sampling import SamplingContext
 from ..update import guided_steps
-from .tfg import check_update, finite_or_warn, grad_of, gradient_step, new_report, observe, record, sample_losses
+from .common import check_update, finite_or_warn, grad_of, gradient_step, new_report, observe, record, sample_losses
 
 MPGD_SCHEDULES = ("constant", "inverse_sqrt_alpha")
 

@@ -1,0 +1,198 @@
+"""Attention (and the few other ops) that forward-mode AD can pass through.
+
+PyTorch's fused SDPA kernels (flash, memory-efficient, cuDNN, CPU flash) have no forward derivative and raise
+under a JVP, so every JVP runs inside `forward_ad_attention()`, which selects the MATH backend and lets hosts
+(ComfyUI, AnimateDiff-Evolved) install their own forward-AD-capable attention for the same scope.
+group_norm's forward-AD rule views its tangent, which fails when the tangent is strided while the primal is
+contiguous (after attention's transposes), so inside the scope group_norm gets a contiguous copy; and
+layer_norm's forward-AD rule returns a float32 tangent for fp16/bf16 inputs on CUDA, so half-precision
+layer norms run in float32 there and are cast back.
+
+Inside the scope `torch.nn.functional.scaled_dot_product_attention` is `forward_ad_sdpa`, which picks a path per
+call by shape: a fused primal+tangent flash kernel (the `jvp-flash-attention` Triton kernel: no score matrix
+in memory) for long self-attention on CUDA, and MATH chunked over queries elsewhere (CPU, short sequences,
+cross-attention, masks), so the score matrix of one chunk, not of the whole call, bounds memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import dataclasses
+from collections import Counter
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .rules import contiguous_group_norm, float32_layer_norm, lean_linear_layers, replaced_functions
+
+_host_contexts: list[Callable[[], ContextManager]] = []
+# the builtin, whatever F.scaled_dot_product_attention is bound to while a scope is active
+_builtin_sdpa = torch._C._nn.scaled_dot_product_attention
+
+FUSED_HEAD_DIMS = (16, 32, 64, 128, 256)  # what the Triton kernel compiles for; others are zero-padded up
+
+
+@dataclass(frozen=True)
+class ForwardADAttentionSettings:
+    """Forward-AD scope settings: fused kernel on/off, the shortest sequence worth it, MATH chunk budget, and
+    the lean conv/linear forward rules on/off (the switches exist so benchmarks can show each one's effect)."""
+
+    fused: bool = True
+    fused_min_tokens: int = 256
+    max_score_bytes: int = 1 << 30
+    lean_linear: bool = True  # rules.lean_linear_layers inside the scope
+
+
+# The settings in force: the defaults, or a settings_override() scope's (per thread / task, restored on exit).
+_settings: ContextVar[ForwardADAttentionSettings] = ContextVar("forward_ad_settings",
+                                                               default=ForwardADAttentionSettings())
+route_counts: Counter = Counter()  # calls per path, for benchmarks and tests; `.clear()` resets it
+
+
+def current_settings() -> ForwardADAttentionSettings:
+    """The forward-AD settings in force here."""
+    return _settings.get()
+
+
+@contextlib.contextmanager
+def settings_override(**changes) -> Iterator[ForwardADAttentionSettings]:
+    """Scope in which the forward-AD settings differ by `changes` (e.g. fused=False); nothing outlives it."""
+    token = _settings.set(dataclasses.replace(_settings.get(), **changes))
+    try:
+        yield _settings.get()
+    finally:
+        _settings.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def fused_kernel():
+    """The `jvp-flash-attention` kernel class, or None where it cannot run (no package, no Triton, no CUDA)."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from jvp_flash_attention.jvp_attention import JVPAttn
+    except ImportError:
+        return None
+    return JVPAttn
+
+
+def register_attention_context(factory: Callable[[], ContextManager]) -> Callable[[], None]:
+    """Add a context manager factory entered inside every `forward_ad_attention()`; returns an unregister."""
+    _host_contexts.append(factory)
+    return lambda: _host_contexts.remove(factory) if factory in _host_contexts else None
+
+
+def padded_head_dim(dim: int) -> int | None:
+    """The smallest head dim the fused kernel compiles for that holds `dim` (None if none does)."""
+    return next((d for d in FUSED_HEAD_DIMS if d >= dim), None)
+
+
+def attention_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None, dropout_p: float = 0.0,
+                    is_causal: bool = False, enable_gqa: bool = False, kernel_available: bool | None = None) -> str:
+    """"fused" where the flash JVP kernel applies and pays (long self-attention on CUDA), else "math"."""
+    available = fused_kernel() is not None if kernel_available is None else kernel_available
+    settings = current_settings()
+    tokens = q.shape[-2]
+    if not (settings.fused and available and q.is_cuda and q.dim() == 4):
+        return "math"
+    if attn_mask is not None or dropout_p or is_causal or enable_gqa:
+        return "math"
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or not (q.dtype == k.dtype == v.dtype):
+        return "math"
+    if k.shape != q.shape or v.shape != q.shape:  # cross-attention, or other value width: the kernel needs equal
+        return "math"
+    if tokens < max(settings.fused_min_tokens, 32) or tokens % 2 or padded_head_dim(q.shape[-1]) is None:
+        return "math"
+    return "fused"
+
+
+def _pad_head(t: torch.Tensor, dim: int) -> torch.Tensor:
+    return t if t.shape[-1] == dim else F.pad(t, (0, dim - t.shape[-1]))
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T scale) v and its tangent in one flash kernel; head dims zero-padded (scores unchanged)."""
+    kernel = fused_kernel()
+    if kernel is None:
+        raise RuntimeError("the fused forward-mode attention needs CUDA and `pip install jvp-flash-attention`")
+    dim = q.shape[-1]
+    scale = dim ** -0.5 if scale is None else scale
+    padded = padded_head_dim(dim)
+    primals, tangents = zip(*(fwAD.unpack_dual(t) for t in (q, k, v)))
+    if all(t is None for t in tangents):  # no forward-mode pass through this call
+        return _builtin_sdpa(q, k, v, scale=scale)
+    # the kernel computes all three tangents together: a constant input gets a zero tangent
+    q, k, v = (fwAD.make_dual(p, torch.zeros_like(p)) if t is None else d
+               for d, p, t in zip((q, k, v), primals, tangents))
+    out = kernel.fwd_dual(*(_pad_head(t, padded) for t in (q, k, v)), sm_scale=scale)
+    return out[..., :dim]
+
+
+def chunked_math_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
+                      max_score_bytes: int | None = None):
+    """MATH SDPA over query chunks whose score matrix fits `max_score_bytes` (same result, bounded memory).
+
+    MATH is selected here, not only by the scope, so a host's backend-priority context around the call
+    cannot bring back a kernel without a forward derivative.
+    """
+    with sdpa_kernel([SDPBackend.MATH]):
+        return _chunked_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, max_score_bytes)
+
+
+def _chunked_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, max_score_bytes):
+    budget = current_settings().max_score_bytes if max_score_bytes is None else max_score_bytes
+    queries = q.shape[-2]
+    rows = math.prod(q.shape[:-2]) if q.dim() > 2 else 1
+    per_query = rows * k.shape[-2] * q.element_size() * 2  # scores and their tangent
+    chunk = max(1, budget // max(per_query, 1))
+    kwargs = dict(dropout_p=dropout_p, scale=scale, enable_gqa=enable_gqa)
+    if chunk >= queries or is_causal:  # causal masks depend on absolute query positions: one call
+        return _builtin_sdpa(q, k, v, attn_mask, is_causal=is_causal, **kwargs)
+    outs = []
+    for start in range(0, queries, chunk):
+        mask = attn_mask
+        if mask is not None and mask.dim() >= 2 and mask.shape[-2] == queries:
+            mask = mask[..., start:start + chunk, :]
+        outs.append(_builtin_sdpa(q[..., start:start + chunk, :], k, v, mask, **kwargs))
+    return torch.cat(outs, dim=-2)
+
+
+def forward_ad_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                    enable_gqa=False):
+    """`F.scaled_dot_product_attention` with a forward derivative: fused flash JVP or chunked MATH, by shape."""
+    route = attention_route(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    route_counts[route] += 1
+    if route == "fused":
+        return fused_attention(query, key, value, scale)
+    return chunked_math_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+@contextlib.contextmanager
+def forward_ad_attention() -> Iterator[None]:
+    """Scope in which attention has a forward derivative (routed SDPA, MATH backend, host overrides)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        stack.enter_context(replaced_functions({"scaled_dot_product_attention": forward_ad_sdpa}))
+        if current_settings().lean_linear:
+            stack.enter_context(lean_linear_layers())
+        stack.enter_context(contiguous_group_norm())
+        stack.enter_context(float32_layer_norm())
+        for factory in list(_host_contexts):
+            stack.enter_context(factory())
+        yield
+
+
+def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Single-head attention over the spatial positions of (B, C, *spatial) maps (a VAE's attention block), through
+    `F.scaled_dot_product_attention`, which is `forward_ad_sdpa` inside a forward-mode pass."""
+    shape = q.shape
+    b, c = shape[0], shape[1]
+    q, k, v = (t.reshape(b, 1, c, -1).transpose(2, 3) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(2, 3).reshape(shape)

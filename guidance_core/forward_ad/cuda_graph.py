@@ -1,0 +1,90 @@
+"""Replaying a captured forward-mode pass: a CUDA graph per look-ahead shape removes the CPU dispatch bound.
+
+A JVP through a video UNet launches about ten thousand small kernels, and in eager mode the CPU issues them
+more slowly than the GPU runs them. A CUDA graph records the launches of one JVP and replays them as one
+call. What changes from step to step (latent, tangent, look-ahead sigmas) lives in static buffers copied in
+before each replay; everything else the traverse reads (weights, conditioning) must stay in place, and the
+traverse must not synchronise with the CPU (guidance_core's unroll, denoisers, decode and attention don't).
+
+A shape is captured the second time it is seen: the first call runs eagerly on the capture stream (lazy
+initialisation, kernel autotuning, objectives filling their constant caches), so a key seen once (the last
+step's shorter look-ahead) costs nothing extra. One graph is kept at a time: its memory pool holds one JVP's
+peak. If capture fails (something in the traverse reads a value back or copies from host memory), the
+reason is kept in `failure`, a warning says so, and every later call runs eagerly.
+"""
+from __future__ import annotations
+
+import traceback
+import warnings
+
+import torch
+from torch import Tensor
+
+from .. import forward_gradient  # a module: forward_gradient imports this package while it loads
+
+
+class GraphedJvp:
+    """`(f(x), <grad f(x), v>)` for a traverse `f` with `.sigmas`, `.with_sigmas()` and `.graph_key()`."""
+
+    def __init__(self):
+        self.key = None
+        self.pending = None
+        self.graph = None
+        self.stream = None
+        self.static: dict[str, Tensor] = {}
+        self.captures = self.replays = self.eager_calls = 0
+        self.failure: str | None = None
+
+    def __call__(self, f, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if not x.is_cuda:
+            raise ValueError("CUDA graphs need the latent on a CUDA device; turn cuda_graph off on the CPU")
+        key = (f.graph_key(), tuple(x.shape), x.dtype, x.device, v.dtype, tuple(f.sigmas.shape))
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device=x.device)
+        if key == self.key:
+            return self._replay(f, x, v)
+        if self.failure is not None or key != self.pending:
+            self.pending = key
+            return self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v))
+        try:
+            self._capture(f, x, v, key)
+        except Exception as error:  # the traverse is not capturable: run eagerly from now on, and say so
+            self.graph, self.static, self.key = None, {}, None
+            where = next((f"{frame.filename}:{frame.lineno}" for frame in reversed(traceback.extract_tb(error.__traceback__))
+                          if "/torch/" not in frame.filename), "?")
+            self.failure = f"{type(error).__name__} at {where}: {str(error).splitlines()[0] if str(error) else ''}"
+            warnings.warn(f"CUDA graph capture of the guidance JVP failed ({self.failure}); running it eagerly")
+            torch.cuda.synchronize(x.device)
+            return self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v))
+        return self._replay(f, x, v)
+
+    def _on_stream(self, run):
+        self.eager_calls += 1
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            loss, h = run()
+            loss, h = loss.detach().clone(), h.detach().clone()
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return loss, h
+
+    def _capture(self, f, x: Tensor, v: Tensor, key) -> None:
+        self.graph, self.static, self.key = None, {}, None  # free the previous pool first
+        torch.cuda.synchronize(x.device)
+        torch.cuda.empty_cache()
+        static = {"x": x.detach().clone(), "v": v.detach().clone(), "sigmas": f.sigmas.detach().clone()}
+        traverse = f.with_sigmas(static["sigmas"])
+        graph = torch.cuda.CUDAGraph()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.graph(graph, stream=self.stream):
+            static["loss"], static["h"] = forward_gradient.directional_derivative(traverse, static["x"], static["v"])
+        torch.cuda.current_stream().wait_stream(self.stream)
+        self.graph, self.static, self.key, self.pending = graph, static, key, None
+        self.captures += 1
+
+    def _replay(self, f, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.static["x"].copy_(x)
+        self.static["v"].copy_(v)
+        self.static["sigmas"].copy_(f.sigmas)
+        self.graph.replay()
+        self.replays += 1
+        return self.static["loss"].clone(), self.static["h"].clone()

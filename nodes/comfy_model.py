@@ -1,0 +1,148 @@
+"""ComfyUI's side of a guided run: the denoiser (ComfyUI's sampler model), the differentiable VAE decode, the
+model sampling's input scaling, and what ComfyUI's model management holds for the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Sequence
+
+import torch
+
+import comfy.model_management as model_management
+import comfy.model_sampling
+import comfy.samplers
+import comfy.sd
+from comfy.ldm.modules.attention import attention_pytorch
+from comfy.ldm.modules.diffusionmodules.model import AttnBlock
+
+from ..guidance_core.forward_ad import attributes_replaced, spatial_attention
+from ..guidance_core.inference_tensors import InferenceTensorClones
+from ..objectives.base import forward_ad_safe_attention
+
+
+def _forward_ad_attention_override(func, *args, **kwargs):
+    """`optimized_attention_override` inside forward-mode passes: attention_pytorch, whose SDPA is guidance_core's
+    forward-AD router there. Fused kernels (xformers, sage, flash-attn) have no forward derivative; the split and
+    sub-quadratic variants size chunks for a plain forward, and a forward-mode pass needs about twice that."""
+    return attention_pytorch(*args, **kwargs)
+
+
+def vae_forward_ad_attention(vae_model: torch.nn.Module):
+    """Scope in which the VAE's attention blocks (AttnBlock) use explicit SDPA attention (restored afterwards)."""
+    blocks = [m for m in vae_model.modules() if isinstance(m, AttnBlock) and "optimized_attention" in m.__dict__]
+    return attributes_replaced(blocks, "optimized_attention", spatial_attention)
+
+
+class ComfyDenoiser:
+    """`denoise(x, sigma) -> x0` through ComfyUI's sampler model (CFG, patches, wrappers, inpainting mask), with an
+    interrupt check before every call. Inside `forward_ad_scope()` (every JVP) the model options route attention
+    to `attention_pytorch` (guidance_core's forward-AD SDPA); plain steps keep the user's attention."""
+
+    def __init__(self, model: Callable, extra_args: dict, clones: InferenceTensorClones):
+        self.model, self.extra_args, self.clones = model, extra_args, clones
+        self.forward_ad_depth = 0
+        self.calls = 0
+
+    def _guided_extra_args(self) -> dict:
+        extra_args = dict(self.extra_args)
+        model_options = dict(extra_args.get("model_options", {}))
+        transformer_options = dict(model_options.get("transformer_options", {}))
+        transformer_options["optimized_attention_override"] = _forward_ad_attention_override
+        model_options["transformer_options"] = transformer_options
+        extra_args["model_options"] = model_options
+        return extra_args
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        model_management.throw_exception_if_processing_interrupted()
+        self.calls += 1
+        extra_args = self._guided_extra_args() if self.forward_ad_depth else self.extra_args
+        with self.clones.scope():
+            return self.model(x, sigma * x.new_ones([x.shape[0]]), **extra_args)
+
+    @contextlib.contextmanager
+    def forward_ad_scope(self):
+        """Scope of one forward-mode pass: attention override on (ComfyUI's backend-priority context around SDPA
+        needs no undoing: the router selects MATH itself)."""
+        self.forward_ad_depth += 1
+        try:
+            with forward_ad_safe_attention():
+                yield
+        finally:
+            self.forward_ad_depth -= 1
+
+
+def vae_decoder(vae, base_model, clones: InferenceTensorClones) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Differentiable decode of sampler-space latents (N, C, h, w) to pixels (N, 3, H, W) in [0, 1]: the steps of
+    comfy.sd.VAE.decode (latent out-scaling, VAE dtype / device, `process_output`) minus its no-grad fallbacks."""
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        model_management.throw_exception_if_processing_interrupted()
+        with clones.scope():
+            latent = base_model.process_latent_out(z)
+            pixels = vae.first_stage_model.decode(latent.to(vae.vae_dtype).to(vae.device))
+            return vae.process_output(pixels.float())
+    return decode
+
+
+ModelSampling = comfy.model_sampling.EPS | comfy.model_sampling.CONST  # a model's model_sampling object
+
+
+def latent_scale_of(model_sampling: ModelSampling) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Update normalisation c(sigma) = the model's own input scaling: 1/sqrt(1+sigma^2) (EPS / V), 1 (flow)."""
+    def scale(sigma: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma)
+        ones = torch.ones((1, 1), dtype=sigma.dtype, device=sigma.device)
+        return model_sampling.calculate_input(sigma.reshape(1), ones).reshape(())
+    return scale
+
+
+def is_flow(model_sampling: ModelSampling) -> bool:
+    """True for rectified-flow models (CONST model sampling)."""
+    return isinstance(model_sampling, comfy.model_sampling.CONST)
+
+
+def managed_entry(patcher):
+    """ComfyUI's LoadedModel entry holding `patcher` (or a clone of it), or None when it is not loaded."""
+    for entry in model_management.current_loaded_models:
+        loaded = entry.model
+        if loaded is not None and (loaded is patcher or patcher.is_clone(loaded)):
+            return entry
+    return None
+
+
+def describe_loaded_models(models: Sequence[tuple[str, Any]], loaded_late: Sequence = ()) -> list[str]:
+    """One line per (role, ModelPatcher): what ComfyUI's model management holds of it now, and where;
+    `loaded_late`: those loaded only when guidance started (ComfyUI did not plan memory for them together)."""
+    lines = []
+    for role, patcher in models:
+        entry = managed_entry(patcher)
+        size = patcher.model_size() / 2**20
+        kind = type(patcher.model).__name__
+        if entry is None:
+            lines.append(f"{role} ({kind}, {size:.1f} MiB): not loaded")
+            continue
+        late = any(patcher is other for other in loaded_late)
+        lines.append(f"{role} ({kind}): {entry.model_loaded_memory() / 2**20:.1f} of {size:.1f} MiB on "
+                     f"{entry.device}" + (", loaded separately when guidance started" if late else ""))
+    return lines
+
+
+def load_run_models(guider: comfy.samplers.CFGGuider, guidance: list[tuple[str, Any]], vae: comfy.sd.VAE,
+                    decode_memory: int) -> tuple[list[tuple[str, Any]], list]:
+    """Load the VAE and the objectives' networks where they are not (TitanGuideSamplerSelect's GUIDER comes from
+    elsewhere; or they were offloaded since) in one `load_models_gpu` call, then free memory for the guidance
+    activations from idle models only. Returns (role, patcher) of every model of the run, and those loaded here."""
+    sampling = [("diffusion model", guider.model_patcher)] if getattr(guider, "model_patcher", None) else []
+    for extra in getattr(guider, "loaded_models", None) or ():  # controlnets etc. (and ours, listed once)
+        if hasattr(extra, "model_size") and not any(extra is p or extra.is_clone(p) for _, p in guidance):
+            sampling.append(("additional model", extra))
+    missing = [patcher for _, patcher in guidance if managed_entry(patcher) is None]
+    if missing:
+        model_management.load_models_gpu(missing, memory_required=decode_memory)
+    device = torch.device(vae.patcher.load_device)
+    if device.type != "cpu":
+        keep = [entry for entry in (managed_entry(p) for _, p in sampling + guidance) if entry is not None]
+        needed = max(model_management.minimum_inference_memory(),
+                     decode_memory + model_management.extra_reserved_memory())  # as load_models_gpu reserves
+        model_management.free_memory(needed, device, keep_loaded=keep)
+    return sampling + guidance, missing

@@ -1,0 +1,189 @@
+"""The one run harness of every sampler node (TitanGuideSampler, TitanGuideSamplerSelect, the CogVideoX sampler):
+validation, the guidance session (ExitStack, out-of-memory message, RunRecord, per-step callback), and
+`GuidedSampler`, the KSAMPLER function that runs `guidance_core.sample` inside ComfyUI's own sampling path
+(CFGGuider -> KSAMPLER), so model patches, LoRAs, hooks and wrappers apply to every model call."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+
+import comfy.model_management as model_management
+import comfy.samplers
+import comfy.sd
+from comfy_api.latest import io
+
+from .. import guidance_core as core
+from ..guidance_core.inference_tensors import InferenceTensorClones
+from ..guidance_core.report import RunRecord, format_report, peak_memory
+from ..guidance_core.run_config import (GuessSpec, GuidanceSettings, MethodSpec, check_method, check_run,
+                                        guidance_seed)
+from ..objectives.combination import ObjectiveSet
+from . import comfy_model
+from .sockets import LOG, guidance_inputs
+
+MEMORY_KNOBS = ("set 'decode chunk frames' to 1 or 2 (decodes fewer frames at once)",
+                "lower 'look-ahead steps' (fewer model calls inside each forward-mode pass; 0 = Tweedie estimate)",
+                "use the 'random' or 'score' gradient guess with k = 1 (sampled_gradient / mixed backpropagate "
+                "through the VAE decoder; k > 1 repeats the forward pass)",
+                "turn 'per-frame derivatives' off",
+                "for exact gradient / FreeDoM / TFG enable 'checkpoint' (or use titan, which keeps no activations)")
+
+
+MAX_SCHEDULE_STEPS = 10000  # the 'steps' widget's maximum; a denoise schedule may not be longer either
+
+
+def widget_value(widget: io.Input, value):
+    """`value` checked against its widget (messages name it as the UI shows it): a real boolean, a whole number, or
+    a finite number within min and max (NaN passes ComfyUI's own range check and would reach the latent)."""
+    label = f"'{widget.display_name or widget.id}'"
+    if isinstance(widget, io.Boolean.Input) and not isinstance(value, bool):
+        raise ValueError(f"{label} must be true or false, got {value!r}")
+    if not isinstance(widget, (io.Int.Input, io.Float.Input)):
+        return value
+    whole = isinstance(widget, io.Int.Input)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not float(value).is_integer()):
+        raise ValueError(f"{label} must be {'a whole number' if whole else 'a number'}, got {value!r}")
+    low, high = (-math.inf if widget.min is None else widget.min), (math.inf if widget.max is None else widget.max)
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{label} must be a finite number from {low:g} to {high:g}, got {value!r}")
+    return int(value) if whole else float(value)
+
+
+def validated_inputs(objective, guess, method, widgets: Mapping[str, Any], **replaced
+                     ) -> tuple[ObjectiveSet, GuessSpec, MethodSpec, GuidanceSettings]:
+    """The one validation layer of every sampler node: the TITAN_OBJECTIVE / TITAN_GUESS / TITAN_METHOD values
+    (defaults for unconnected ones) and the `guidance_inputs()` widgets as GuidanceSettings, checked against each
+    other. `replaced`: widget values a node decides itself (the CogVideoX scheduler's step and eta).
+    Checks that need the latent and the schedule follow in `run_config.check_run`."""
+    if not isinstance(objective, ObjectiveSet):
+        raise ValueError(f"'objective' must come from a TITAN-Guide objective node, got {type(objective).__name__}")
+    guess = GuessSpec() if guess is None else guess
+    method = MethodSpec() if method is None else method
+    if not isinstance(guess, GuessSpec) or not isinstance(method, MethodSpec):
+        raise ValueError("'guess' and 'method' must come from the TITAN Gradient Guess and TITAN Guidance Method nodes")
+    values = {**widgets, **replaced}
+    read = {widget.id: widget_value(widget, values[widget.id]) for widget in guidance_inputs()}
+    settings = GuidanceSettings(
+        sampler=read["sampler"], eta=read["eta"], strength=read["strength"], schedule=read["strength_schedule"],
+        lookahead=read["lookahead"], start=read["guidance_start"], end=read["guidance_end"],
+        iterations=read["iterations"], optimizer=read["optimizer"], max_grad_norm=read["max_grad_norm"],
+        per_frame=read["per_frame"], decode_chunk_frames=read["decode_chunk_frames"],
+        frames_per_video=read["frames_per_video"])
+    check_method(settings, objective, method)
+    return objective, guess, method, settings
+
+
+@contextlib.contextmanager
+def guidance_session(record: RunRecord, device: torch.device, clones: InferenceTensorClones,
+                     forward_ad_scope: Callable[[], contextlib.AbstractContextManager], what: str,
+                     progress: Callable[[dict], None] | None = None) -> Iterator[Callable[[dict], None]]:
+    """Around `guidance_core.sample`: inference mode off, `forward_ad_scope` in every forward-mode pass, inference-
+    tensor clones, warnings gathered; out of memory becomes a message naming the knobs; the record gets time, peak
+    memory and warnings. Yields the per-step callback: clones dropped, ComfyUI's interrupt, then `progress`."""
+    def step_callback(info: dict) -> None:
+        clones.clear()  # the step's backward passes are done
+        model_management.throw_exception_if_processing_interrupted()
+        if progress is not None:
+            progress(info)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    LOG.info("TITAN-Guide: guided sampling started (%s, %s)", record.method, what)
+    started = time.perf_counter()
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode(False))
+            stack.callback(core.register_attention_context(forward_ad_scope))
+            stack.enter_context(clones.scope())  # for the few operations outside the wrappers
+            caught = stack.enter_context(warnings.catch_warnings(record=True))
+            warnings.simplefilter("always")
+            try:
+                yield step_callback
+            finally:
+                record.warnings = [str(w.message) for w in caught]
+    except torch.OutOfMemoryError as error:
+        raise torch.OutOfMemoryError(f"out of memory during TITAN-Guide guidance ({record.method}, {what}): {error}. "
+                                     "To lower memory: " + "; ".join(MEMORY_KNOBS) + ".") from error
+    finally:
+        clones.clear()
+    record.seconds = time.perf_counter() - started
+    record.peak_memory_bytes, record.memory_source = peak_memory(device)
+    for message in record.warnings:
+        LOG.warning("TITAN-Guide: %s", message)
+    LOG.info("TITAN-Guide run finished:\n%s", format_report(record))
+
+
+class GuidedSampler:
+    """A guided sampling configuration; `ksampler()` gives the SAMPLER that runs it inside ComfyUI and `record`
+    holds the last run's RunRecord."""
+
+    def __init__(self, widgets: Mapping[str, Any], objective, vae: comfy.sd.VAE, guess=None, method=None,
+                 seed: int | None = None):
+        self.objective, self.guess, self.method, self.settings = validated_inputs(objective, guess, method, widgets)
+        if vae is None or getattr(vae, "first_stage_model", None) is None:
+            raise ValueError("the VAE input is missing or invalid (a checkpoint without a VAE?); connect a VAE")
+        self.vae, self.seed = vae, seed
+        self.record = RunRecord()
+
+    def ksampler(self) -> comfy.samplers.KSAMPLER:
+        """A KSAMPLER whose sampler function is this run."""
+        return comfy.samplers.KSAMPLER(self.sample)
+
+    def comfy_models(self) -> list[tuple[str, Any]]:
+        """(role, ModelPatcher) of the models guidance adds to sampling: the VAE and the objectives' networks
+        (TitanGuideSampler makes them additional models of the diffusion model, loaded and planned with it)."""
+        return [("VAE", self.vae.patcher)] + self.objective.comfy_patchers()
+
+    def validate(self, shape: Sequence[int], steps: int,
+                 model_sampling: comfy_model.ModelSampling | None = None) -> tuple[core.Layout, int]:
+        """Check everything that depends on the latent and the schedule; returns (layout, frames)."""
+        layout, frames = core.Layout.of_frame_batch(shape, self.settings.frames_per_video)
+        check_run(self.settings, self.objective, self.guess, self.method, steps, frames)
+        if model_sampling is not None and comfy_model.is_flow(model_sampling) and self.settings.eta:
+            raise ValueError("eta > 0 (stochastic steps) is not available for flow-matching models; set eta to 0")
+        return layout, frames
+
+    def sample(self, model, x: torch.Tensor, sigmas: torch.Tensor, extra_args=None, callback=None, disable=None):
+        """KSAMPLER sampler function: guided sampling of `x` (noise at sigmas[0]) down `sigmas`."""
+        extra_args = {} if extra_args is None else extra_args
+        guider = model.inner_model
+        base_model = guider.inner_model
+        steps = len(sigmas) - 1
+        layout, frames = self.validate(x.shape, steps, base_model.model_sampling)
+        seed = self.seed if self.seed is not None else int(extra_args.get("seed") or 0)
+        s = self.settings
+        record = self.record = RunRecord.of_run(self.objective, self.guess, self.method, layout.samples, frames,
+                                                 steps)
+        if steps < 1:
+            return x
+
+        decoded_rows = layout.samples * min(s.decode_chunk_frames, frames) if s.decode_chunk_frames else x.shape[0]
+        decode_memory = self.vae.memory_used_decode((decoded_rows, *x.shape[1:]), self.vae.vae_dtype)
+        run_models, loaded_late = comfy_model.load_run_models(guider, self.comfy_models(), self.vae, decode_memory)
+        self.objective.to(self.vae.device, x.device)
+        record.loaded_models = comfy_model.describe_loaded_models(run_models, loaded_late)
+        clones = InferenceTensorClones()
+        denoiser = comfy_model.ComfyDenoiser(model, extra_args, clones)
+        loss = core.DecodedLoss(comfy_model.vae_decoder(self.vae, base_model, clones), self.objective, layout,
+                                s.decode_chunk_frames, self.method.checkpointed,
+                                latent_out=base_model.process_latent_out, scope=clones.scope)
+        method = self.method.build(s, self.guess.build())
+        generator = torch.Generator(device="cpu").manual_seed(guidance_seed(seed))
+        with guidance_session(record, x.device, clones, denoiser.forward_ad_scope,
+                              f"{steps} step(s), {layout.samples} video(s) x {frames} frame(s)", callback) as step_callback:
+            self.objective.prepare(frames)  # constant targets, computed once before any forward-mode pass
+            with comfy_model.vae_forward_ad_attention(self.vae.first_stage_model):
+                record.decode_chunk = loss.plan_chunk(x, frames, s.decode_chunk_frames)
+                result = core.sample(denoiser, x.clone(), sigmas.clone(), method, loss=loss, layout=layout,
+                                     step=s.sampler, eta=s.eta, generator=generator,
+                                     latent_scale=comfy_model.latent_scale_of(base_model.model_sampling),
+                                     callback=step_callback)
+            record.model_calls = denoiser.calls
+            record.reports = result.reports
+        return result.x
