@@ -207,13 +207,13 @@ class GuidanceSettings:
 
     sampler: str = "euler"
     eta: float = 0.0
-    strength: float = 0.1
-    schedule: str = "constant"
-    lookahead: int = 1
-    start: float = 0.0
-    end: float = 1.0
-    iterations: int = 1
-    optimizer: str = "adam"
+    strength: float = Titan.strength  # the shipped guidance defaults live on the core method
+    schedule: str = Titan.schedule
+    lookahead: int = Titan.lookahead
+    start: float = Titan.start
+    end: float = Titan.end
+    iterations: int = Titan.iterations
+    optimizer: str = Titan.optimizer
     max_grad_norm: float = 0.0
     per_frame: bool = False
     decode_chunk_frames: int = 0

@@ -6,7 +6,9 @@ import logging
 from comfy_api.latest import io
 
 from ..guidance_core import update as core_update
-from ..guidance_core.run_config import STEPS
+from ..guidance_core.run_config import STEPS, GuidanceSettings
+
+DEFAULTS = GuidanceSettings()  # the core's shipped guidance defaults (chosen by benchmarks/fidelity.py)
 
 LOG = logging.getLogger("titan_guide")
 
@@ -37,27 +39,28 @@ def guidance_inputs() -> list:
                                "Must be 0 for heun, flow models and DOODL. The look-ahead is always deterministic. "
                                "The step noise has its own seeded stream, so guided and unguided runs at one seed "
                                "get the same noise."),
-        io.Float.Input("strength", default=0.1, min=0.0, max=10.0, step=0.005,
-                       tooltip="Guidance strength (learning rate of the update on the normalised latent "
-                               "z = x / sqrt(1 + sigma^2)); the paper uses 0.1 (Adam 0.08-0.1). 0 = no update. "
-                               "Used by titan and exact gradient."),
+        io.Float.Input("strength", default=DEFAULTS.strength, min=0.0, max=10.0, step=0.005,
+                       tooltip="Strength on the normalised latent: normalized rules move each video by about "
+                               "strength x its latent norm per guided step; adam / sgd: the learning rate. "
+                               "0 = exactly the unguided result. Used by titan and exact gradient."),
         io.Combo.Input("strength_schedule", options=list(core_update.SCHEDULES), default="constant",
                        tooltip="How the strength varies over the guided steps (normalised to mean 1)."),
-        io.Int.Input("lookahead", default=1, min=-1, max=1000,
+        io.Int.Input("lookahead", default=DEFAULTS.lookahead, min=-1, max=1000,
                      tooltip="Look-ahead steps: sampler steps run inside the forward-mode pass before the Tweedie "
                              "estimate that is decoded. 0 = Tweedie estimate at the current step, 1 = one step "
                              "ahead (paper default), -1 = all remaining steps (most accurate, slowest). Late steps "
                              "look ahead to the end. Must not exceed steps - 1."),
-        io.Float.Input("guidance_start", default=0.0, min=0.0, max=1.0, step=0.01,
+        io.Float.Input("guidance_start", default=DEFAULTS.start, min=0.0, max=1.0, step=0.01,
                        tooltip="First guided step, as a fraction of the steps (0 = from the first step)."),
-        io.Float.Input("guidance_end", default=1.0, min=0.0, max=1.0, step=0.01,
+        io.Float.Input("guidance_end", default=DEFAULTS.end, min=0.0, max=1.0, step=0.01,
                        tooltip="End of guidance, as a fraction of the steps (exclusive; 1 = to the last step). "
-                               "start = end turns guidance off."),
+                               "start = end turns guidance off. Updates in the last steps are not denoised away."),
         io.Int.Input("iterations", default=1, min=1, max=100,
                      tooltip="Guidance updates per guided step (each one re-estimates the gradient)."),
-        io.Combo.Input("optimizer", options=list(core_update.OPTIMIZERS), default="adam",
-                       tooltip="Update rule: adam (the authors' choice; one iteration = a step of size strength "
-                               "per element in the gradient's sign direction) or sgd (step = strength * gradient)."),
+        io.Combo.Input("optimizer", options=list(core_update.OPTIMIZERS), default=DEFAULTS.optimizer,
+                       tooltip="normalized_relative: strength x latent norm along -G, scaled by |G| / RMS of the "
+                               "video's earlier |G|; normalized: unscaled; adam: moments kept over the run; sgd; "
+                               "adam_per_step: the authors' (every element moved +-strength: noisy)."),
         io.Float.Input("max_grad_norm", default=0.0, min=0.0, max=1e6, step=0.1,
                        tooltip="Clip each video's gradient estimate to this L2 norm before the update (0 = off)."),
         io.Boolean.Input("per_frame", default=False,

@@ -29,6 +29,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from guidance_core.run_config import GuidanceSettings  # noqa: E402
+
 WORKFLOW_PATH = REPO_ROOT / "workflows" / "demo_embedded.json"
 OUTPUT_DIR = REPO_ROOT / "outputs" / "demo"
 FRAMES_PER_VIDEO = 16
@@ -40,9 +42,13 @@ QUICK = {"videos": 2, "steps": 6}
 SEED = 7
 TARGET = {"colour": "red", "shape": "any", "direction": "any", "speed": "any"}
 
+SHIPPED = GuidanceSettings()  # the sampler node's shipped defaults
+MAX_HF_RATIO = 1.5  # guided frames noisier than this (vs unguided) mean guidance damaged the videos
+
 GUIDANCE = {  # TitanGuideSampler widgets after `denoise`, in the node's input order
-    "sampler": "ddim", "eta": 0.0, "strength": 0.1, "strength_schedule": "constant", "lookahead": 1,
-    "guidance_start": 0.0, "guidance_end": 0.75, "iterations": 1, "optimizer": "adam", "max_grad_norm": 0.0,
+    "sampler": "ddim", "eta": 0.0, "strength": SHIPPED.strength, "strength_schedule": SHIPPED.schedule,
+    "lookahead": SHIPPED.lookahead, "guidance_start": SHIPPED.start, "guidance_end": SHIPPED.end, "iterations": 1,
+    "optimizer": SHIPPED.optimizer, "max_grad_norm": 0.0,
     "per_frame": False, "decode_chunk_frames": 0, "frames_per_video": FRAMES_PER_VIDEO,
 }
 
@@ -85,7 +91,7 @@ DEMO_NODES = {
                       widget("direction", TARGET["direction"]), widget("speed", TARGET["speed"]),
                       widget("weight", 1.0), widget("classifier_name", "embedded_classifier.safetensors")]},
     "4": _sampler("Unguided (strength 0)", 0.0, [420, 100]),
-    "5": _sampler("Guided: colour = red", 0.1, [420, 790]),
+    "5": _sampler("Guided: colour = red", SHIPPED.strength, [420, 790]),
     "6": {"type": "VAEDecode", "pos": [800, 100], "size": [210, 50], "links": {"samples": ("4", 0), "vae": ("1", 1)},
           "widgets": []},
     "7": {"type": "VAEDecode", "pos": [800, 790], "size": [210, 50], "links": {"samples": ("5", 0), "vae": ("1", 1)},
@@ -358,6 +364,24 @@ def summarise(unguided: dict, guided: dict) -> list:
     return lines
 
 
+def save_picture(unguided, guided, path: Path, videos: int = 4, frames=(0, 5, 10, 15)) -> None:
+    """PNG for the README: frames of the first videos, unguided (left) and guided (right), one video a row."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    def strip(clip):
+        tiles = [torch.nn.functional.pad(clip[f], (1, 1, 1, 1), value=1.0) for f in frames]
+        return torch.cat(tiles, dim=2)
+
+    count = min(videos, unguided.shape[0], guided.shape[0])
+    rows = [torch.cat([strip(unguided[v]), torch.ones(3, 34, 8), strip(guided[v])], dim=2) for v in range(count)]
+    image = (torch.cat(rows, dim=1).permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+    picture = Image.fromarray(image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.resize((picture.width * 4, picture.height * 4), Image.NEAREST).save(path)
+
+
 def run_demo(options) -> int:
     """Start the host, run the graph, collect outputs, score them; returns the exit code."""
     from testing.comfy_host import PACK_LINK_DIR, PACK_NAME, ComfyHost
@@ -395,20 +419,32 @@ def run_demo(options) -> int:
         host.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    unguided = judge_scores(read_webp_videos(files["unguided.webp"]), TARGET)
-    guided = judge_scores(read_webp_videos(files["guided.webp"]), TARGET)
-    summary = summarise(unguided, guided)
+    unguided_videos, guided_videos = read_webp_videos(files["unguided.webp"]), read_webp_videos(files["guided.webp"])
+    unguided = judge_scores(unguided_videos, TARGET)
+    guided = judge_scores(guided_videos, TARGET)
+    from embedded.realism import realism_ratios
+    ratios = realism_ratios(guided_videos, unguided_videos)
+    summary = summarise(unguided, guided) + [
+        f"realism, guided vs unguided (1.0 = as clean): high-frequency energy x{ratios['hf_ratio']:.2f}, "
+        f"frame difference x{ratios['frame_diff_ratio']:.2f}"]
     report_path = output_dir / "guidance_report.txt"
     report_path.write_text("\n".join(["== judge (independent classifier, on the saved frames) ==", *summary, "",
                                       "== guided run ==", guided_report, "",
                                       "== unguided run (strength 0; loss reported only) ==", unguided_report]) + "\n",
                            encoding="utf-8")
-    (output_dir / "judge_scores.json").write_text(json.dumps({"unguided": unguided, "guided": guided}, indent=1),
-                                                   encoding="utf-8")
+    (output_dir / "judge_scores.json").write_text(json.dumps({"unguided": unguided, "guided": guided, **ratios},
+                                                              indent=1), encoding="utf-8")
     files["guidance_report.txt"] = report_path
     print("\n".join(["", *summary, "", "outputs:", *(f"  {path}" for path in files.values()),
                      f"  {output_dir / 'judge_scores.json'}", f"total wall time {time.monotonic() - started:.1f} s"]),
           flush=True)
+    if options.picture:
+        save_picture(unguided_videos, guided_videos, Path(options.picture))
+        print(f"  {options.picture}", flush=True)
+    if ratios["hf_ratio"] > MAX_HF_RATIO:
+        raise RuntimeError(f"the guided frames carry {ratios['hf_ratio']:.2f}x the unguided high-frequency energy "
+                           f"(limit {MAX_HF_RATIO}): guidance damaged the videos; lower 'strength' or use the "
+                           "'normalized_relative' optimizer")
     return 0
 
 
@@ -419,6 +455,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=SEED, help="noise seed of both samplers")
     parser.add_argument("--output-dir", default=str(OUTPUT_DIR), help="where the outputs go")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed for the graph")
+    parser.add_argument("--picture", default=None,
+                        help="also write a PNG of frames 0/5/10/15 of four videos, unguided | guided (the README's "
+                             "docs/demo_guided_vs_unguided.png)")
     parser.add_argument("--write-workflow", action="store_true",
                         help=f"write {WORKFLOW_PATH.relative_to(REPO_ROOT)} from DEMO_NODES and exit")
     options = parser.parse_args(argv)

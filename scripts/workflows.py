@@ -22,6 +22,9 @@ import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+from guidance_core.run_config import GuidanceSettings  # noqa: E402  (plain Python: the defaults, no torch work)
+
 WORKFLOW_DIR = REPO_ROOT / "workflows"
 
 # Weight files the workflows expect (the names users have), and where they go under ComfyUI/models.
@@ -53,15 +56,17 @@ FILE_INPUTS = {
 FRONTEND_ONLY_TYPES = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
-# Paper settings (TITAN-Guide, AnimateDiff): 16 frames at 256x256, 20 steps, 8 fps, strength 0.1, Adam,
-# look-ahead 1, sampled-gradient guess on 2 frames.
+# Paper settings (TITAN-Guide, AnimateDiff): 16 frames at 256x256, 20 steps, 8 fps, look-ahead 1, sampled-gradient
+# guess on 2 frames; the update rule, strength and window are the pack's shipped defaults (benchmarks/fidelity.py).
 SEED = 42
 FRAMES = 16
 SIZE = 256
 STEPS = 20
 FPS = 8.0
-TITAN_KNOBS = {"sampler": "ddim", "eta": 0.0, "strength": 0.1, "strength_schedule": "constant", "lookahead": 1,
-               "guidance_start": 0.0, "guidance_end": 1.0, "iterations": 1, "optimizer": "adam",
+SHIPPED = GuidanceSettings()
+TITAN_KNOBS = {"sampler": "ddim", "eta": 0.0, "strength": SHIPPED.strength, "strength_schedule": SHIPPED.schedule,
+               "lookahead": SHIPPED.lookahead, "guidance_start": SHIPPED.start, "guidance_end": SHIPPED.end,
+               "iterations": 1, "optimizer": SHIPPED.optimizer,
                "max_grad_norm": 0.0, "per_frame": False, "decode_chunk_frames": 0, "frames_per_video": FRAMES}
 GUESS_KNOBS = {"kind": "sampled_gradient", "k": 1, "sampled_frames": 2, "frame_choice": "even",
                "frame_indices": "", "expansion": "tile", "random_weight": 0.5}
@@ -139,8 +144,10 @@ def weights_note(task: str, files: list, extra: str = "") -> str:
     lines += [f"- {where}/{name}  ({source})" for name, where, source in files]
     if extra:
         lines += ["", extra]
-    lines += ["", "Paper defaults (TITAN-Guide, ICCV 2025): strength 0.1, Adam, look-ahead 1, sampled-gradient "
-              "guess on 2 frames, 20 steps. Lower decode_chunk_frames or use per_frame if memory runs out."]
+    lines += ["", f"Shipped defaults: {SHIPPED.optimizer} strength {SHIPPED.strength}, guidance on the first "
+              f"{SHIPPED.end:.0%} of the steps, look-ahead 1, sampled-gradient guess on 2 frames, 20 steps (the "
+              "authors' code: optimizer adam_per_step, strength 0.1, guidance_end 1). Lower decode_chunk_frames or "
+              "use per_frame if memory runs out."]
     return "\n".join(lines)
 
 
@@ -260,9 +267,9 @@ def cogvideox_titan() -> dict:
         node(9, "TitanGuideCogVideoSampler", (840, 100), (340, 620),
              {"model": (1, 0), "vae": (1, 1), "positive": (3, 0), "negative": (4, 0), "objective": (7, 0),
               "samples": (5, 0), "guess": (8, 0)}, "TITAN-Guide: CogVideoX + DOVER",
-             num_frames=33, steps=50, cfg=6.0, seed=SEED, scheduler="CogVideoXDDIM", strength=0.1,
-             strength_schedule="constant", lookahead=1, guidance_start=0.0, guidance_end=1.0, iterations=1,
-             optimizer="adam", max_grad_norm=0.0, per_frame=False, decode_chunk_frames=0, denoise_strength=1.0),
+             num_frames=33, steps=50, cfg=6.0, seed=SEED, scheduler="CogVideoXDDIM", strength=SHIPPED.strength,
+             strength_schedule=SHIPPED.schedule, lookahead=1, guidance_start=SHIPPED.start, guidance_end=SHIPPED.end,
+             iterations=1, optimizer=SHIPPED.optimizer, max_grad_norm=0.0, per_frame=False, decode_chunk_frames=0, denoise_strength=1.0),
         node(10, "CogVideoDecode", (1220, 100), (340, 250), {"vae": (1, 1), "samples": (9, 0)},
              enable_vae_tiling=True, tile_sample_min_height=240, tile_sample_min_width=360,
              tile_overlap_factor_height=0.2, tile_overlap_factor_width=0.2, auto_tile_size=True),

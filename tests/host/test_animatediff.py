@@ -281,7 +281,7 @@ def add_custom_samplers(prompt: graphs.Prompt, sources: dict, model: list, objec
                cfg=1.0)
     for node_id, knobs in samplers.items():
         knobs = dict(knobs)
-        select = {**graphs.GUIDANCE_DEFAULTS, **{k: v for k, v in knobs.items() if k != "guess"}}
+        select = {**graphs.PROMPT_KNOBS, **{k: v for k, v in knobs.items() if k != "guess"}}
         if "guess" in knobs:
             select["guess"] = graphs.add_guess(prompt, f"{node_id}_guess", **knobs["guess"])
         prompt.add(f"{node_id}_select", "TitanGuideSamplerSelect", objective=objective, vae=sources["vae"], **select)

@@ -339,7 +339,7 @@ def _titan_sampler(strength: float, start: float = 0.0, end: float = 1.0, guess=
         "objective": ["colour", 0], "num_frames": NUM_FRAMES, "steps": STEPS, "cfg": 6.0, "seed": SEED,
         "scheduler": "CogVideoXDDIM", "samples": ["size", 0],
         "strength": strength, "strength_schedule": "constant", "lookahead": 1, "guidance_start": start,
-        "guidance_end": end, "iterations": 1, "optimizer": "adam", "max_grad_norm": 0.0, "per_frame": False,
+        "guidance_end": end, "iterations": 1, "optimizer": "adam_per_step", "max_grad_norm": 0.0, "per_frame": False,
         "decode_chunk_frames": 0,
     }
     if guess is not None:

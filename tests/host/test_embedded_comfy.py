@@ -142,7 +142,7 @@ def test_pixel_frame_interpolation_runs_on_the_embedded_model_and_pulls_the_end_
                 "vae": ["load", 1], "objective": ["objective", 0], "guess": ["guess", 0], "seed": 5, "steps": 6,
                 "cfg": 1.0, "scheduler": "normal", "denoise": 1.0, "sampler": "ddim", "eta": 0.0,
                 "strength": strength, "strength_schedule": "constant", "lookahead": 0, "guidance_start": 0.0,
-                "guidance_end": 1.0, "iterations": 1, "optimizer": "adam", "max_grad_norm": 0.0,
+                "guidance_end": 1.0, "iterations": 1, "optimizer": "adam_per_step", "max_grad_norm": 0.0,
                 "per_frame": False, "decode_chunk_frames": 0, "frames_per_video": FRAMES}},
             "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["load", 1]}},
             "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0],

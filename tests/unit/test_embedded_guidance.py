@@ -118,7 +118,7 @@ def attribute_loss(models: Embedded, target: str, samples: int) -> core.DecodedL
 
 def titan(guess, strength: float) -> core.Titan:
     """TITAN with this file's settings."""
-    return core.Titan(guess=guess, lookahead=LOOKAHEAD, strength=strength, optimizer="adam", start=0.0,
+    return core.Titan(guess=guess, lookahead=LOOKAHEAD, strength=strength, optimizer="adam_per_step", start=0.0,
                     end=GUIDED_FRACTION)
 
 
