@@ -1,0 +1,417 @@
+"""Attention and its forward-mode tangent in one tiled Triton pass (FlashAttention-2 style).
+
+With S = scale q k^T, P = softmax(S), out = P v, a JVP needs
+    S_t   = scale (q_t k^T + q k_t^T)
+    out_t = P v_t + (P * (S_t - rowsum(P * S_t))) v.
+Per query block the kernel walks the key blocks once with the online softmax (running max m) and keeps, all
+rescaled by exp(m_old - m_new) when m grows, with p = exp(S - m):
+    l = sum p,  acc = sum p v,  acc_t = sum p v_t + sum (p S_t) v,  mu = sum p S_t;
+at the end out = acc / l and out_t = (acc_t - (mu / l) acc) / l. No score matrix reaches memory, so memory is
+that of the inputs and outputs; the tangent costs up to four more matrix products per tile than the forward
+(q_t k^T, q k_t^T, (p S_t) v, p v_t), each skipped when the tangent it needs is absent.
+
+Limits: (batch, heads, tokens, head dim) tensors with equal heads for q, k, v (no GQA, no masks but causal,
+no dropout), query and key lengths may differ (cross-attention), head dims up to 256 (q/k and v may differ;
+padded to the next power of two in registers only, with masks), float16 / bfloat16 / float32 inputs with
+float32 accumulation (float32 matrix products use TF32 only where torch.backends.cuda.matmul.allow_tf32 does),
+causal masks aligned top-left as in torch's SDPA. No backward: outputs carry no autograd history, so
+`supported` refuses inputs that require grad while grad mode is on. Triton is imported on first use; without
+Triton or CUDA `supported` says why and callers keep chunked MATH (guidance_core/attention.py). CPU tensors
+run only under Triton's interpreter (TRITON_INTERPRET=1), which the unit tests use.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+MAX_HEAD_DIM = 256
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# Hopper (H200) candidates; autotune keys on head dims, causal, which tangents exist, dtype and the
+# bucketed sequence lengths. Short on purpose: each config compiles once per specialisation.
+_TUNING = (  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+    (128, 64, 8, 3),
+    (128, 32, 8, 3),
+    (128, 128, 8, 2),
+    (64, 64, 4, 3),
+    (64, 32, 4, 4),
+    (64, 128, 4, 2),
+)
+_INTERPRETER_BLOCKS = (16, 16)  # small tiles so tiny test shapes still cross block edges
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_error() -> str | None:
+    """Why Triton cannot be imported, or None."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as error:  # ImportError, or a broken install raising anything else
+        return f"Triton is not importable ({type(error).__name__}: {error})"
+    return None
+
+
+def _bucket(length: int) -> int:
+    """Sequence length class for autotuning: the next power of two, at least 64, at most 65,536."""
+    return min(max(64, 1 << max(0, length - 1).bit_length()), 1 << 16)
+
+
+def _block_dim(dim: int) -> int:
+    return max(16, 1 << (dim - 1).bit_length())  # tl.dot needs >= 16
+
+
+def input_error(q, k, v, q_t=None, k_t=None, v_t=None) -> str | None:
+    """What is wrong with these inputs for the kernel (shapes, dtypes, devices), or None."""
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        return "q, k and v must be tensors"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return (f"expects (batch, heads, tokens, head dim) tensors, got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                f"v {tuple(v.shape)}")
+    if q.shape[:2] != k.shape[:2] or k.shape[:2] != v.shape[:2]:
+        return (f"batch and heads must match (no broadcasting or GQA): q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                f"v {tuple(v.shape)}")
+    if k.shape[2] != v.shape[2]:
+        return f"k and v need the same number of tokens: k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if q.shape[3] != k.shape[3]:
+        return f"q and k need the same head dim: q {tuple(q.shape)}, k {tuple(k.shape)}"
+    if q.shape[3] > MAX_HEAD_DIM or v.shape[3] > MAX_HEAD_DIM:
+        return f"head dim up to {MAX_HEAD_DIM}: q/k {q.shape[3]}, v {v.shape[3]}"
+    if 0 in q.shape or 0 in k.shape or 0 in v.shape:
+        return f"empty input: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if q.dtype not in DTYPES or not (q.dtype == k.dtype == v.dtype):
+        return f"q, k, v must share one of float16/bfloat16/float32, got {q.dtype}, {k.dtype}, {v.dtype}"
+    if not (q.device == k.device == v.device):
+        return f"q, k, v on different devices: {q.device}, {k.device}, {v.device}"
+    for name, tangent, primal in (("q_t", q_t, q), ("k_t", k_t, k), ("v_t", v_t, v)):
+        if tangent is None:
+            continue
+        if tangent.shape != primal.shape or tangent.dtype != primal.dtype or tangent.device != primal.device:
+            return (f"{name} must match its primal: {tuple(tangent.shape)} {tangent.dtype} {tangent.device} "
+                    f"against {tuple(primal.shape)} {primal.dtype} {primal.device}")
+    return None
+
+
+def supported(q, k, v, q_t=None, k_t=None, v_t=None, causal: bool = False) -> str | None:
+    """None if `jvp_attention` can run these inputs here, else the reason (for the router and its logs)."""
+    del causal  # both settings run
+    error = input_error(q, k, v, q_t, k_t, v_t)
+    if error:
+        return error
+    if q.device.type != "cuda" and not (q.device.type == "cpu" and _interpreting()):
+        return f"tensors on {q.device}: the Triton kernel runs on CUDA (CPU only under TRITON_INTERPRET=1)"
+    if q.device.type == "cuda" and torch.version.hip is not None:
+        return "ROCm: the kernel's tiles were tuned and tested on NVIDIA GPUs only"
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, q_t, k_t, v_t)):
+        return "inputs require grad: the kernel has no backward"
+    error = _triton_error()
+    if error:
+        return error
+    return None
+
+
+def jvp_attention(q, k, v, q_t=None, k_t=None, v_t=None, scale: float | None = None, causal: bool = False):
+    """(softmax(q k^T scale) v, its tangent) for (B, H, L, D) inputs; an absent tangent counts as zero."""
+    error = input_error(q, k, v, q_t, k_t, v_t)
+    if error:
+        raise ValueError(f"jvp_attention: {error}")
+    reason = supported(q, k, v, q_t, k_t, v_t, causal)
+    if reason:
+        raise RuntimeError(f"jvp_attention cannot run: {reason}")
+    out, out_t = _launch(q, k, v, q_t, k_t, v_t, scale, causal, want_tangent=True)
+    return out, out_t
+
+
+def dual_attention(q, k, v, scale: float | None = None, is_causal: bool = False):
+    """Attention of possibly forward-AD dual tensors (torch.func.jvp or fwAD levels), returned as a dual."""
+    (q, q_t), (k, k_t), (v, v_t) = (fwAD.unpack_dual(t) for t in (q, k, v))
+    error = input_error(q, k, v, q_t, k_t, v_t)
+    if error:
+        raise ValueError(f"dual_attention: {error}")
+    reason = supported(q, k, v, q_t, k_t, v_t, is_causal)
+    if reason:
+        raise RuntimeError(f"dual_attention cannot run: {reason}")
+    if q_t is None and k_t is None and v_t is None:  # no forward-mode pass through this call: forward only
+        return _launch(q, k, v, None, None, None, scale, is_causal, want_tangent=False)[0]
+    out, out_t = _launch(q, k, v, q_t, k_t, v_t, scale, is_causal, want_tangent=True)
+    return fwAD.make_dual(out, out_t)
+
+
+def _last_dim_dense(t: torch.Tensor) -> torch.Tensor:
+    # the kernel assumes unit stride along the head dim (vector loads); other strides are taken as given
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _output_like(q: torch.Tensor, dim_v: int) -> torch.Tensor:
+    if dim_v == q.shape[-1]:  # same layout as q, e.g. (B, L, H, D) storage seen as (B, H, L, D), like SDPA
+        return torch.empty_like(q)
+    return q.new_empty(q.shape[:-1] + (dim_v,))
+
+
+def _launch(q, k, v, q_t, k_t, v_t, scale, causal, want_tangent: bool):
+    q, k, v = (_last_dim_dense(t) for t in (q, k, v))
+    q_t, k_t, v_t = (None if t is None else _last_dim_dense(t) for t in (q_t, k_t, v_t))
+    batch, heads, len_q, dim = q.shape
+    len_k, dim_v = k.shape[2], v.shape[3]
+    scale = dim ** -0.5 if scale is None else float(scale)
+    out = _output_like(q, dim_v)
+    out_t = _output_like(q, dim_v) if want_tangent else out  # pointer placeholder when no tangent is written
+    has_tangent = want_tangent and not (q_t is None and k_t is None and v_t is None)
+    if want_tangent and not has_tangent:
+        out_t.zero_()
+    placeholder = q  # never read: the matching HAS_* flag is off
+    tensors = [q, k, v, q_t if q_t is not None else placeholder, k_t if k_t is not None else placeholder,
+               v_t if v_t is not None else placeholder, out, out_t]
+    strides = [s for t in tensors for s in t.stride()[:3]]
+    if q.dtype == torch.float32 and q.is_cuda and not torch.backends.cuda.matmul.allow_tf32:
+        precision = "ieee"
+    else:
+        precision = "tf32"  # ignored for half inputs; TF32 for float32 where torch allows it
+    interpret = q.device.type == "cpu"
+    kernel = _kernel(interpret)
+    meta = dict(HAS_QT=has_tangent and q_t is not None, HAS_KT=has_tangent and k_t is not None,
+                HAS_VT=has_tangent and v_t is not None, WRITE_T=has_tangent, CAUSAL=bool(causal),
+                BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v), DOT_PRECISION=precision)
+    if interpret:
+        meta.update(BLOCK_M=_INTERPRETER_BLOCKS[0], BLOCK_N=_INTERPRETER_BLOCKS[1])
+    grid = lambda cfg: (math.ceil(len_q / cfg["BLOCK_M"]), batch * heads)  # noqa: E731
+    with torch.cuda.device(q.device) if q.is_cuda else _nullcontext():
+        kernel[grid](*tensors, *strides, heads, len_q, len_k, dim, dim_v, scale, _bucket(len_q), _bucket(len_k),
+                     **meta)
+    return out, (out_t if want_tangent else None)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_built: dict = {}  # {"interpret": bool, "kernel": launcher} of the last build
+
+
+def _kernel(interpret: bool):
+    """The Triton kernel, built on first use: autotuned on CUDA, one small tile under the interpreter."""
+    if _built.get("interpret") is interpret:
+        return _built["kernel"]
+    import triton
+
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"  # triton.jit reads it when it decorates
+    try:
+        kernel = _define()
+    finally:
+        if previous is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+    if interpret:
+        _index_scalars_for_numpy2()
+    else:
+        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                   for m, n, w, s in _TUNING]
+        kernel = triton.autotune(configs, key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "HAS_QT", "HAS_KT", "HAS_VT",
+                                               "WRITE_T", "DOT_PRECISION", "LQ_BUCKET", "LK_BUCKET"],
+                                 prune_configs_by={"early_config_prune": _prune})(kernel)
+    _built.update(interpret=interpret, kernel=kernel)
+    return kernel
+
+
+def _index_scalars_for_numpy2():
+    """Triton 3.5's interpreter turns loop bounds into ints with int(1-element array), which NumPy >= 2.3
+    refuses; index through .item() instead (interpreter only, so only tests and the CPU smoke see it)."""
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_numpy2_index", False):
+        return
+
+    def patch_lang_tensor(tensor):
+        original(tensor)
+        tensor.__index__ = lambda self: int(self.handle.data.reshape(-1)[0])
+
+    patch_lang_tensor._numpy2_index = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles that cannot pay: query tiles longer than the queries, large tiles at head dim 256 (shared
+    memory and registers), wide key tiles for short key sequences."""
+    args = {**named_args, **kwargs}
+    widest = max(args["BLOCK_D"], args["BLOCK_DV"])
+    kept = []
+    for config in configs:
+        block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+        if block_m > 64 and args["LQ_BUCKET"] <= 64:
+            continue
+        if block_n > 64 and args["LK_BUCKET"] <= 64:
+            continue
+        if widest >= 256 and (block_n > 64 or config.num_stages > 2):
+            continue
+        kept.append(config)
+    return kept or configs[-1:]
+
+
+def _define():
+    """Define the jit kernels as module globals (Triton resolves `tl` and `_tile` through the kernel's
+    globals), inside a function so importing this module needs no Triton; returns the launcher."""
+    global triton, tl, _tile, jvp_attention_kernel
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _tile(acc, acc_t, l_i, m_i, mu_i, q, q_t, offs_m, start_n,
+              k_base, kt_base, v_base, vt_base, stride_kn, stride_ktn, stride_vn, stride_vtn,
+              len_q, len_k, dim, dim_v, scale, qk_scale,
+              HAS_QT: tl.constexpr, HAS_KT: tl.constexpr, HAS_VT: tl.constexpr, CAUSAL: tl.constexpr,
+              MASK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        kv_mask = offs_n[:, None] < len_k
+        k_mask = kv_mask & (offs_d[None, :] < dim)
+        v_mask = kv_mask & (offs_dv[None, :] < dim_v)
+        k_ptrs = offs_n[:, None] * stride_kn + offs_d[None, :]
+        # masked loads only where the tile crosses an edge (key tail, padded head dim)
+        if MASK_N or not EVEN_D:
+            k = tl.load(k_base + k_ptrs, mask=k_mask, other=0.0)
+        else:
+            k = tl.load(k_base + k_ptrs)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if HAS_QT:
+            s_t = tl.dot(q_t, tl.trans(k), input_precision=DOT_PRECISION)
+        if HAS_KT:
+            kt_ptrs = offs_n[:, None] * stride_ktn + offs_d[None, :]
+            if MASK_N or not EVEN_D:
+                k_t = tl.load(kt_base + kt_ptrs, mask=k_mask, other=0.0)
+            else:
+                k_t = tl.load(kt_base + kt_ptrs)
+            if HAS_QT:
+                s_t = tl.dot(q, tl.trans(k_t), s_t, input_precision=DOT_PRECISION)
+            else:
+                s_t = tl.dot(q, tl.trans(k_t), input_precision=DOT_PRECISION)
+        s = s * qk_scale  # log2 domain: exp2 is the fast path
+        if MASK_N:
+            s = tl.where(offs_n[None, :] < len_k, s, float("-inf"))
+        if CAUSAL:  # top-left aligned like torch SDPA: query i sees keys j <= i
+            s = tl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: key 0 is in every row's first tile
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_ptrs = offs_n[:, None] * stride_vn + offs_dv[None, :]
+        if MASK_N or not EVEN_DV:
+            v = tl.load(v_base + v_ptrs, mask=v_mask, other=0.0)
+        else:
+            v = tl.load(v_base + v_ptrs)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        if HAS_QT or HAS_KT or HAS_VT:
+            acc_t = acc_t * alpha[:, None]
+        if HAS_QT or HAS_KT:
+            # masked keys have p == 0 and finite s_t (zero-filled loads), so p * s_t is 0 there
+            p_st = p * (s_t * scale)
+            mu_i = mu_i * alpha + tl.sum(p_st, 1)
+            acc_t = tl.dot(p_st.to(v.dtype), v, acc_t, input_precision=DOT_PRECISION)
+        if HAS_VT:
+            vt_ptrs = offs_n[:, None] * stride_vtn + offs_dv[None, :]
+            if MASK_N or not EVEN_DV:
+                v_t = tl.load(vt_base + vt_ptrs, mask=v_mask, other=0.0)
+            else:
+                v_t = tl.load(vt_base + vt_ptrs)
+            acc_t = tl.dot(p.to(v_t.dtype), v_t, acc_t, input_precision=DOT_PRECISION)
+        return acc, acc_t, l_i, m_new, mu_i
+
+    @triton.heuristics({
+        "EVEN_M": lambda a: a["len_q"] % a["BLOCK_M"] == 0,
+        "EVEN_N": lambda a: a["len_k"] % a["BLOCK_N"] == 0,
+        "EVEN_D": lambda a: a["dim"] == a["BLOCK_D"],
+        "EVEN_DV": lambda a: a["dim_v"] == a["BLOCK_DV"],
+    })
+    @triton.jit(do_not_specialize=["LQ_BUCKET", "LK_BUCKET"])
+    def jvp_attention_kernel(
+            Q, K, V, QT, KT, VT, OUT, OUT_T,
+            stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+            stride_qtb, stride_qth, stride_qtm, stride_ktb, stride_kth, stride_ktn,
+            stride_vtb, stride_vth, stride_vtn, stride_ob, stride_oh, stride_om, stride_otb, stride_oth, stride_otm,
+            heads, len_q, len_k, dim, dim_v, scale, LQ_BUCKET, LK_BUCKET,
+            HAS_QT: tl.constexpr, HAS_KT: tl.constexpr, HAS_VT: tl.constexpr, WRITE_T: tl.constexpr,
+            CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+            BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+            EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = (pid_bh // heads).to(tl.int64)  # 64-bit offsets: long videos x many heads pass 2**31 elements
+        h = (pid_bh % heads).to(tl.int64)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        q_mask = (offs_m[:, None] < len_q) & (offs_d[None, :] < dim)
+        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+        if EVEN_M and EVEN_D:
+            q = tl.load(q_ptrs)
+        else:
+            q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+        if HAS_QT:
+            qt_ptrs = QT + b * stride_qtb + h * stride_qth + offs_m[:, None] * stride_qtm + offs_d[None, :]
+            if EVEN_M and EVEN_D:
+                q_t = tl.load(qt_ptrs)
+            else:
+                q_t = tl.load(qt_ptrs, mask=q_mask, other=0.0)
+        else:
+            q_t = q  # unused
+        k_base = K + b * stride_kb + h * stride_kh
+        kt_base = KT + b * stride_ktb + h * stride_kth
+        v_base = V + b * stride_vb + h * stride_vh
+        vt_base = VT + b * stride_vtb + h * stride_vth
+        qk_scale = scale * 1.4426950408889634  # log2(e)
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        mu_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+        acc_t = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+
+        if CAUSAL:
+            end = tl.minimum(len_k, (pid_m + 1) * BLOCK_M)
+        else:
+            end = len_k
+        # full key tiles without the key-edge mask, then the tail (causal tiles always mask)
+        full_end = (end // BLOCK_N) * BLOCK_N
+        if EVEN_N and not CAUSAL:
+            full_end = end
+        for start_n in range(0, full_end, BLOCK_N):
+            acc, acc_t, l_i, m_i, mu_i = _tile(
+                acc, acc_t, l_i, m_i, mu_i, q, q_t, offs_m, start_n, k_base, kt_base, v_base, vt_base,
+                stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v, scale, qk_scale,
+                HAS_QT, HAS_KT, HAS_VT, CAUSAL, False, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION)
+        if full_end < end:
+            acc, acc_t, l_i, m_i, mu_i = _tile(
+                acc, acc_t, l_i, m_i, mu_i, q, q_t, offs_m, full_end, k_base, kt_base, v_base, vt_base,
+                stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v, scale, qk_scale,
+                HAS_QT, HAS_KT, HAS_VT, CAUSAL, True, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION)
+
+        inv_l = 1.0 / l_i
+        out = acc * inv_l[:, None]
+        o_mask = (offs_m[:, None] < len_q) & (offs_dv[None, :] < dim_v)
+        o_ptrs = OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :]
+        tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=o_mask)
+        if WRITE_T:
+            if HAS_QT or HAS_KT:
+                out_t = (acc_t - (mu_i * inv_l)[:, None] * acc) * inv_l[:, None]
+            else:
+                out_t = acc_t * inv_l[:, None]
+            ot_ptrs = OUT_T + b * stride_otb + h * stride_oth + offs_m[:, None] * stride_otm + offs_dv[None, :]
+            tl.store(ot_ptrs, out_t.to(OUT_T.dtype.element_ty), mask=o_mask)
+
+    return jvp_attention_kernel
