@@ -131,17 +131,35 @@ def jvp_attention(q, k, v, q_t=None, k_t=None, v_t=None, scale: float | None = N
 
 def dual_attention(q, k, v, scale: float | None = None, is_causal: bool = False):
     """Attention of possibly forward-AD dual tensors (torch.func.jvp or fwAD levels), returned as a dual."""
-    (q, q_t), (k, k_t), (v, v_t) = (fwAD.unpack_dual(t) for t in (q, k, v))
-    error = input_error(q, k, v, q_t, k_t, v_t)
+    (q_p, q_t), (k_p, k_t), (v_p, v_t) = (fwAD.unpack_dual(t) for t in (q, k, v))
+    error = input_error(q_p, k_p, v_p, q_t, k_t, v_t)
     if error:
         raise ValueError(f"dual_attention: {error}")
-    reason = supported(q, k, v, q_t, k_t, v_t, is_causal)
+    reason = supported(q_p, k_p, v_p, q_t, k_t, v_t, is_causal)
     if reason:
         raise RuntimeError(f"dual_attention cannot run: {reason}")
     if q_t is None and k_t is None and v_t is None:  # no forward-mode pass through this call: forward only
-        return _launch(q, k, v, None, None, None, scale, is_causal, want_tangent=False)[0]
-    out, out_t = _launch(q, k, v, q_t, k_t, v_t, scale, is_causal, want_tangent=True)
-    return fwAD.make_dual(out, out_t)
+        return _launch(q_p, k_p, v_p, None, None, None, scale, is_causal, want_tangent=False)[0]
+    return _DualAttention.apply(q, k, v, q_t, k_t, v_t, scale, is_causal)[0]
+
+
+class _DualAttention(torch.autograd.Function):
+    """Carries the kernel through forward AD. Under torch.func.jvp the unpacked primals are still functorch
+    wrappers without storage; an autograd.Function's forward sees the plain tensors. The tangents go in as
+    ordinary arguments so forward computes both in one pass, and jvp hands back the saved tangent."""
+
+    @staticmethod
+    def forward(q, k, v, q_t, k_t, v_t, scale, causal):
+        return _launch(q, k, v, q_t, k_t, v_t, scale, causal, want_tangent=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        ctx.mark_non_differentiable(outputs[1])
+        ctx.save_for_forward(outputs[1])
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        return ctx.saved_for_forward[0], None
 
 
 def _last_dim_dense(t: torch.Tensor) -> torch.Tensor:
@@ -178,7 +196,9 @@ def _launch(q, k, v, q_t, k_t, v_t, scale, causal, want_tangent: bool):
     kernel = _kernel(interpret)
     meta = dict(HAS_QT=has_tangent and q_t is not None, HAS_KT=has_tangent and k_t is not None,
                 HAS_VT=has_tangent and v_t is not None, WRITE_T=has_tangent, CAUSAL=bool(causal),
-                BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v), DOT_PRECISION=precision)
+                BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v), DOT_PRECISION=precision,
+                # Triton 3.5's interpreter multiplies bfloat16 bit patterns as integers: products in float32 there
+                UPCAST=interpret and q.dtype == torch.bfloat16)
     if interpret:
         meta.update(BLOCK_M=_INTERPRETER_BLOCKS[0], BLOCK_N=_INTERPRETER_BLOCKS[1])
     grid = lambda cfg: (math.ceil(len_q / cfg["BLOCK_M"]), batch * heads)  # noqa: E731
@@ -264,9 +284,20 @@ def _prune(configs, named_args, **kwargs):
 def _define():
     """Define the jit kernels as module globals (Triton resolves `tl` and `_tile` through the kernel's
     globals), inside a function so importing this module needs no Triton; returns the launcher."""
-    global triton, tl, _tile, jvp_attention_kernel
+    global triton, tl, _maximum, _add, _tile, jvp_attention_kernel
     import triton
     import triton.language as tl
+
+    # Triton's own @jit helpers (tl.zeros, tl.max, tl.sum, ...) are compiled or interpreted as TRITON_INTERPRET
+    # was when triton was imported; the kernel uses builtins and these reductions only, so the interpreter
+    # (CPU tests) runs it whatever was imported first.
+    @triton.jit
+    def _maximum(a, b):
+        return tl.maximum(a, b)
+
+    @triton.jit
+    def _add(a, b):
+        return a + b
 
     @triton.jit
     def _tile(acc, acc_t, l_i, m_i, mu_i, q, q_t, offs_m, start_n,
@@ -274,7 +305,8 @@ def _define():
               len_q, len_k, dim, dim_v, scale, qk_scale,
               HAS_QT: tl.constexpr, HAS_KT: tl.constexpr, HAS_VT: tl.constexpr, CAUSAL: tl.constexpr,
               MASK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr):
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              UPCAST: tl.constexpr):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         offs_dv = tl.arange(0, BLOCK_DV)
@@ -287,6 +319,8 @@ def _define():
             k = tl.load(k_base + k_ptrs, mask=k_mask, other=0.0)
         else:
             k = tl.load(k_base + k_ptrs)
+        if UPCAST:
+            k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if HAS_QT:
             s_t = tl.dot(q_t, tl.trans(k), input_precision=DOT_PRECISION)
@@ -296,6 +330,8 @@ def _define():
                 k_t = tl.load(kt_base + kt_ptrs, mask=k_mask, other=0.0)
             else:
                 k_t = tl.load(kt_base + kt_ptrs)
+            if UPCAST:
+                k_t = k_t.to(tl.float32)
             if HAS_QT:
                 s_t = tl.dot(q, tl.trans(k_t), s_t, input_precision=DOT_PRECISION)
             else:
@@ -305,15 +341,17 @@ def _define():
             s = tl.where(offs_n[None, :] < len_k, s, float("-inf"))
         if CAUSAL:  # top-left aligned like torch SDPA: query i sees keys j <= i
             s = tl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: key 0 is in every row's first tile
+        m_new = tl.maximum(m_i, tl.reduce(s, 1, _maximum))  # finite: key 0 is in every row's first tile
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.reduce(p, 1, _add)
         v_ptrs = offs_n[:, None] * stride_vn + offs_dv[None, :]
         if MASK_N or not EVEN_DV:
             v = tl.load(v_base + v_ptrs, mask=v_mask, other=0.0)
         else:
             v = tl.load(v_base + v_ptrs)
+        if UPCAST:
+            v = v.to(tl.float32)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         if HAS_QT or HAS_KT or HAS_VT:
@@ -321,7 +359,7 @@ def _define():
         if HAS_QT or HAS_KT:
             # masked keys have p == 0 and finite s_t (zero-filled loads), so p * s_t is 0 there
             p_st = p * (s_t * scale)
-            mu_i = mu_i * alpha + tl.sum(p_st, 1)
+            mu_i = mu_i * alpha + tl.reduce(p_st, 1, _add)
             acc_t = tl.dot(p_st.to(v.dtype), v, acc_t, input_precision=DOT_PRECISION)
         if HAS_VT:
             vt_ptrs = offs_n[:, None] * stride_vtn + offs_dv[None, :]
@@ -329,6 +367,8 @@ def _define():
                 v_t = tl.load(vt_base + vt_ptrs, mask=v_mask, other=0.0)
             else:
                 v_t = tl.load(vt_base + vt_ptrs)
+            if UPCAST:
+                v_t = v_t.to(tl.float32)
             acc_t = tl.dot(p.to(v_t.dtype), v_t, acc_t, input_precision=DOT_PRECISION)
         return acc, acc_t, l_i, m_new, mu_i
 
@@ -347,8 +387,8 @@ def _define():
             heads, len_q, len_k, dim, dim_v, scale, LQ_BUCKET, LK_BUCKET,
             HAS_QT: tl.constexpr, HAS_KT: tl.constexpr, HAS_VT: tl.constexpr, WRITE_T: tl.constexpr,
             CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-            BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
-            EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr):
+            BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_M: tl.constexpr,
+            EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // heads).to(tl.int64)  # 64-bit offsets: long videos x many heads pass 2**31 elements
@@ -362,12 +402,16 @@ def _define():
             q = tl.load(q_ptrs)
         else:
             q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
         if HAS_QT:
             qt_ptrs = QT + b * stride_qtb + h * stride_qth + offs_m[:, None] * stride_qtm + offs_d[None, :]
             if EVEN_M and EVEN_D:
                 q_t = tl.load(qt_ptrs)
             else:
                 q_t = tl.load(qt_ptrs, mask=q_mask, other=0.0)
+            if UPCAST:
+                q_t = q_t.to(tl.float32)
         else:
             q_t = q  # unused
         k_base = K + b * stride_kb + h * stride_kh
@@ -377,10 +421,10 @@ def _define():
         qk_scale = scale * 1.4426950408889634  # log2(e)
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        mu_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-        acc_t = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+        l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+        mu_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+        acc = tl.full([BLOCK_M, BLOCK_DV], 0.0, dtype=tl.float32)
+        acc_t = tl.full([BLOCK_M, BLOCK_DV], 0.0, dtype=tl.float32)
 
         if CAUSAL:
             end = tl.minimum(len_k, (pid_m + 1) * BLOCK_M)
@@ -394,12 +438,14 @@ def _define():
             acc, acc_t, l_i, m_i, mu_i = _tile(
                 acc, acc_t, l_i, m_i, mu_i, q, q_t, offs_m, start_n, k_base, kt_base, v_base, vt_base,
                 stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v, scale, qk_scale,
-                HAS_QT, HAS_KT, HAS_VT, CAUSAL, False, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION)
+                HAS_QT, HAS_KT, HAS_VT, CAUSAL, False, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION,
+                UPCAST)
         if full_end < end:
             acc, acc_t, l_i, m_i, mu_i = _tile(
                 acc, acc_t, l_i, m_i, mu_i, q, q_t, offs_m, full_end, k_base, kt_base, v_base, vt_base,
                 stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v, scale, qk_scale,
-                HAS_QT, HAS_KT, HAS_VT, CAUSAL, True, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION)
+                HAS_QT, HAS_KT, HAS_VT, CAUSAL, True, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION,
+                UPCAST)
 
         inv_l = 1.0 / l_i
         out = acc * inv_l[:, None]
