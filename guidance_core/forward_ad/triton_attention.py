@@ -41,6 +41,14 @@ _TUNING = (  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
     (64, 32, 4, 4),
     (64, 128, 4, 2),
 )
+# head dim 256 (SD1.5's 160 padded) or float32: half the tile per byte budget; the last one fits any case
+_NARROW_TUNING = (
+    (64, 32, 8, 2),
+    (64, 64, 8, 2),
+    (64, 32, 4, 2),
+    (32, 32, 4, 2),
+    (32, 16, 4, 1),
+)
 _INTERPRETER_BLOCKS = (16, 16)  # small tiles so tiny test shapes still cross block edges
 
 
@@ -237,8 +245,7 @@ def _kernel(interpret: bool):
     if interpret:
         _index_scalars_for_numpy2()
     else:
-        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-                   for m, n, w, s in _TUNING]
+        configs = [_config(*tile) for tile in _TUNING]
         kernel = triton.autotune(configs, key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "HAS_QT", "HAS_KT", "HAS_VT",
                                                "WRITE_T", "DOT_PRECISION", "LQ_BUCKET", "LK_BUCKET"],
                                  prune_configs_by={"early_config_prune": _prune})(kernel)
@@ -264,21 +271,23 @@ def _index_scalars_for_numpy2():
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles that cannot pay: query tiles longer than the queries, large tiles at head dim 256 (shared
-    memory and registers), wide key tiles for short key sequences."""
+    """Tiles worth timing for this call: wide heads (256) and float32 double the bytes per tile, so they get
+    narrow tiles that fit shared memory and registers; short sequences drop tiles longer than themselves.
+    (Configs that still do not fit fail to compile and the autotuner skips them.)"""
     args = {**named_args, **kwargs}
     widest = max(args["BLOCK_D"], args["BLOCK_DV"])
-    kept = []
-    for config in configs:
-        block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
-        if block_m > 64 and args["LQ_BUCKET"] <= 64:
-            continue
-        if block_n > 64 and args["LK_BUCKET"] <= 64:
-            continue
-        if widest >= 256 and (block_n > 64 or config.num_stages > 2):
-            continue
-        kept.append(config)
+    if widest >= 256 or args["Q"].element_size() >= 4:
+        configs = [_config(*tile) for tile in _NARROW_TUNING]
+    kept = [c for c in configs
+            if not (c.kwargs["BLOCK_M"] > 64 and args["LQ_BUCKET"] <= 64)
+            and not (c.kwargs["BLOCK_N"] > 64 and args["LK_BUCKET"] <= 64)]
     return kept or configs[-1:]
+
+
+def _config(block_m, block_n, num_warps, num_stages):
+    import triton
+
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
 
 
 def _define():

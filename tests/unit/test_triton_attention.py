@@ -150,3 +150,17 @@ def test_supported_explains_why_not(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with torch.enable_grad():
         assert "no backward" in ta.supported(q.requires_grad_(), k, v)
+
+
+def test_autotuning_offers_narrow_tiles_for_wide_heads_and_float32():
+    """What the GPU autotuner may time: Hopper tiles for bf16 at head dim 128, narrow ones at 256 or float32,
+    no 128-row query tiles for 64 queries (the choice among them is the GPU's, measured by the benchmark)."""
+    configs = [ta._config(*tile) for tile in ta._TUNING]
+    tiles = (lambda kept: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept})
+    args = dict(BLOCK_D=128, BLOCK_DV=128, LQ_BUCKET=16384, LK_BUCKET=16384)
+    bf16 = torch.empty(1, dtype=torch.bfloat16)
+    assert tiles(ta._prune(configs, {"Q": bf16, **args})) == {(m, n) for m, n, _, _ in ta._TUNING}
+    narrow = {(m, n) for m, n, _, _ in ta._NARROW_TUNING}
+    assert tiles(ta._prune(configs, {"Q": torch.empty(1), **args})) == narrow
+    assert tiles(ta._prune(configs, {"Q": bf16, **args, "BLOCK_D": 256})) == narrow
+    assert all(m <= 64 for m, _ in tiles(ta._prune(configs, {"Q": bf16, **args, "LQ_BUCKET": 64})))

@@ -1,0 +1,297 @@
+"""JVP attention side by side at the shapes guided models make (GPU; --quick is a CPU smoke under Triton's
+interpreter).
+
+Per shape and dtype, one attention call with tangents on q, k and v:
+* flash_fwd: PyTorch's fused SDPA forward alone (flash; memory-efficient for float32), the yardstick;
+* ours: guidance_core.forward_ad.triton_attention.jvp_attention (primal + tangent, one Triton pass);
+* ours_dual: the same through dual_attention under torch.func.jvp (what the pack calls: adds the
+  autograd.Function's Python cost);
+* math: guidance_core.attention.chunked_math_sdpa under torch.func.jvp (today's fallback);
+* jvpfa: jvp-flash-attention 0.14.0 (JVPAttn.fwd_dual, head dims zero-padded as guidance_core.attention
+  does), self-attention only, if importable.
+Median milliseconds of repeats (CUDA events), peak memory above the inputs, and the max error of primal and
+tangent relative to max |reference|, the reference being float64 autograd on a subsample (the first batch
+element, up to 4 heads, 64 query rows spread over the sequence; a row depends only on its query).
+
+    python -m benchmarks.jvp_attention --groups sd15,cogvideox,wan,wan-cross,ltx2 --dtypes bf16,fp16
+    python -m benchmarks.jvp_attention --groups fp32 --dtypes fp32 --out benchmarks/results/jvp_attention_fp32.json
+    python -m benchmarks.jvp_attention --quick --out /tmp/jvp_attention_smoke.json   # CPU, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+
+from guidance_core import attention
+from guidance_core.forward_ad import triton_attention
+
+# name -> (batch, heads, query tokens, key tokens, head dim); batch is one guided call's (CFG halves apart)
+SHAPES = {
+    "sd15": [  # SD1.5 UNet spatial attention, 16 AnimateDiff frames: 512 px level 1, 2, 3 and 1024 px level 2
+        ("SD1.5 64x64 d40", (16, 8, 4096, 4096, 40)),
+        ("SD1.5 32x32 d80", (16, 8, 1024, 1024, 80)),
+        ("SD1.5 64x64 d80", (16, 8, 4096, 4096, 80)),
+        ("SD1.5 32x32 d160", (16, 8, 1024, 1024, 160)),
+    ],
+    "cogvideox": [  # joint text+video self-attention: 2B (30 heads) at 256x384, 5B (48 heads) at 720x480 49 f
+        ("CogVideoX-2B 256x384", (1, 30, 3682, 3682, 64)),
+        ("CogVideoX-5B 720x480", (1, 48, 17776, 17776, 64)),
+    ],
+    "wan": [  # Wan 2.1/2.2 self-attention: 1.3B (12 heads) 832x480 33 and 81 frames; 14B (40 heads) 81 frames
+        ("Wan 1.3B 33f", (1, 12, 14040, 14040, 128)),
+        ("Wan 1.3B 81f", (1, 12, 32760, 32760, 128)),
+        ("Wan 14B 480p 81f", (1, 40, 32760, 32760, 128)),
+    ],
+    "wan-large": [("Wan 14B 720p 81f", (1, 40, 75600, 75600, 128))],
+    "wan-cross": [  # video queries on 512 text tokens
+        ("Wan 1.3B 33f cross", (1, 12, 14040, 512, 128)),
+        ("Wan 1.3B 81f cross", (1, 12, 32760, 512, 128)),
+        ("Wan 14B 720p cross", (1, 40, 75600, 512, 128)),
+    ],
+    "ltx2": [  # LTX-2 video stream, 32 heads x 128 (comfy/ldm/lightricks/av_model.py); latent /32 px, /8 frames
+        ("LTX-2 768x512 121f", (1, 32, 6144, 6144, 128)),
+        ("LTX-2 1216x704 121f", (1, 32, 13376, 13376, 128)),
+        ("LTX-2 1216x704 cross", (1, 32, 13376, 1024, 128)),  # text context length assumed 1,024
+    ],
+    "fp32": [  # the float32 sample: one shape per family, small enough for float32 MATH
+        ("SD1.5 64x64 d40", (16, 8, 4096, 4096, 40)),
+        ("CogVideoX-2B 256x384", (1, 30, 3682, 3682, 64)),
+        ("Wan 1.3B 33f", (1, 12, 14040, 14040, 128)),
+        ("Wan 1.3B 33f cross", (1, 12, 14040, 512, 128)),
+    ],
+    "quick": [  # CPU interpreter smoke: ragged, cross, padded head dim
+        ("tiny self d40", (1, 2, 40, 40, 40)),
+        ("tiny cross d64", (1, 2, 33, 20, 64)),
+    ],
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+IMPLEMENTATIONS = ("flash_fwd", "ours", "ours_dual", "math", "jvpfa")
+
+
+def jvpfa_kernel():
+    """jvp-flash-attention's JVPAttn, or None (not installed, no CUDA)."""
+    return attention.fused_kernel()
+
+
+def timed(fn, device: torch.device, budget_s: float) -> tuple[float, float | None, float, object]:
+    """(median ms, peak MB above the start or None off CUDA, first call s, last result) of fn(); repeats
+    fill about budget_s, at least 3 (1 with no budget: the CPU smoke) and at most 25."""
+    cuda = device.type == "cuda"
+    start = time.perf_counter()
+    result = fn()  # compile, autotune, lazy init
+    if cuda:
+        torch.cuda.synchronize()
+    first_s = time.perf_counter() - start
+    del result
+    if cuda:
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    least = 3 if budget_s > 0 else 1
+    while len(times) < least or (sum(times) < budget_s * 1e3 and len(times) < 25):
+        if cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            result = fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            result = fn()
+            times.append((time.perf_counter() - begin) * 1e3)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
+    return statistics.median(times), peak, first_s, result
+
+
+def reference(q, k, v, q_t, k_t, v_t, rows: torch.Tensor, heads: int):
+    """float64 autograd JVP of softmax attention for batch 0, the first `heads` heads, the query `rows`."""
+    def attention64(a, b, c):
+        return ((a @ b.transpose(-1, -2)) * a.shape[-1] ** -0.5).softmax(-1) @ c
+
+    pick_q = (lambda t: t[:1, :heads, rows].double())
+    pick_kv = (lambda t: t[:1, :heads].double())
+    return torch.func.jvp(attention64, (pick_q(q), pick_kv(k), pick_kv(v)), (pick_q(q_t), pick_kv(k_t), pick_kv(v_t)))
+
+
+def relative_error(actual, expected, rows, heads) -> float:
+    actual = actual[:1, :heads, rows].double()
+    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+
+
+def flash_forward(q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    if q.device.type != "cuda":
+        backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]  # CPU smoke: any forward
+    with sdpa_kernel(backends):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def implementations(q, k, v, q_t, k_t, v_t) -> dict:
+    """name -> (callable returning (out, out_t or None), or the reason it does not apply here)."""
+    runs = {"flash_fwd": lambda: (flash_forward(q, k, v), None)}
+    reason = triton_attention.supported(q, k, v, q_t, k_t, v_t)
+    if reason is None:
+        runs["ours"] = lambda: triton_attention.jvp_attention(q, k, v, q_t, k_t, v_t)
+        runs["ours_dual"] = lambda: torch.func.jvp(triton_attention.dual_attention, (q, k, v), (q_t, k_t, v_t))
+    else:
+        runs["ours"] = runs["ours_dual"] = reason
+    runs["math"] = lambda: torch.func.jvp(attention.chunked_math_sdpa, (q, k, v), (q_t, k_t, v_t))
+    if jvpfa_kernel() is None:
+        runs["jvpfa"] = "jvp-flash-attention not importable (or no CUDA)"
+    elif attention.attention_route(q, k, v, kernel_available=True) != "fused":
+        runs["jvpfa"] = "outside jvp-flash-attention's route (self-attention, even length, >= 256 tokens)"
+    else:
+        def jvpfa():
+            with fwAD.dual_level():
+                dual = attention.fused_attention(*(fwAD.make_dual(p, t) for p, t in ((q, q_t), (k, k_t), (v, v_t))))
+                out, out_t = fwAD.unpack_dual(dual)
+            return out, out_t
+        runs["jvpfa"] = jvpfa
+    return runs
+
+
+def measure(name: str, dims: tuple, dtype: torch.dtype, device: torch.device, budget_s: float) -> dict:
+    batch, heads, len_q, len_k, dim = dims
+    g = torch.Generator(device=device).manual_seed(0)
+    shapes = [(batch, heads, n, dim) for n in (len_q, len_k, len_k)] * 2
+    q, k, v, q_t, k_t, v_t = (torch.randn(s, generator=g, device=device, dtype=torch.float32).to(dtype)
+                              for s in shapes)
+    rows = torch.linspace(0, len_q - 1, min(64, len_q), device=device).round().long().unique()
+    ref_heads = min(4, heads)
+    expected, expected_t = reference(q, k, v, q_t, k_t, v_t, rows, ref_heads)
+    row = {"shape": name, "dims": list(dims), "dtype": str(dtype).replace("torch.", ""),
+           "tflop_fwd": 4 * batch * heads * len_q * len_k * dim / 1e12}
+    for impl, run in implementations(q, k, v, q_t, k_t, v_t).items():
+        if isinstance(run, str):
+            row[impl] = {"skipped": run}
+            continue
+        try:
+            ms, peak, first_s, (out, out_t) = timed(run, device, budget_s)
+        except Exception as error:  # out of memory, a kernel that does not compile: report it, go on
+            row[impl] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        result = {"ms": ms, "peak_mb": peak, "first_call_s": first_s,
+                  "primal_err": relative_error(out, expected, rows, ref_heads)}
+        if out_t is not None:
+            result["tangent_err"] = relative_error(out_t, expected_t, rows, ref_heads)
+        if impl == "ours" and device.type == "cuda":
+            best = getattr(triton_attention._built.get("kernel"), "best_config", None)
+            result["config"] = str(best) if best is not None else None
+        row[impl] = result
+        del out, out_t
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    flash_ms = row["flash_fwd"].get("ms")
+    for impl in IMPLEMENTATIONS[1:]:
+        if flash_ms and "ms" in row[impl]:
+            row[impl]["x_flash_fwd"] = row[impl]["ms"] / flash_ms
+    return row
+
+
+def cell(result: dict, key: str, fmt: str) -> str:
+    if "skipped" in result:
+        return "n/a"
+    if "error" in result:
+        return "error"
+    value = result.get(key)
+    return "-" if value is None else format(value, fmt)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| shape | dtype | flash fwd ms | ours ms (x fwd) | ours dual ms | MATH ms | jvp-flash-attn ms "
+            "| ours peak MB | MATH peak MB | ours err primal / tangent | MATH err tangent | jvpfa err tangent |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        ours = r["ours"]
+        ratio = f" ({ours['x_flash_fwd']:.1f}x)" if "x_flash_fwd" in ours else ""
+        lines.append(" | ".join([
+            f"| {r['shape']} {tuple(r['dims'])}", r["dtype"], cell(r["flash_fwd"], "ms", ".2f"),
+            cell(ours, "ms", ".2f") + ratio, cell(r["ours_dual"], "ms", ".2f"), cell(r["math"], "ms", ".2f"),
+            cell(r["jvpfa"], "ms", ".2f"), cell(ours, "peak_mb", ".0f"), cell(r["math"], "peak_mb", ".0f"),
+            f"{cell(ours, 'primal_err', '.1e')} / {cell(ours, 'tangent_err', '.1e')}",
+            cell(r["math"], "tangent_err", ".1e"), cell(r["jvpfa"], "tangent_err", ".1e")]) + " |")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def interpreter_env(on: bool):
+    """TRITON_INTERPRET=1 for the CPU smoke only, restored after."""
+    previous = os.environ.get("TRITON_INTERPRET")
+    if on:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        if on:
+            if previous is None:
+                os.environ.pop("TRITON_INTERPRET", None)
+            else:
+                os.environ["TRITON_INTERPRET"] = previous
+
+
+def run(groups: list[str], dtypes: list[str], device: torch.device, budget_s: float, quick: bool) -> dict:
+    rows = []
+    with interpreter_env(quick):
+        for group in groups:
+            for name, dims in SHAPES[group]:
+                for dtype in dtypes:
+                    start = time.perf_counter()
+                    rows.append(measure(name, dims, DTYPES[dtype], device, budget_s))
+                    rows[-1]["group"] = group
+                    print(f"{name} {dtype}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    info = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    return {"info": info, "rows": rows}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--groups", default="sd15,cogvideox,wan,wan-cross,ltx2",
+                        help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument("--dtypes", default="bf16,fp16", help="comma-separated, of fp32, bf16, fp16")
+    parser.add_argument("--budget", type=float, default=0.4, help="seconds of timed repeats per implementation")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes on the CPU under Triton's interpreter")
+    parser.add_argument("--out", default="benchmarks/results/jvp_attention.json")
+    args = parser.parse_args(argv)
+    groups = ["quick"] if args.quick else args.groups.split(",")
+    dtypes = ["bf16"] if args.quick else args.dtypes.split(",")
+    unknown = [g for g in groups if g not in SHAPES] + [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        parser.error(f"unknown group or dtype: {', '.join(unknown)}")
+    device = torch.device("cpu" if args.quick else args.device)
+    result = run(groups, dtypes, device, 0.0 if args.quick else args.budget, args.quick)
+    result["command"] = " ".join(["python -m benchmarks.jvp_attention"] + (argv if argv is not None else sys.argv[1:]))
+    print(table(result["rows"]))
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""benchmarks/jvp_attention.py --quick on the CPU (Triton's interpreter): its code paths run, its JSON and
+table come out, and the kernel agrees with the float64 reference there. The figures come from the GPU run."""
+import json
+import os
+
+import pytest
+
+pytest.importorskip("triton")
+
+from benchmarks import jvp_attention  # noqa: E402
+
+
+def test_quick_benchmark_writes_rows_that_agree_with_the_reference(tmp_path, capsys):
+    out = tmp_path / "jvp_attention.json"
+    interpret_before = os.environ.get("TRITON_INTERPRET")
+    jvp_attention.main(["--quick", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert {row["shape"] for row in result["rows"]} == {name for name, _ in jvp_attention.SHAPES["quick"]}
+    for row in result["rows"]:
+        for impl in ("ours", "ours_dual", "math"):
+            assert row[impl]["ms"] > 0, (row["shape"], impl)
+            assert row[impl]["tangent_err"] < 3e-2 and row[impl]["primal_err"] < 3e-2, (row["shape"], impl)
+        assert "skipped" in row["jvpfa"]  # CUDA only
+    assert "| tiny cross d64" in capsys.readouterr().out
+    assert os.environ.get("TRITON_INTERPRET") == interpret_before  # the smoke's setting does not leak
