@@ -32,23 +32,26 @@ MAX_HEAD_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # Hopper (H200) candidates; autotune keys on head dims, causal, which tangents exist, dtype and the
-# bucketed sequence lengths. Short on purpose: each config compiles once per specialisation.
+# bucketed sequence lengths. Short on purpose: each config compiles once per specialisation. Chosen from
+# sm_90 compiles of the all-tangents kernel (registers, spills, shared memory; no GPU timings yet):
+# bf16 head dim 128: (128, 32, 8 warps) spills nothing, (128, 64, 8, 2) and (64, 64, 4, 3) spill a few bytes,
+# 128-wide key tiles spill hundreds; head dim 64 fits every tile here.
 _TUNING = (  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    (128, 64, 8, 3),
     (128, 32, 8, 3),
-    (128, 128, 8, 2),
+    (128, 32, 8, 2),
+    (128, 64, 8, 2),
+    (128, 64, 8, 3),
     (64, 64, 4, 3),
-    (64, 32, 4, 4),
-    (64, 128, 4, 2),
+    (128, 128, 8, 2),
 )
-# head dim 256 (SD1.5's 160 padded) or float32: half the tile per byte budget; the last one fits any case
+# head dim 256 (SD1.5's 160 padded) or float32 at head dim >= 128: twice the bytes per tile
 _NARROW_TUNING = (
-    (64, 32, 8, 2),
-    (64, 64, 8, 2),
+    (128, 32, 8, 2),
     (64, 32, 4, 2),
+    (64, 32, 4, 1),
     (32, 32, 4, 2),
-    (32, 16, 4, 1),
 )
+SHARED_MEMORY_BYTES = 232_448  # per block on Hopper (227 KiB)
 _INTERPRETER_BLOCKS = (16, 16)  # small tiles so tiny test shapes still cross block edges
 
 
@@ -74,6 +77,12 @@ def _bucket(length: int) -> int:
 
 def _block_dim(dim: int) -> int:
     return max(16, 1 << (dim - 1).bit_length())  # tl.dot needs >= 16
+
+
+def _value_block(dim_v: int, interpret: bool = False) -> int:
+    """Value columns per program: wider value heads split over programs (grid axis 2), since two float32
+    accumulators of 256 columns spill registers on Hopper; each program recomputes the scores."""
+    return min(_block_dim(dim_v), 32 if interpret else 128)  # interpreter: exercise the split at tiny dims
 
 
 def input_error(q, k, v, q_t=None, k_t=None, v_t=None) -> str | None:
@@ -204,12 +213,13 @@ def _launch(q, k, v, q_t, k_t, v_t, scale, causal, want_tangent: bool):
     kernel = _kernel(interpret)
     meta = dict(HAS_QT=has_tangent and q_t is not None, HAS_KT=has_tangent and k_t is not None,
                 HAS_VT=has_tangent and v_t is not None, WRITE_T=has_tangent, CAUSAL=bool(causal),
-                BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v), DOT_PRECISION=precision,
+                BLOCK_D=_block_dim(dim), BLOCK_DV=_value_block(dim_v, interpret), DOT_PRECISION=precision,
                 # Triton 3.5's interpreter multiplies bfloat16 bit patterns as integers: products in float32 there
                 UPCAST=interpret and q.dtype == torch.bfloat16)
     if interpret:
         meta.update(BLOCK_M=_INTERPRETER_BLOCKS[0], BLOCK_N=_INTERPRETER_BLOCKS[1])
-    grid = lambda cfg: (math.ceil(len_q / cfg["BLOCK_M"]), batch * heads)  # noqa: E731
+    grid = lambda cfg: (math.ceil(len_q / cfg["BLOCK_M"]), batch * heads,  # noqa: E731
+                        math.ceil(dim_v / cfg["BLOCK_DV"]))
     with torch.cuda.device(q.device) if q.is_cuda else _nullcontext():
         kernel[grid](*tensors, *strides, heads, len_q, len_k, dim, dim_v, scale, _bucket(len_q), _bucket(len_k),
                      **meta)
@@ -271,17 +281,28 @@ def _index_scalars_for_numpy2():
 
 
 def _prune(configs, named_args, **kwargs):
-    """Tiles worth timing for this call: wide heads (256) and float32 double the bytes per tile, so they get
-    narrow tiles that fit shared memory and registers; short sequences drop tiles longer than themselves.
-    (Configs that still do not fit fail to compile and the autotuner skips them.)"""
+    """Tiles worth timing for this call: narrow tiles for wide heads and float32, no key tiles of 128 above
+    head dim 64 (they spill), none whose pipelined tiles overflow shared memory, none longer than the
+    sequence they tile."""
     args = {**named_args, **kwargs}
-    widest = max(args["BLOCK_D"], args["BLOCK_DV"])
-    if widest >= 256 or args["Q"].element_size() >= 4:
+    size = args["Q"].element_size()
+    block_d, block_dv = args["BLOCK_D"], args["BLOCK_DV"]
+    if block_d >= 256 or (size >= 4 and block_d >= 128):
         configs = [_config(*tile) for tile in _NARROW_TUNING]
+    key_tiles = 1 + bool(args["HAS_KT"])
+    value_tiles = 1 + bool(args["HAS_VT"])
+    query_tiles = 1 + bool(args["HAS_QT"])
+
+    def shared_bytes(c):  # num_stages copies of the key-side tiles, plus q (and q_t) held for the loop
+        m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        return size * (c.num_stages * n * (block_d * key_tiles + block_dv * value_tiles) + m * block_d * query_tiles)
+
     kept = [c for c in configs
-            if not (c.kwargs["BLOCK_M"] > 64 and args["LQ_BUCKET"] <= 64)
+            if shared_bytes(c) <= SHARED_MEMORY_BYTES
+            and not (c.kwargs["BLOCK_N"] > 64 and block_d > 64)
+            and not (c.kwargs["BLOCK_M"] > 64 and args["LQ_BUCKET"] <= 64)
             and not (c.kwargs["BLOCK_N"] > 64 and args["LK_BUCKET"] <= 64)]
-    return kept or configs[-1:]
+    return kept or [min(configs, key=shared_bytes)]
 
 
 def _config(block_m, block_n, num_warps, num_stages):
@@ -330,22 +351,9 @@ def _define():
             k = tl.load(k_base + k_ptrs)
         if UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if HAS_QT:
-            s_t = tl.dot(q_t, tl.trans(k), input_precision=DOT_PRECISION)
-        if HAS_KT:
-            kt_ptrs = offs_n[:, None] * stride_ktn + offs_d[None, :]
-            if MASK_N or not EVEN_D:
-                k_t = tl.load(kt_base + kt_ptrs, mask=k_mask, other=0.0)
-            else:
-                k_t = tl.load(kt_base + kt_ptrs)
-            if UPCAST:
-                k_t = k_t.to(tl.float32)
-            if HAS_QT:
-                s_t = tl.dot(q, tl.trans(k_t), s_t, input_precision=DOT_PRECISION)
-            else:
-                s_t = tl.dot(q, tl.trans(k_t), input_precision=DOT_PRECISION)
-        s = s * qk_scale  # log2 domain: exp2 is the fast path
+        # order: forward first, then each tangent product, so the score tile is dead before S_t is formed
+        # (two BLOCK_M x BLOCK_N float32 tiles at once would spill registers at head dim 128)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain for exp2
         if MASK_N:
             s = tl.where(offs_n[None, :] < len_k, s, float("-inf"))
         if CAUSAL:  # top-left aligned like torch SDPA: query i sees keys j <= i
@@ -365,11 +373,6 @@ def _define():
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         if HAS_QT or HAS_KT or HAS_VT:
             acc_t = acc_t * alpha[:, None]
-        if HAS_QT or HAS_KT:
-            # masked keys have p == 0 and finite s_t (zero-filled loads), so p * s_t is 0 there
-            p_st = p * (s_t * scale)
-            mu_i = mu_i * alpha + tl.reduce(p_st, 1, _add)
-            acc_t = tl.dot(p_st.to(v.dtype), v, acc_t, input_precision=DOT_PRECISION)
         if HAS_VT:
             vt_ptrs = offs_n[:, None] * stride_vtn + offs_dv[None, :]
             if MASK_N or not EVEN_DV:
@@ -379,13 +382,32 @@ def _define():
             if UPCAST:
                 v_t = v_t.to(tl.float32)
             acc_t = tl.dot(p.to(v_t.dtype), v_t, acc_t, input_precision=DOT_PRECISION)
+        if HAS_QT or HAS_KT:
+            if HAS_QT:
+                s_t = tl.dot(q_t, tl.trans(k), input_precision=DOT_PRECISION)
+            if HAS_KT:
+                kt_ptrs = offs_n[:, None] * stride_ktn + offs_d[None, :]
+                if MASK_N or not EVEN_D:
+                    k_t = tl.load(kt_base + kt_ptrs, mask=k_mask, other=0.0)
+                else:
+                    k_t = tl.load(kt_base + kt_ptrs)
+                if UPCAST:
+                    k_t = k_t.to(tl.float32)
+                if HAS_QT:
+                    s_t = tl.dot(q, tl.trans(k_t), s_t, input_precision=DOT_PRECISION)
+                else:
+                    s_t = tl.dot(q, tl.trans(k_t), input_precision=DOT_PRECISION)
+            # masked keys have p == 0 and finite s_t (zero-filled loads), so p * s_t is 0 there
+            p_st = p * (s_t * scale)
+            mu_i = mu_i * alpha + tl.reduce(p_st, 1, _add)
+            acc_t = tl.dot(p_st.to(v.dtype), v, acc_t, input_precision=DOT_PRECISION)
         return acc, acc_t, l_i, m_new, mu_i
 
     @triton.heuristics({
         "EVEN_M": lambda a: a["len_q"] % a["BLOCK_M"] == 0,
         "EVEN_N": lambda a: a["len_k"] % a["BLOCK_N"] == 0,
         "EVEN_D": lambda a: a["dim"] == a["BLOCK_D"],
-        "EVEN_DV": lambda a: a["dim_v"] == a["BLOCK_DV"],
+        "EVEN_DV": lambda a: a["dim_v"] % a["BLOCK_DV"] == 0,
     })
     @triton.jit(do_not_specialize=["LQ_BUCKET", "LK_BUCKET"])
     def jvp_attention_kernel(
@@ -404,7 +426,8 @@ def _define():
         h = (pid_bh % heads).to(tl.int64)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
-        offs_dv = tl.arange(0, BLOCK_DV)
+        dv_start = tl.program_id(2) * BLOCK_DV  # value columns of this program (head dims over 128 split)
+        offs_dv = dv_start + tl.arange(0, BLOCK_DV)
         q_mask = (offs_m[:, None] < len_q) & (offs_d[None, :] < dim)
         q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
         if EVEN_M and EVEN_D:
@@ -425,8 +448,9 @@ def _define():
             q_t = q  # unused
         k_base = K + b * stride_kb + h * stride_kh
         kt_base = KT + b * stride_ktb + h * stride_kth
-        v_base = V + b * stride_vb + h * stride_vh
-        vt_base = VT + b * stride_vtb + h * stride_vth
+        v_base = V + b * stride_vb + h * stride_vh + dv_start
+        vt_base = VT + b * stride_vtb + h * stride_vth + dv_start
+        dim_v_left = dim_v - dv_start
         qk_scale = scale * 1.4426950408889634  # log2(e)
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -446,13 +470,13 @@ def _define():
         for start_n in range(0, full_end, BLOCK_N):
             acc, acc_t, l_i, m_i, mu_i = _tile(
                 acc, acc_t, l_i, m_i, mu_i, q, q_t, offs_m, start_n, k_base, kt_base, v_base, vt_base,
-                stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v, scale, qk_scale,
+                stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v_left, scale, qk_scale,
                 HAS_QT, HAS_KT, HAS_VT, CAUSAL, False, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION,
                 UPCAST)
         if full_end < end:
             acc, acc_t, l_i, m_i, mu_i = _tile(
                 acc, acc_t, l_i, m_i, mu_i, q, q_t, offs_m, full_end, k_base, kt_base, v_base, vt_base,
-                stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v, scale, qk_scale,
+                stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v_left, scale, qk_scale,
                 HAS_QT, HAS_KT, HAS_VT, CAUSAL, True, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION,
                 UPCAST)
 

@@ -152,15 +152,20 @@ def test_supported_explains_why_not(monkeypatch):
         assert "no backward" in ta.supported(q.requires_grad_(), k, v)
 
 
-def test_autotuning_offers_narrow_tiles_for_wide_heads_and_float32():
-    """What the GPU autotuner may time: Hopper tiles for bf16 at head dim 128, narrow ones at 256 or float32,
-    no 128-row query tiles for 64 queries (the choice among them is the GPU's, measured by the benchmark)."""
+def test_autotuning_offers_tiles_that_fit_the_shape_class():
+    """What the GPU autotuner may time (the choice among them is the GPU's, measured by the benchmark):
+    tiles within Hopper's shared memory, narrow ones at head dim 256 or float32 at 128, none of 128 queries
+    for 64 queries."""
     configs = [ta._config(*tile) for tile in ta._TUNING]
-    tiles = (lambda kept: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept})
-    args = dict(BLOCK_D=128, BLOCK_DV=128, LQ_BUCKET=16384, LK_BUCKET=16384)
+    tiles = (lambda kept: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages) for c in kept})
+    flags = dict(HAS_QT=True, HAS_KT=True, HAS_VT=True, LQ_BUCKET=16384, LK_BUCKET=16384)
     bf16 = torch.empty(1, dtype=torch.bfloat16)
-    assert tiles(ta._prune(configs, {"Q": bf16, **args})) == {(m, n) for m, n, _, _ in ta._TUNING}
-    narrow = {(m, n) for m, n, _, _ in ta._NARROW_TUNING}
-    assert tiles(ta._prune(configs, {"Q": torch.empty(1), **args})) == narrow
-    assert tiles(ta._prune(configs, {"Q": bf16, **args, "BLOCK_D": 256})) == narrow
-    assert all(m <= 64 for m, _ in tiles(ta._prune(configs, {"Q": bf16, **args, "LQ_BUCKET": 64})))
+    wan = tiles(ta._prune(configs, {"Q": bf16, "BLOCK_D": 128, "BLOCK_DV": 128, **flags}))
+    assert (128, 32, 3) in wan and (128, 64, 3) not in wan and all(n <= 64 for _, n, _ in wan)
+    cog = tiles(ta._prune(configs, {"Q": bf16, "BLOCK_D": 64, "BLOCK_DV": 64, **flags}))
+    assert (128, 128, 2) in cog and (128, 64, 3) in cog
+    narrow = {(m, n, s) for m, n, _, s in ta._NARROW_TUNING}
+    assert tiles(ta._prune(configs, {"Q": torch.empty(1), "BLOCK_D": 128, "BLOCK_DV": 128, **flags})) <= narrow
+    assert tiles(ta._prune(configs, {"Q": bf16, "BLOCK_D": 256, "BLOCK_DV": 128, **flags})) <= narrow
+    short = tiles(ta._prune(configs, {"Q": bf16, "BLOCK_D": 64, "BLOCK_DV": 64, **flags, "LQ_BUCKET": 64}))
+    assert short and all(m <= 64 for m, _, _ in short)
