@@ -169,3 +169,57 @@ def test_autotuning_offers_tiles_that_fit_the_shape_class():
     assert tiles(ta._prune(configs, {"Q": bf16, "BLOCK_D": 256, "BLOCK_DV": 128, **flags})) <= narrow
     short = tiles(ta._prune(configs, {"Q": bf16, "BLOCK_D": 64, "BLOCK_DV": 64, **flags, "LQ_BUCKET": 64}))
     assert short and all(m <= 64 for m, _, _ in short)
+
+
+def compile_for_hopper(dtype="bf16", dim=128, tile=(128, 32, 8, 3), tangents=(True, True, True), causal=False,
+                       even=True):
+    """Lower the compiled (not interpreted) kernel to an sm_90 cubin on this CPU; returns its metadata."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    ta._kernel(False)  # the compiled build; the next interpreted call rebuilds the interpreter one
+    fn = ta.jvp_attention_kernel.fn  # under the heuristics wrapper
+    block_m, block_n, warps, stages = tile
+    constants = dict(HAS_QT=tangents[0], HAS_KT=tangents[1], HAS_VT=tangents[2], WRITE_T=any(tangents),
+                     CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=ta._block_dim(dim),
+                     BLOCK_DV=ta._value_block(dim), DOT_PRECISION="tf32", UPCAST=False, EVEN_M=even, EVEN_N=even,
+                     EVEN_D=ta._block_dim(dim) == dim, EVEN_DV=dim % ta._value_block(dim) == 0)
+    signature, attrs = {}, {}
+    for index, name in enumerate(fn.arg_names):
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in ("Q", "K", "V", "QT", "KT", "VT", "OUT", "OUT_T"):
+            signature[name] = "*" + dtype
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "fp32" if name == "scale" else "i32"
+    source = ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, "num_stages": stages}).metadata
+
+
+@pytest.mark.parametrize("case", [
+    dict(),  # Wan's shape class: bf16, head dim 128, all tangents
+    dict(dtype="fp16", dim=40, tile=(64, 64, 4, 3), tangents=(True, False, True), causal=True, even=False),
+])
+def test_kernel_lowers_for_hopper_within_shared_memory(case):
+    """The interpreter checks the maths, not the lowering: this compiles for sm_90 (no GPU needed), in a fresh
+    process because running the interpreter patches triton.language for the rest of a process."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    here = pathlib.Path(__file__).resolve()
+    code = (f"import sys, json; sys.path[:0] = [{str(here.parents[2])!r}, {str(here.parent)!r}]\n"
+            f"import test_triton_attention as t\n"
+            f"print('SHARED', t.compile_for_hopper(**json.loads({json.dumps(json.dumps(case))})).shared)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode and "GPUTarget" in done.stderr + done.stdout and "ImportError" in done.stderr:
+        pytest.skip("this Triton build cannot compile for sm_90 here")
+    assert done.returncode == 0, done.stderr[-3000:]
+    shared = int(done.stdout.split("SHARED")[-1])
+    assert 0 < shared <= ta.SHARED_MEMORY_BYTES
