@@ -68,6 +68,8 @@ def check(len_q, len_k, dim, dim_v=None, causal=False, dtype=torch.float32, pres
     (33, 20, 80, False),   # cross-attention: fewer keys than queries
     (20, 45, 64, True),    # causal with more keys than queries
     (17, 17, 128, False),
+    (1, 7, 16, True),      # one query (causal: it sees key 0 only)
+    (5, 1, 32, False),     # one key
 ])
 def test_primal_and_tangent_match_float64_autograd(len_q, len_k, dim, causal):
     check(len_q, len_k, dim, causal=causal)
