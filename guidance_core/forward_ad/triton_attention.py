@@ -3,12 +3,14 @@
 With S = scale q k^T, P = softmax(S), out = P v, a JVP needs
     S_t   = scale (q_t k^T + q k_t^T)
     out_t = P v_t + (P * (S_t - rowsum(P * S_t))) v.
-Per query block the kernel walks the key blocks once with the online softmax (running max m) and keeps, all
-rescaled by exp(m_old - m_new) when m grows, with p = exp(S - m):
-    l = sum p,  acc = sum p v,  acc_t = sum p v_t + sum (p S_t) v,  mu = sum p S_t;
-at the end out = acc / l and out_t = (acc_t - (mu / l) acc) / l. No score matrix reaches memory, so memory is
-that of the inputs and outputs; the tangent costs up to four more matrix products per tile than the forward
-(q_t k^T, q k_t^T, (p S_t) v, p v_t), each skipped when the tangent it needs is absent.
+Per query block the kernel walks the key blocks once with the online softmax (running max m; p = exp(S - m),
+everything rescaled by exp(m_old - m_new) when m grows) and keeps
+    l = sum p,  acc = sum p v,  c = sum p S_t / l,  acc_t = sum p v_t + sum p (S_t - c) v,
+re-centring acc_t on each key block by -(c_new - c_old) acc, so that S_t - c, not S_t, is rounded to the
+input dtype for the product with v (a large common offset in S_t would otherwise eat the tangent's precision).
+At the end out = acc / l and out_t = acc_t / l. No score matrix reaches memory, so memory is that of the
+inputs and outputs; the tangent costs up to four more matrix products per tile than the forward
+(q_t k^T, q k_t^T, p (S_t - c) v, p v_t), each skipped when the tangent it needs is absent.
 
 Limits: (batch, heads, tokens, head dim) tensors with equal heads for q, k, v (no GQA, no masks but causal,
 no dropout), query and key lengths may differ (cross-attention), head dims up to 256 (q/k and v may differ;
@@ -330,7 +332,7 @@ def _define():
         return a + b
 
     @triton.jit
-    def _tile(acc, acc_t, l_i, m_i, mu_i, q, q_t, offs_m, start_n,
+    def _tile(acc, acc_t, l_i, m_i, c_i, q, q_t, offs_m, start_n,
               k_base, kt_base, v_base, vt_base, stride_kn, stride_ktn, stride_vn, stride_vtn,
               len_q, len_k, dim, dim_v, scale, qk_scale,
               HAS_QT: tl.constexpr, HAS_KT: tl.constexpr, HAS_VT: tl.constexpr, CAUSAL: tl.constexpr,
@@ -370,18 +372,8 @@ def _define():
         if UPCAST:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         if HAS_QT or HAS_KT or HAS_VT:
             acc_t = acc_t * alpha[:, None]
-        if HAS_VT:
-            vt_ptrs = offs_n[:, None] * stride_vtn + offs_dv[None, :]
-            if MASK_N or not EVEN_DV:
-                v_t = tl.load(vt_base + vt_ptrs, mask=v_mask, other=0.0)
-            else:
-                v_t = tl.load(vt_base + vt_ptrs)
-            if UPCAST:
-                v_t = v_t.to(tl.float32)
-            acc_t = tl.dot(p.to(v_t.dtype), v_t, acc_t, input_precision=DOT_PRECISION)
         if HAS_QT or HAS_KT:
             if HAS_QT:
                 s_t = tl.dot(q_t, tl.trans(k), input_precision=DOT_PRECISION)
@@ -397,11 +389,28 @@ def _define():
                     s_t = tl.dot(q, tl.trans(k_t), s_t, input_precision=DOT_PRECISION)
                 else:
                     s_t = tl.dot(q, tl.trans(k_t), input_precision=DOT_PRECISION)
-            # masked keys have p == 0 and finite s_t (zero-filled loads), so p * s_t is 0 there
-            p_st = p * (s_t * scale)
-            mu_i = mu_i * alpha + tl.reduce(p_st, 1, _add)
+            # S_t is kept centred on its running P-weighted row mean c before p * (S_t - c) is rounded to the
+            # input dtype for the product with v: a large common offset in S_t (keys sharing a direction)
+            # would otherwise cost the tangent its precision. Moving c by `shift` moves the part of acc_t
+            # already summed by -shift * (sum p v so far), and the centred sum of p (S_t - c) stays 0.
+            # (Masked keys have p == 0 and finite s_t from zero-filled loads.)
+            s_t = s_t * scale - c_i[:, None]
+            shift = tl.reduce(p * s_t, 1, _add) / l_i
+            acc_t = acc_t - shift[:, None] * acc
+            c_i = c_i + shift
+            p_st = p * (s_t - shift[:, None])
             acc_t = tl.dot(p_st.to(v.dtype), v, acc_t, input_precision=DOT_PRECISION)
-        return acc, acc_t, l_i, m_new, mu_i
+        if HAS_VT:
+            vt_ptrs = offs_n[:, None] * stride_vtn + offs_dv[None, :]
+            if MASK_N or not EVEN_DV:
+                v_t = tl.load(vt_base + vt_ptrs, mask=v_mask, other=0.0)
+            else:
+                v_t = tl.load(vt_base + vt_ptrs)
+            if UPCAST:
+                v_t = v_t.to(tl.float32)
+            acc_t = tl.dot(p.to(v_t.dtype), v_t, acc_t, input_precision=DOT_PRECISION)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        return acc, acc_t, l_i, m_new, c_i
 
     @triton.heuristics({
         "EVEN_M": lambda a: a["len_q"] % a["BLOCK_M"] == 0,
@@ -455,7 +464,7 @@ def _define():
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
-        mu_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+        c_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)  # centre of S_t (see _tile)
         acc = tl.full([BLOCK_M, BLOCK_DV], 0.0, dtype=tl.float32)
         acc_t = tl.full([BLOCK_M, BLOCK_DV], 0.0, dtype=tl.float32)
 
@@ -468,14 +477,14 @@ def _define():
         if EVEN_N and not CAUSAL:
             full_end = end
         for start_n in range(0, full_end, BLOCK_N):
-            acc, acc_t, l_i, m_i, mu_i = _tile(
-                acc, acc_t, l_i, m_i, mu_i, q, q_t, offs_m, start_n, k_base, kt_base, v_base, vt_base,
+            acc, acc_t, l_i, m_i, c_i = _tile(
+                acc, acc_t, l_i, m_i, c_i, q, q_t, offs_m, start_n, k_base, kt_base, v_base, vt_base,
                 stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v_left, scale, qk_scale,
                 HAS_QT, HAS_KT, HAS_VT, CAUSAL, False, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION,
                 UPCAST)
         if full_end < end:
-            acc, acc_t, l_i, m_i, mu_i = _tile(
-                acc, acc_t, l_i, m_i, mu_i, q, q_t, offs_m, full_end, k_base, kt_base, v_base, vt_base,
+            acc, acc_t, l_i, m_i, c_i = _tile(
+                acc, acc_t, l_i, m_i, c_i, q, q_t, offs_m, full_end, k_base, kt_base, v_base, vt_base,
                 stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v_left, scale, qk_scale,
                 HAS_QT, HAS_KT, HAS_VT, CAUSAL, True, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION,
                 UPCAST)
@@ -486,10 +495,7 @@ def _define():
         o_ptrs = OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :]
         tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=o_mask)
         if WRITE_T:
-            if HAS_QT or HAS_KT:
-                out_t = (acc_t - (mu_i * inv_l)[:, None] * acc) * inv_l[:, None]
-            else:
-                out_t = acc_t * inv_l[:, None]
+            out_t = acc_t * inv_l[:, None]  # acc_t holds p (S_t - c) with c the row's P-mean of S_t: centred
             ot_ptrs = OUT_T + b * stride_otb + h * stride_oth + offs_m[:, None] * stride_otm + offs_dv[None, :]
             tl.store(ot_ptrs, out_t.to(OUT_T.dtype.element_ty), mask=o_mask)
 

@@ -89,6 +89,19 @@ def test_half_inputs_accumulate_in_float32(dtype, causal):
     check(35, 29, 64, causal=causal, dtype=dtype)
 
 
+def test_tangent_keeps_fp16_precision_when_scores_share_a_large_offset():
+    """Keys sharing a direction that the query tangent points along give S_t a large common offset per row;
+    the kernel rounds S_t - (its running mean), so the fp16 tangent stays at fp16 rounding (3.8e-4 here;
+    rounding S_t itself gave 2.7e-3)."""
+    q, k, v, q_t, k_t, v_t = inputs(96, 96, 64, seed=1, batch=1)
+    direction = torch.randn(64, generator=torch.Generator().manual_seed(2))
+    direction = direction / direction.norm()
+    k, q_t = k + 12 * direction, q_t + 64 * direction
+    q, k, v, q_t, k_t, v_t = (t.half() for t in (q, k, v, q_t, k_t, v_t))
+    _, out_t = ta.jvp_attention(q, k, v, q_t, k_t, v_t)
+    assert relative_error(out_t, reference(q, k, v, q_t, k_t, v_t)[1]) < 1e-3
+
+
 def test_tolerance_catches_a_tangent_without_the_softmax_centering():
     """The tangent without its - rowsum(P * S_t) term is far outside the float32 tolerance, so a kernel
     that dropped it would fail the checks above."""
