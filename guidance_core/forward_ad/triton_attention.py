@@ -413,12 +413,12 @@ def _define():
         return acc, acc_t, l_i, m_new, c_i
 
     @triton.heuristics({
-        "EVEN_M": lambda a: a["len_q"] % a["BLOCK_M"] == 0,
-        "EVEN_N": lambda a: a["len_k"] % a["BLOCK_N"] == 0,
         "EVEN_D": lambda a: a["dim"] == a["BLOCK_D"],
         "EVEN_DV": lambda a: a["dim_v"] % a["BLOCK_DV"] == 0,
     })
-    @triton.jit(do_not_specialize=["LQ_BUCKET", "LK_BUCKET"])
+    # sequence lengths are not specialised on (divisibility by 16, == 1): every length shares one compile per
+    # tile config, which keeps autotuning over many shapes affordable; the key loop tests its tail at run time
+    @triton.jit(do_not_specialize=["len_q", "len_k", "LQ_BUCKET", "LK_BUCKET"])
     def jvp_attention_kernel(
             Q, K, V, QT, KT, VT, OUT, OUT_T,
             stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
@@ -427,8 +427,8 @@ def _define():
             heads, len_q, len_k, dim, dim_v, scale, LQ_BUCKET, LK_BUCKET,
             HAS_QT: tl.constexpr, HAS_KT: tl.constexpr, HAS_VT: tl.constexpr, WRITE_T: tl.constexpr,
             CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-            BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_M: tl.constexpr,
-            EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr):
+            BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr,
+            EVEN_DV: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // heads).to(tl.int64)  # 64-bit offsets: long videos x many heads pass 2**31 elements
@@ -439,18 +439,12 @@ def _define():
         offs_dv = dv_start + tl.arange(0, BLOCK_DV)
         q_mask = (offs_m[:, None] < len_q) & (offs_d[None, :] < dim)
         q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
-        if EVEN_M and EVEN_D:
-            q = tl.load(q_ptrs)
-        else:
-            q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+        q = tl.load(q_ptrs, mask=q_mask, other=0.0)  # once per program: the mask costs nothing
         if UPCAST:
             q = q.to(tl.float32)
         if HAS_QT:
             qt_ptrs = QT + b * stride_qtb + h * stride_qth + offs_m[:, None] * stride_qtm + offs_d[None, :]
-            if EVEN_M and EVEN_D:
-                q_t = tl.load(qt_ptrs)
-            else:
-                q_t = tl.load(qt_ptrs, mask=q_mask, other=0.0)
+            q_t = tl.load(qt_ptrs, mask=q_mask, other=0.0)
             if UPCAST:
                 q_t = q_t.to(tl.float32)
         else:
@@ -472,10 +466,8 @@ def _define():
             end = tl.minimum(len_k, (pid_m + 1) * BLOCK_M)
         else:
             end = len_k
-        # full key tiles without the key-edge mask, then the tail (causal tiles always mask)
+        # full key tiles without the key-edge mask, then the tail if any (causal tiles always mask)
         full_end = (end // BLOCK_N) * BLOCK_N
-        if EVEN_N and not CAUSAL:
-            full_end = end
         for start_n in range(0, full_end, BLOCK_N):
             acc, acc_t, l_i, m_i, c_i = _tile(
                 acc, acc_t, l_i, m_i, c_i, q, q_t, offs_m, start_n, k_base, kt_base, v_base, vt_base,

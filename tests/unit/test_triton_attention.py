@@ -186,8 +186,7 @@ def test_autotuning_offers_tiles_that_fit_the_shape_class():
     assert short and all(m <= 64 for m, _, _ in short)
 
 
-def compile_for_hopper(dtype="bf16", dim=128, tile=(128, 32, 8, 3), tangents=(True, True, True), causal=False,
-                       even=True):
+def compile_for_hopper(dtype="bf16", dim=128, tile=(128, 32, 8, 3), tangents=(True, True, True), causal=False):
     """Lower the compiled (not interpreted) kernel to an sm_90 cubin on this CPU; returns its metadata."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -198,7 +197,7 @@ def compile_for_hopper(dtype="bf16", dim=128, tile=(128, 32, 8, 3), tangents=(Tr
     block_m, block_n, warps, stages = tile
     constants = dict(HAS_QT=tangents[0], HAS_KT=tangents[1], HAS_VT=tangents[2], WRITE_T=any(tangents),
                      CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=ta._block_dim(dim),
-                     BLOCK_DV=ta._value_block(dim), DOT_PRECISION="tf32", UPCAST=False, EVEN_M=even, EVEN_N=even,
+                     BLOCK_DV=ta._value_block(dim), DOT_PRECISION="tf32", UPCAST=False,
                      EVEN_D=ta._block_dim(dim) == dim, EVEN_DV=dim % ta._value_block(dim) == 0)
     signature, attrs = {}, {}
     for index, name in enumerate(fn.arg_names):
@@ -216,7 +215,7 @@ def compile_for_hopper(dtype="bf16", dim=128, tile=(128, 32, 8, 3), tangents=(Tr
 
 @pytest.mark.parametrize("case", [
     dict(),  # Wan's shape class: bf16, head dim 128, all tangents
-    dict(dtype="fp16", dim=40, tile=(64, 64, 4, 3), tangents=(True, False, True), causal=True, even=False),
+    dict(dtype="fp16", dim=40, tile=(64, 64, 4, 3), tangents=(True, False, True), causal=True),
 ])
 def test_kernel_lowers_for_hopper_within_shared_memory(case):
     """The interpreter checks the maths, not the lowering: this compiles for sm_90 (no GPU needed), in a fresh
