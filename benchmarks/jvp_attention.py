@@ -13,9 +13,12 @@ Median milliseconds of repeats (CUDA events), peak memory above the inputs, and 
 tangent relative to max |reference|, the reference being float64 autograd on a subsample (the first batch
 element, up to 4 heads, 64 query rows spread over the sequence; a row depends only on its query).
 
-    python -m benchmarks.jvp_attention --groups sd15,cogvideox,wan,wan-cross,ltx2 --dtypes bf16,fp16
-    python -m benchmarks.jvp_attention --groups fp32 --dtypes fp32 --out benchmarks/results/jvp_attention_fp32.json
+    python -m benchmarks.jvp_attention --groups wan,wan-cross,ltx2 --dtypes bf16 --fresh
+    python -m benchmarks.jvp_attention --groups sd15,cogvideox --dtypes bf16      # merged into the same JSON
+    python -m benchmarks.jvp_attention --groups fp32 --dtypes fp32
     python -m benchmarks.jvp_attention --quick --out /tmp/jvp_attention_smoke.json   # CPU, seconds
+Each (shape group, dtype) set compiles and autotunes the kernel once per head dim (seconds per tile config);
+the first call's time (compile + autotune) is in the JSON as first_call_s.
 """
 from __future__ import annotations
 
@@ -276,7 +279,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtypes", default="bf16,fp16", help="comma-separated, of fp32, bf16, fp16")
     parser.add_argument("--budget", type=float, default=0.4, help="seconds of timed repeats per implementation")
     parser.add_argument("--quick", action="store_true", help="tiny shapes on the CPU under Triton's interpreter")
-    parser.add_argument("--out", default="benchmarks/results/jvp_attention.json")
+    parser.add_argument("--out", default="benchmarks/results/jvp_attention.json",
+                        help="JSON; rows of other shapes already in it are kept (see --fresh)")
+    parser.add_argument("--fresh", action="store_true", help="overwrite --out instead of merging into it")
     args = parser.parse_args(argv)
     groups = ["quick"] if args.quick else args.groups.split(",")
     dtypes = ["bf16"] if args.quick else args.dtypes.split(",")
@@ -285,11 +290,21 @@ def main(argv=None) -> dict:
         parser.error(f"unknown group or dtype: {', '.join(unknown)}")
     device = torch.device("cpu" if args.quick else args.device)
     result = run(groups, dtypes, device, 0.0 if args.quick else args.budget, args.quick)
-    result["command"] = " ".join(["python -m benchmarks.jvp_attention"] + (argv if argv is not None else sys.argv[1:]))
+    command = " ".join(["python -m benchmarks.jvp_attention"] + (argv if argv is not None else sys.argv[1:]))
+    for row in result["rows"]:
+        row["command"] = command
     print(table(result["rows"]))
     out = pathlib.Path(args.out)
+    runs = [dict(result.pop("info"), command=command)]
+    rows = result["rows"]
+    if out.exists() and not args.fresh:  # several commands (shape groups) fill one file; re-measured rows replace
+        previous = json.loads(out.read_text())
+        measured = {(row["shape"], row["dtype"]) for row in rows}
+        rows = [row for row in previous.get("rows", []) if (row["shape"], row["dtype"]) not in measured] + rows
+        runs = previous.get("runs", []) + runs
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out.write_text(json.dumps({"runs": runs, "rows": rows}, indent=1))
+    return {"runs": runs, "rows": rows}
     return result
 
 

@@ -13,7 +13,7 @@ from benchmarks import jvp_attention  # noqa: E402
 def test_quick_benchmark_writes_rows_that_agree_with_the_reference(tmp_path, capsys):
     out = tmp_path / "jvp_attention.json"
     interpret_before = os.environ.get("TRITON_INTERPRET")
-    jvp_attention.main(["--quick", "--out", str(out)])
+    jvp_attention.main(["--quick", "--out", str(out), "--fresh"])
     result = json.loads(out.read_text())
     assert {row["shape"] for row in result["rows"]} == {name for name, _ in jvp_attention.SHAPES["quick"]}
     for row in result["rows"]:
@@ -23,3 +23,11 @@ def test_quick_benchmark_writes_rows_that_agree_with_the_reference(tmp_path, cap
         assert "skipped" in row["jvpfa"]  # CUDA only
     assert "| tiny cross d64" in capsys.readouterr().out
     assert os.environ.get("TRITON_INTERPRET") == interpret_before  # the smoke's setting does not leak
+    # a second command merges into the same file: its rows replace re-measured ones, others stay
+    out.write_text(json.dumps({"runs": [{"command": "earlier"}], "rows": [
+        {"shape": "kept", "dtype": "bfloat16"}, {"shape": "tiny self d40", "dtype": "bfloat16", "old": True}]}))
+    jvp_attention.main(["--quick", "--out", str(out)])
+    merged = json.loads(out.read_text())
+    assert [r["shape"] for r in merged["rows"]].count("tiny self d40") == 1
+    assert {"kept", "tiny cross d64"} <= {r["shape"] for r in merged["rows"]}
+    assert not any(r.get("old") for r in merged["rows"]) and len(merged["runs"]) == 2
