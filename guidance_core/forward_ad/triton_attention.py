@@ -23,6 +23,7 @@ run only under Triton's interpreter (TRITON_INTERPRET=1), which the unit tests u
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -35,9 +36,9 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # Hopper (H200) candidates; autotune keys on head dims, causal, which tangents exist, dtype and the
 # bucketed sequence lengths. Short on purpose: each config compiles once per specialisation. Chosen from
-# sm_90 compiles of the all-tangents kernel (registers, spills, shared memory; no GPU timings yet):
-# bf16 head dim 128: (128, 32, 8 warps) spills nothing, (128, 64, 8, 2) and (64, 64, 4, 3) spill a few bytes,
-# 128-wide key tiles spill hundreds; head dim 64 fits every tile here.
+# sm_90 compiles of the all-tangents kernel with Triton 3.5 and 3.6 (registers, spills, shared memory; no GPU
+# timings yet): bf16 head dim 128: (128, 32, 8 warps) spills 0-24 bytes, (128, 64, 8, 2) and (64, 64, 4, 3)
+# up to about 100, 128-wide key tiles hundreds; head dim 64 fits every tile here.
 _TUNING = (  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
     (128, 32, 8, 3),
     (128, 32, 8, 2),
@@ -222,18 +223,10 @@ def _launch(q, k, v, q_t, k_t, v_t, scale, causal, want_tangent: bool):
         meta.update(BLOCK_M=_INTERPRETER_BLOCKS[0], BLOCK_N=_INTERPRETER_BLOCKS[1])
     grid = lambda cfg: (math.ceil(len_q / cfg["BLOCK_M"]), batch * heads,  # noqa: E731
                         math.ceil(dim_v / cfg["BLOCK_DV"]))
-    with torch.cuda.device(q.device) if q.is_cuda else _nullcontext():
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         kernel[grid](*tensors, *strides, heads, len_q, len_k, dim, dim_v, scale, _bucket(len_q), _bucket(len_k),
                      **meta)
     return out, (out_t if want_tangent else None)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 _built: dict = {}  # {"interpret": bool, "kernel": launcher} of the last build
