@@ -40,6 +40,7 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # timings yet): bf16 head dim 128: (128, 32, 8 warps) spills 0-24 bytes, (128, 64, 8, 2) and (64, 64, 4, 3)
 # up to about 100, 128-wide key tiles hundreds; head dim 64 fits every tile here.
 _TUNING = (  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+    (128, 32, 8, 4),
     (128, 32, 8, 3),
     (128, 32, 8, 2),
     (128, 64, 8, 2),
