@@ -138,6 +138,21 @@ def supported(q, k, v, q_t=None, k_t=None, v_t=None, causal: bool = False) -> st
     return None
 
 
+def sdpa_supported(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
+                   scale: float | None = None, enable_gqa: bool = False) -> str | None:
+    """None if `dual_attention` can stand in for this `F.scaled_dot_product_attention` call (inputs possibly
+    forward-AD duals), else the reason; for the router, which decides where it pays."""
+    del scale  # any scale runs
+    if attn_mask is not None:
+        return "attention masks are not supported (causal is)"
+    if dropout_p:
+        return "dropout is not supported"
+    if enable_gqa and key.dim() == 4 and key.shape[1] != query.shape[1]:
+        return "grouped-query attention is not supported"
+    (q, q_t), (k, k_t), (v, v_t) = (fwAD.unpack_dual(t) for t in (query, key, value))
+    return supported(q, k, v, q_t, k_t, v_t, is_causal)
+
+
 def jvp_attention(q, k, v, q_t=None, k_t=None, v_t=None, scale: float | None = None, causal: bool = False):
     """(softmax(q k^T scale) v, its tangent) for (B, H, L, D) inputs; an absent tangent counts as zero."""
     error = input_error(q, k, v, q_t, k_t, v_t)

@@ -237,3 +237,17 @@ def test_kernel_lowers_for_hopper_within_shared_memory(case):
     assert done.returncode == 0, done.stderr[-3000:]
     shared = int(done.stdout.split("SHARED")[-1])
     assert 0 < shared <= ta.SHARED_MEMORY_BYTES
+
+
+def test_sdpa_supported_takes_the_sdpa_signature_and_duals():
+    q, k, v, q_t, k_t, v_t = inputs(8, 8, 16)
+    assert ta.sdpa_supported(q, k, v, is_causal=True, scale=0.2) is None
+    assert "masks" in ta.sdpa_supported(q, k, v, attn_mask=torch.ones(8, 8, dtype=torch.bool))
+    assert "dropout" in ta.sdpa_supported(q, k, v, dropout_p=0.1)
+    assert "grouped-query" in ta.sdpa_supported(q, k[:, :1], v[:, :1], enable_gqa=True)
+    reasons = []
+    torch.func.jvp(lambda a, b, c: reasons.append(ta.sdpa_supported(a, b, c)) or a, (q, k, v), (q_t, k_t, v_t))
+    assert reasons == [None]
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(q, q_t)
+        assert ta.sdpa_supported(dual, k, v) is None
