@@ -36,8 +36,12 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from guidance_core import attention
 from guidance_core.forward_ad import triton_attention
+
+try:  # the router, wherever it lives (guidance_core/forward_ad/ after the forward-AD package split)
+    from guidance_core.forward_ad import attention
+except ImportError:
+    from guidance_core import attention
 
 # name -> (batch, heads, query tokens, key tokens, head dim); batch is one guided call's (CFG halves apart)
 SHAPES = {
