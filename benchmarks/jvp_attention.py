@@ -16,6 +16,7 @@ element, up to 4 heads, 64 query rows spread over the sequence; a row depends on
     python -m benchmarks.jvp_attention --groups wan,wan-cross,ltx2 --dtypes bf16 --fresh
     python -m benchmarks.jvp_attention --groups sd15,cogvideox --dtypes bf16      # merged into the same JSON
     python -m benchmarks.jvp_attention --groups fp32 --dtypes fp32
+    python -m benchmarks.jvp_attention --table                         # the JSON's rows as a markdown table
     python -m benchmarks.jvp_attention --quick --out /tmp/jvp_attention_smoke.json   # CPU, seconds
 Each (shape group, dtype) set compiles and autotunes the kernel once per head dim (seconds per tile config);
 the first call's time (compile + autotune) is in the JSON as first_call_s.
@@ -227,15 +228,17 @@ def table(rows: list[dict]) -> str:
     head = ("| shape | dtype | flash fwd ms | ours ms (x fwd) | ours dual ms | MATH ms | jvp-flash-attn ms "
             "| ours peak MB | MATH peak MB | ours err primal / tangent | MATH err tangent | jvpfa err tangent |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    missing = {"skipped": "not measured"}
     for r in rows:
-        ours = r["ours"]
+        ours, flash, math_, jvpfa, dual = (r.get(impl, missing) for impl in
+                                           ("ours", "flash_fwd", "math", "jvpfa", "ours_dual"))
         ratio = f" ({ours['x_flash_fwd']:.1f}x)" if "x_flash_fwd" in ours else ""
         lines.append(" | ".join([
-            f"| {r['shape']} {tuple(r['dims'])}", r["dtype"], cell(r["flash_fwd"], "ms", ".2f"),
-            cell(ours, "ms", ".2f") + ratio, cell(r["ours_dual"], "ms", ".2f"), cell(r["math"], "ms", ".2f"),
-            cell(r["jvpfa"], "ms", ".2f"), cell(ours, "peak_mb", ".0f"), cell(r["math"], "peak_mb", ".0f"),
+            f"| {r['shape']} {tuple(r.get('dims', ()))}", r["dtype"], cell(flash, "ms", ".2f"),
+            cell(ours, "ms", ".2f") + ratio, cell(dual, "ms", ".2f"), cell(math_, "ms", ".2f"),
+            cell(jvpfa, "ms", ".2f"), cell(ours, "peak_mb", ".0f"), cell(math_, "peak_mb", ".0f"),
             f"{cell(ours, 'primal_err', '.1e')} / {cell(ours, 'tangent_err', '.1e')}",
-            cell(r["math"], "tangent_err", ".1e"), cell(r["jvpfa"], "tangent_err", ".1e")]) + " |")
+            cell(math_, "tangent_err", ".1e"), cell(jvpfa, "tangent_err", ".1e")]) + " |")
     return "\n".join(lines)
 
 
@@ -255,16 +258,7 @@ def interpreter_env(on: bool):
                 os.environ["TRITON_INTERPRET"] = previous
 
 
-def run(groups: list[str], dtypes: list[str], device: torch.device, budget_s: float, quick: bool) -> dict:
-    rows = []
-    with interpreter_env(quick):
-        for group in groups:
-            for name, dims in SHAPES[group]:
-                for dtype in dtypes:
-                    start = time.perf_counter()
-                    rows.append(measure(name, dims, DTYPES[dtype], device, budget_s))
-                    rows[-1]["group"] = group
-                    print(f"{name} {dtype}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+def run_info(device: torch.device) -> dict:
     info = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
     try:
         import triton
@@ -274,7 +268,22 @@ def run(groups: list[str], dtypes: list[str], device: torch.device, budget_s: fl
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
-    return {"info": info, "rows": rows}
+    return info
+
+
+def run(groups: list[str], dtypes: list[str], device: torch.device, budget_s: float, quick: bool,
+        on_row=lambda row: None) -> list[dict]:
+    """Measure every (shape, dtype); on_row(row) after each (the file is saved as it goes)."""
+    rows = []
+    with interpreter_env(quick):
+        for group in groups:
+            for name, dims in SHAPES[group]:
+                for dtype in dtypes:
+                    start = time.perf_counter()
+                    rows.append(dict(measure(name, dims, DTYPES[dtype], device, budget_s), group=group))
+                    print(f"{name} {dtype}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+                    on_row(rows[-1])
+    return rows
 
 
 def main(argv=None) -> dict:
@@ -288,30 +297,36 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/jvp_attention.json",
                         help="JSON; rows of other shapes already in it are kept (see --fresh)")
     parser.add_argument("--fresh", action="store_true", help="overwrite --out instead of merging into it")
+    parser.add_argument("--table", action="store_true", help="print the table of --out's rows (for the README), "
+                        "measure nothing")
     args = parser.parse_args(argv)
+    if args.table:
+        saved = json.loads(pathlib.Path(args.out).read_text())
+        print(table(saved["rows"]))
+        return saved
     groups = ["quick"] if args.quick else args.groups.split(",")
     dtypes = ["bf16"] if args.quick else args.dtypes.split(",")
     unknown = [g for g in groups if g not in SHAPES] + [d for d in dtypes if d not in DTYPES]
     if unknown:
         parser.error(f"unknown group or dtype: {', '.join(unknown)}")
     device = torch.device("cpu" if args.quick else args.device)
-    result = run(groups, dtypes, device, 0.0 if args.quick else args.budget, args.quick)
     command = " ".join(["python -m benchmarks.jvp_attention"] + (argv if argv is not None else sys.argv[1:]))
-    for row in result["rows"]:
-        row["command"] = command
-    print(table(result["rows"]))
     out = pathlib.Path(args.out)
-    runs = [dict(result.pop("info"), command=command)]
-    rows = result["rows"]
+    saved = {"runs": [], "rows": []}
     if out.exists() and not args.fresh:  # several commands (shape groups) fill one file; re-measured rows replace
-        previous = json.loads(out.read_text())
-        measured = {(row["shape"], row["dtype"]) for row in rows}
-        rows = [row for row in previous.get("rows", []) if (row["shape"], row["dtype"]) not in measured] + rows
-        runs = previous.get("runs", []) + runs
+        saved = json.loads(out.read_text())
+    saved["runs"] = saved.get("runs", []) + [dict(run_info(device), command=command)]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"runs": runs, "rows": rows}, indent=1))
-    return {"runs": runs, "rows": rows}
-    return result
+
+    def save(row):  # after every row, so a command stopped by a time limit keeps what it measured
+        row["command"] = command
+        saved["rows"] = [r for r in saved.get("rows", []) if (r["shape"], r["dtype"]) != (row["shape"], row["dtype"])]
+        saved["rows"].append(row)
+        out.write_text(json.dumps(saved, indent=1))
+
+    rows = run(groups, dtypes, device, 0.0 if args.quick else args.budget, args.quick, on_row=save)
+    print(table(rows))
+    return saved
 
 
 if __name__ == "__main__":

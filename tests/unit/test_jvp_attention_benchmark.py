@@ -31,3 +31,7 @@ def test_quick_benchmark_writes_rows_that_agree_with_the_reference(tmp_path, cap
     assert [r["shape"] for r in merged["rows"]].count("tiny self d40") == 1
     assert {"kept", "tiny cross d64"} <= {r["shape"] for r in merged["rows"]}
     assert not any(r.get("old") for r in merged["rows"]) and len(merged["runs"]) == 2
+    capsys.readouterr()
+    jvp_attention.main(["--table", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "| tiny self d40" in printed and "| kept" in printed
