@@ -16,6 +16,7 @@ element, up to 4 heads, 64 query rows spread over the sequence; a row depends on
     python -m benchmarks.jvp_attention --groups wan,wan-cross,ltx2 --dtypes bf16 --fresh
     python -m benchmarks.jvp_attention --groups sd15,cogvideox --dtypes bf16      # merged into the same JSON
     python -m benchmarks.jvp_attention --groups fp32 --dtypes fp32
+    python -m benchmarks.jvp_attention --check   # compiled kernel against float64, small shapes, every variant
     python -m benchmarks.jvp_attention --table                         # the JSON's rows as a markdown table
     python -m benchmarks.jvp_attention --quick --out /tmp/jvp_attention_smoke.json   # CPU, seconds
 Each (shape group, dtype) set compiles and autotunes the kernel once per head dim (seconds per tile config);
@@ -215,6 +216,62 @@ def measure(name: str, dims: tuple, dtype: torch.dtype, device: torch.device, bu
     return row
 
 
+CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}  # of max |reference|
+# (batch, heads, len_q, len_k, dim, dim_v, causal, tangents present, dtype): every compiled variant the routed
+# calls can make, at small ragged shapes against a full float64 reference
+CHECK_CASES = [
+    ((2, 3, 300, 300, 128, 128), False, "qkv", torch.bfloat16),
+    ((2, 3, 300, 77, 128, 128), False, "q", torch.bfloat16),    # cross-attention: text k, v are constants
+    ((1, 4, 257, 257, 64, 64), True, "qkv", torch.float16),
+    ((1, 2, 200, 333, 40, 40), True, "v", torch.float16),
+    ((1, 2, 256, 256, 80, 80), False, "kv", torch.bfloat16),
+    ((1, 2, 200, 200, 160, 160), False, "qkv", torch.bfloat16),
+    ((1, 2, 300, 300, 64, 64), False, "qkv", torch.float32),
+    ((1, 2, 300, 77, 128, 128), False, "qk", torch.float32),
+    ((1, 2, 200, 150, 64, 32), False, "qkv", torch.bfloat16),
+    ((1, 2, 200, 200, 128, 128), False, "", torch.bfloat16),
+]
+
+
+def check(device: torch.device) -> list[dict]:
+    """The compiled kernel (and dual_attention under torch.func.jvp) against float64 autograd on the GPU."""
+    results = []
+    for dims, causal, present, dtype in CHECK_CASES:
+        batch, heads, len_q, len_k, dim, dim_v = dims
+        g = torch.Generator(device=device).manual_seed(len(results))
+        shapes = [(batch, heads, n, d) for n, d in ((len_q, dim), (len_k, dim), (len_k, dim_v))] * 2
+        q, k, v, q_t, k_t, v_t = (torch.randn(s, generator=g, device=device).to(dtype) for s in shapes)
+        q_t, k_t, v_t = (t if name in present else None for name, t in zip("qkv", (q_t, k_t, v_t)))
+
+        def attention64(a, b, c):
+            scores = (a @ b.transpose(-1, -2)) * dim ** -0.5
+            if causal:
+                scores = scores.masked_fill(torch.ones(scores.shape[-2:], dtype=torch.bool,
+                                                       device=device).triu(1), float("-inf"))
+            return scores.softmax(-1) @ c
+
+        tangents = tuple((torch.zeros_like(p) if t is None else t).double()
+                         for p, t in ((q, q_t), (k, k_t), (v, v_t)))
+        expected, expected_t = torch.func.jvp(attention64, (q.double(), k.double(), v.double()), tangents)
+        row = {"dims": list(dims), "causal": causal, "tangents": present, "dtype": str(dtype).replace("torch.", "")}
+        try:
+            out, out_t = triton_attention.jvp_attention(q, k, v, q_t, k_t, v_t, causal=causal)
+            dual_out, dual_t = torch.func.jvp(
+                lambda a, b, c: triton_attention.dual_attention(a, b, c, is_causal=causal),
+                (q, k, v), tuple(t.to(dtype) for t in tangents))
+            scale = (lambda t: float(t.abs().max().clamp_min(1e-30)))
+            row["primal_err"] = float((out.double() - expected).abs().max()) / scale(expected)
+            row["tangent_err"] = float((out_t.double() - expected_t).abs().max()) / scale(expected_t) \
+                if present else float(out_t.abs().max())
+            row["dual_err"] = float((dual_t.double() - out_t.double()).abs().max()) / scale(out_t) if present else 0.0
+            row["ok"] = max(row["primal_err"], row["tangent_err"], row["dual_err"]) < CHECK_TOLERANCE[dtype]
+        except Exception as error:
+            row.update(ok=False, error=f"{type(error).__name__}: {str(error)[:300]}")
+        print(("ok   " if row["ok"] else "FAIL ") + json.dumps(row), file=sys.stderr, flush=True)
+        results.append(row)
+    return results
+
+
 def cell(result: dict, key: str, fmt: str) -> str:
     if "skipped" in result:
         return "n/a"
@@ -297,6 +354,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/jvp_attention.json",
                         help="JSON; rows of other shapes already in it are kept (see --fresh)")
     parser.add_argument("--fresh", action="store_true", help="overwrite --out instead of merging into it")
+    parser.add_argument("--check", action="store_true", help="only check the compiled kernel against float64 on "
+                        "small shapes (every variant); exit status 1 if any case fails")
     parser.add_argument("--table", action="store_true", help="print the table of --out's rows (for the README), "
                         "measure nothing")
     args = parser.parse_args(argv)
@@ -310,6 +369,13 @@ def main(argv=None) -> dict:
     if unknown:
         parser.error(f"unknown group or dtype: {', '.join(unknown)}")
     device = torch.device("cpu" if args.quick else args.device)
+    if args.check:
+        results = check(device)
+        failed = [r for r in results if not r["ok"]]
+        print(f"{len(results) - len(failed)} of {len(results)} checks pass")
+        if failed:
+            sys.exit(1)
+        return {"check": results}
     command = " ".join(["python -m benchmarks.jvp_attention"] + (argv if argv is not None else sys.argv[1:]))
     out = pathlib.Path(args.out)
     saved = {"runs": [], "rows": []}
