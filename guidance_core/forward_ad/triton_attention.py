@@ -269,7 +269,9 @@ def _kernel(interpret: bool):
         configs = [_config(*tile) for tile in _TUNING]
         kernel = triton.autotune(configs, key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "HAS_QT", "HAS_KT", "HAS_VT",
                                                "WRITE_T", "DOT_PRECISION", "LQ_BUCKET", "LK_BUCKET"],
-                                 prune_configs_by={"early_config_prune": _prune})(kernel)
+                                 prune_configs_by={"early_config_prune": _prune},
+                                 # tuned tiles persist in Triton's cache: a restarted host does not re-time them
+                                 cache_results=True)(kernel)
     _built.update(interpret=interpret, kernel=kernel)
     return kernel
 
