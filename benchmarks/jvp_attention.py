@@ -272,6 +272,86 @@ def check(device: torch.device) -> list[dict]:
     return results
 
 
+def compile_for_hopper(dtype="bf16", dim=128, tile=(128, 32, 8, 3), tangents=(True, True, True), causal=False):
+    """Lower the compiled (not interpreted) kernel to an sm_90 cubin on this machine (no GPU needed); returns
+    the compiled kernel (.metadata.shared, .asm["cubin"]). Run it in a process that has not run the
+    interpreter, which patches triton.language for the rest of a process."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    ta = triton_attention
+    ta._kernel(False)  # the compiled build; an interpreted call later rebuilds the interpreter one
+    fn = ta.jvp_attention_kernel.fn  # under the heuristics wrapper
+    block_m, block_n, warps, stages = tile
+    constants = dict(HAS_QT=tangents[0], HAS_KT=tangents[1], HAS_VT=tangents[2], WRITE_T=any(tangents),
+                     CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=ta._block_dim(dim),
+                     BLOCK_DV=ta._value_block(dim), DOT_PRECISION="tf32", UPCAST=False,
+                     EVEN_D=ta._block_dim(dim) == dim, EVEN_DV=dim % ta._value_block(dim) == 0,
+                     ROW_ALIGN=next(a for a in (16, 8, 4, 2, 1) if dim % a == 0), dim=dim, dim_v=dim)
+    signature, attrs = {}, {}
+    for index, name in enumerate(fn.arg_names):
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in ("Q", "K", "V", "QT", "KT", "VT", "OUT", "OUT_T"):
+            signature[name] = "*" + dtype
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "fp32" if name == "scale" else "i32"
+            # what a launch specialises on for contiguous (B, H, L, D) tensors: strides and head dims divisible
+            # by 16 where they are (row strides are the head dim); lengths are never specialised
+            row_stride = dim // constants["ROW_ALIGN"] if name.startswith("stride") and name.endswith(("m", "n")) \
+                else None
+            value = row_stride if row_stride is not None else (16 if name.startswith("stride") else 1)
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, "num_stages": stages})
+
+
+def resources(dtype: str, dim: int, tile: tuple, **variant) -> dict:
+    """Shared memory, registers per thread and spilled bytes of one sm_90 compile (no GPU needed)."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    compiled = compile_for_hopper(dtype, dim, tile, **variant)
+    row = {"dtype": dtype, "dim": dim, "tile": list(tile), "shared": compiled.metadata.shared}
+    cuobjdump = pathlib.Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", cubin.name], capture_output=True,
+                               text=True).stdout
+    found = re.search(r"REG:(\d+).*?STACK:(\d+)", usage)
+    if found:
+        row.update(registers=int(found.group(1)), spill_bytes=int(found.group(2)))
+    return row
+
+
+def lowering(dtypes: list[str], dims: list[int]) -> list[dict]:
+    """resources() of every tile the autotuner may time, per dtype and head dim (all tangents, long sequences):
+    what to look at when changing the tile lists, on any machine."""
+    from guidance_core.forward_ad.triton_attention import _TUNING, _config, _prune
+
+    rows = []
+    for dtype in dtypes:
+        for dim in dims:
+            probe = torch.empty(1, dtype=DTYPES[dtype])
+            args = {"Q": probe, "BLOCK_D": triton_attention._block_dim(dim),
+                    "BLOCK_DV": triton_attention._value_block(dim), "HAS_QT": True, "HAS_KT": True, "HAS_VT": True,
+                    "LQ_BUCKET": 1 << 14, "LK_BUCKET": 1 << 14}
+            for config in _prune([_config(*tile) for tile in _TUNING], args):
+                tile = (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
+                row = resources(dtype, dim, tile)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
 def cell(result: dict, key: str, fmt: str) -> str:
     if "skipped" in result:
         return "n/a"
@@ -356,6 +436,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--fresh", action="store_true", help="overwrite --out instead of merging into it")
     parser.add_argument("--check", action="store_true", help="only check the compiled kernel against float64 on "
                         "small shapes (every variant); exit status 1 if any case fails")
+    parser.add_argument("--lowering", action="store_true", help="sm_90 compile of every candidate tile for "
+                        "--dtypes and the benchmark's head dims: shared memory, registers, spills (no GPU)")
     parser.add_argument("--table", action="store_true", help="print the table of --out's rows (for the README), "
                         "measure nothing")
     args = parser.parse_args(argv)
@@ -369,6 +451,8 @@ def main(argv=None) -> dict:
     if unknown:
         parser.error(f"unknown group or dtype: {', '.join(unknown)}")
     device = torch.device("cpu" if args.quick else args.device)
+    if args.lowering:
+        return {"lowering": lowering(args.dtypes.split(","), [40, 64, 80, 128, 160])}
     if args.check:
         results = check(device)
         failed = [r for r in results if not r["ok"]]

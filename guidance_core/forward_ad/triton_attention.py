@@ -35,10 +35,11 @@ MAX_HEAD_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # Hopper (H200) candidates; autotune keys on head dims, causal, which tangents exist, dtype and the
-# bucketed sequence lengths. Short on purpose: each config compiles once per specialisation. Chosen from
-# sm_90 compiles of the all-tangents kernel with Triton 3.5 and 3.6 (registers, spills, shared memory; no GPU
-# timings yet): bf16 head dim 128: (128, 32, 8 warps) spills 0-24 bytes, (128, 64, 8, 2) and (64, 64, 4, 3)
-# up to about 100, 128-wide key tiles hundreds; head dim 64 fits every tile here.
+# bucketed sequence lengths. Short on purpose: each config compiles once per head dim and dtype. Chosen from
+# sm_90 compiles of the all-tangents kernel with Triton 3.5 and 3.6 (`python -m benchmarks.jvp_attention
+# --lowering`: registers, spills, shared memory; no GPU timings yet): bf16 at head dim 128, 128 x 32 tiles
+# with 8 warps use ~225 registers and spill nothing, 128 x 64 and 64 x 64 spill up to ~100 bytes, 128-wide
+# key tiles hundreds (kept for head dim 64 only, where they fit).
 _TUNING = (  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
     (128, 32, 8, 4),
     (128, 32, 8, 3),
@@ -198,6 +199,11 @@ class _DualAttention(torch.autograd.Function):
         return ctx.saved_for_forward[0], None
 
 
+def _row_alignment(tensors) -> int:
+    """The largest of 16, 8, 4, 2, 1 elements that every row stride is a multiple of."""
+    return next(a for a in (16, 8, 4, 2, 1) if all(t.stride(2) % a == 0 for t in tensors))
+
+
 def _last_dim_dense(t: torch.Tensor) -> torch.Tensor:
     # the kernel assumes unit stride along the head dim (vector loads); other strides are taken as given
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -223,7 +229,8 @@ def _launch(q, k, v, q_t, k_t, v_t, scale, causal, want_tangent: bool):
     placeholder = q  # never read: the matching HAS_* flag is off
     tensors = [q, k, v, q_t if q_t is not None else placeholder, k_t if k_t is not None else placeholder,
                v_t if v_t is not None else placeholder, out, out_t]
-    strides = [s for t in tensors for s in t.stride()[:3]]
+    row_align = _row_alignment(tensors)
+    strides = [s // row_align if i == 2 else s for t in tensors for i, s in enumerate(t.stride()[:3])]
     if q.dtype == torch.float32 and q.is_cuda and not torch.backends.cuda.matmul.allow_tf32:
         precision = "ieee"
     else:
@@ -234,7 +241,7 @@ def _launch(q, k, v, q_t, k_t, v_t, scale, causal, want_tangent: bool):
                 HAS_VT=has_tangent and v_t is not None, WRITE_T=has_tangent, CAUSAL=bool(causal),
                 BLOCK_D=_block_dim(dim), BLOCK_DV=_value_block(dim_v, interpret), DOT_PRECISION=precision,
                 # Triton 3.5's interpreter multiplies bfloat16 bit patterns as integers: products in float32 there
-                UPCAST=interpret and q.dtype == torch.bfloat16)
+                UPCAST=interpret and q.dtype == torch.bfloat16, ROW_ALIGN=row_align)
     if interpret:
         meta.update(BLOCK_M=_INTERPRETER_BLOCKS[0], BLOCK_N=_INTERPRETER_BLOCKS[1])
     grid = lambda cfg: (math.ceil(len_q / cfg["BLOCK_M"]), batch * heads,  # noqa: E731
@@ -345,7 +352,7 @@ def _define():
     @triton.jit
     def _tile(acc, acc_t, l_i, m_i, c_i, q, q_t, offs_m, start_n,
               k_base, kt_base, v_base, vt_base, stride_kn, stride_ktn, stride_vn, stride_vtn,
-              len_q, len_k, dim, dim_v, scale, qk_scale,
+              len_q, len_k, dv_start, dim: tl.constexpr, dim_v: tl.constexpr, scale, qk_scale,
               HAS_QT: tl.constexpr, HAS_KT: tl.constexpr, HAS_VT: tl.constexpr, CAUSAL: tl.constexpr,
               MASK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -355,7 +362,7 @@ def _define():
         offs_dv = tl.arange(0, BLOCK_DV)
         kv_mask = offs_n[:, None] < len_k
         k_mask = kv_mask & (offs_d[None, :] < dim)
-        v_mask = kv_mask & (offs_dv[None, :] < dim_v)
+        v_mask = kv_mask & ((dv_start + offs_dv)[None, :] < dim_v)
         k_ptrs = offs_n[:, None] * stride_kn + offs_d[None, :]
         # masked loads only where the tile crosses an edge (key tail, padded head dim)
         if MASK_N or not EVEN_D:
@@ -435,11 +442,24 @@ def _define():
             stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
             stride_qtb, stride_qth, stride_qtm, stride_ktb, stride_kth, stride_ktn,
             stride_vtb, stride_vth, stride_vtn, stride_ob, stride_oh, stride_om, stride_otb, stride_oth, stride_otm,
-            heads, len_q, len_k, dim, dim_v, scale, LQ_BUCKET, LK_BUCKET,
+            heads, len_q, len_k, dim: tl.constexpr, dim_v: tl.constexpr, scale, LQ_BUCKET, LK_BUCKET,
             HAS_QT: tl.constexpr, HAS_KT: tl.constexpr, HAS_VT: tl.constexpr, WRITE_T: tl.constexpr,
             CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
             BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr,
-            EVEN_DV: tl.constexpr):
+            EVEN_DV: tl.constexpr, ROW_ALIGN: tl.constexpr):
+        # head dims are compile-time constants (one compile per head dim anyway, through BLOCK_D): the masks of a
+        # padded head dim (40 of 64) are then known constant over 8-element groups and the loads vectorise.
+        # Row strides arrive divided by ROW_ALIGN: multiplying back by a constant tells the compiler rows start
+        # on ROW_ALIGN-element boundaries (head dim 40: 80-byte rows), so tiles load as 16-byte vectors and
+        # pipeline asynchronously; Triton itself only knows an int argument is a multiple of 16 or not
+        stride_qm = stride_qm * ROW_ALIGN
+        stride_kn = stride_kn * ROW_ALIGN
+        stride_vn = stride_vn * ROW_ALIGN
+        stride_qtm = stride_qtm * ROW_ALIGN
+        stride_ktn = stride_ktn * ROW_ALIGN
+        stride_vtn = stride_vtn * ROW_ALIGN
+        stride_om = stride_om * ROW_ALIGN
+        stride_otm = stride_otm * ROW_ALIGN
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // heads).to(tl.int64)  # 64-bit offsets: long videos x many heads pass 2**31 elements
@@ -464,7 +484,6 @@ def _define():
         kt_base = KT + b * stride_ktb + h * stride_kth
         v_base = V + b * stride_vb + h * stride_vh + dv_start
         vt_base = VT + b * stride_vtb + h * stride_vth + dv_start
-        dim_v_left = dim_v - dv_start
         qk_scale = scale * 1.4426950408889634  # log2(e)
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -482,13 +501,13 @@ def _define():
         for start_n in range(0, full_end, BLOCK_N):
             acc, acc_t, l_i, m_i, c_i = _tile(
                 acc, acc_t, l_i, m_i, c_i, q, q_t, offs_m, start_n, k_base, kt_base, v_base, vt_base,
-                stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v_left, scale, qk_scale,
+                stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dv_start, dim, dim_v, scale, qk_scale,
                 HAS_QT, HAS_KT, HAS_VT, CAUSAL, False, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION,
                 UPCAST)
         if full_end < end:
             acc, acc_t, l_i, m_i, c_i = _tile(
                 acc, acc_t, l_i, m_i, c_i, q, q_t, offs_m, full_end, k_base, kt_base, v_base, vt_base,
-                stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dim, dim_v_left, scale, qk_scale,
+                stride_kn, stride_ktn, stride_vn, stride_vtn, len_q, len_k, dv_start, dim, dim_v, scale, qk_scale,
                 HAS_QT, HAS_KT, HAS_VT, CAUSAL, True, EVEN_D, EVEN_DV, BLOCK_N, BLOCK_D, BLOCK_DV, DOT_PRECISION,
                 UPCAST)
 

@@ -186,33 +186,6 @@ def test_autotuning_offers_tiles_that_fit_the_shape_class():
     assert short and all(m <= 64 for m, _, _ in short)
 
 
-def compile_for_hopper(dtype="bf16", dim=128, tile=(128, 32, 8, 3), tangents=(True, True, True), causal=False):
-    """Lower the compiled (not interpreted) kernel to an sm_90 cubin on this CPU; returns its metadata."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    ta._kernel(False)  # the compiled build; the next interpreted call rebuilds the interpreter one
-    fn = ta.jvp_attention_kernel.fn  # under the heuristics wrapper
-    block_m, block_n, warps, stages = tile
-    constants = dict(HAS_QT=tangents[0], HAS_KT=tangents[1], HAS_VT=tangents[2], WRITE_T=any(tangents),
-                     CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=ta._block_dim(dim),
-                     BLOCK_DV=ta._value_block(dim), DOT_PRECISION="tf32", UPCAST=False,
-                     EVEN_D=ta._block_dim(dim) == dim, EVEN_DV=dim % ta._value_block(dim) == 0)
-    signature, attrs = {}, {}
-    for index, name in enumerate(fn.arg_names):
-        if name in constants:
-            signature[name] = "constexpr"
-        elif name in ("Q", "K", "V", "QT", "KT", "VT", "OUT", "OUT_T"):
-            signature[name] = "*" + dtype
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        else:
-            signature[name] = "fp32" if name == "scale" else "i32"
-    source = ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps, "num_stages": stages}).metadata
-
-
 @pytest.mark.parametrize("case", [
     dict(),  # Wan's shape class: bf16, head dim 128, all tangents
     dict(dtype="fp16", dim=40, tile=(64, 64, 4, 3), tangents=(True, False, True), causal=True),
@@ -227,9 +200,9 @@ def test_kernel_lowers_for_hopper_within_shared_memory(case):
     import sys
 
     here = pathlib.Path(__file__).resolve()
-    code = (f"import sys, json; sys.path[:0] = [{str(here.parents[2])!r}, {str(here.parent)!r}]\n"
-            f"import test_triton_attention as t\n"
-            f"print('SHARED', t.compile_for_hopper(**json.loads({json.dumps(json.dumps(case))})).shared)")
+    code = (f"import sys, json; sys.path[:0] = [{str(here.parents[2])!r}]\n"
+            f"from benchmarks.jvp_attention import compile_for_hopper\n"
+            f"print('SHARED', compile_for_hopper(**json.loads({json.dumps(json.dumps(case))})).metadata.shared)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     if done.returncode and "GPUTarget" in done.stderr + done.stdout and "ImportError" in done.stderr:
