@@ -4,6 +4,7 @@ gradients, the non-finite guard, noise draws and re-noising, and the TFG strengt
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from ..sampling import SamplingContext
 from ..steps import noise_like
-from ..update import normalized_direction
+from ..update import guided_steps, normalized_direction
 
 TFG_SCHEDULES = ("increase", "decrease", "constant")
 # "plain": the authors' update (strength times the gradient); "normalized": strength times the latent's norm
@@ -23,6 +24,20 @@ def check_update(kind: str) -> None:
     """Raise a clear error for an update rule outside BASELINE_UPDATES."""
     if kind not in BASELINE_UPDATES:
         raise ValueError(f"unknown baseline update {kind!r}; choose one of {BASELINE_UPDATES}")
+
+
+@dataclass
+class BaselineKnobs:
+    """What FreeDoM, MPGD and TFG share: the window of guided steps [start, end) (fractions of the steps) and
+    the update rule of their gradient steps (BASELINE_UPDATES)."""
+
+    start: float = 0.0
+    end: float = 1.0
+    update: str = "plain"
+
+    def __post_init__(self):
+        check_update(self.update)
+        guided_steps(1, self.start, self.end)  # validates the window
 
 
 def gradient_step(z: Tensor, grad: Tensor, strength: float, kind: str, ctx: SamplingContext) -> Tensor:

@@ -25,14 +25,14 @@ from torch import Tensor
 from ..sampling import SamplingContext
 from ..steps import with_checkpointing
 from ..update import guided_steps
-from .common import (TFG_SCHEDULES, check_schedule, check_update, finite_or_warn, grad_of, gradient_step,
+from .common import (BaselineKnobs, TFG_SCHEDULES, check_schedule, finite_or_warn, grad_of, gradient_step,
                      new_report, observe, record, renoise, sample_losses, tfg_schedule)
 
 FREEDOM_SCHEDULES = ("sqrt_alpha",) + TFG_SCHEDULES
 
 
 @dataclass
-class FreeDoM:
+class FreeDoM(BaselineKnobs):
     """FreeDoM guidance: x_{t-1} = plain step - rho_t grad_{x_t} L(x0(x_t)), with optional time travel.
 
     `repeats` > 1 re-noises and redoes the step on the steps inside [travel_start, travel_end) (fractions of
@@ -45,19 +45,15 @@ class FreeDoM:
     repeats: int = 1
     travel_start: float = 0.3
     travel_end: float = 0.6
-    start: float = 0.0
-    end: float = 1.0
     checkpointed: bool = False
-    update: str = "plain"
 
     def __post_init__(self):
-        check_update(self.update)
+        super().__post_init__()
         if self.rho < 0:
             raise ValueError(f"rho must be >= 0, got {self.rho}")
         if self.repeats < 1:
             raise ValueError(f"time-travel repeats must be >= 1, got {self.repeats}")
         check_schedule(self.rho_schedule, FREEDOM_SCHEDULES)
-        guided_steps(1, self.start, self.end)
         guided_steps(1, self.travel_start, self.travel_end)
 
     def strength(self, i: int, ctx: SamplingContext) -> float:

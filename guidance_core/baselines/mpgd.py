@@ -25,13 +25,13 @@ from torch import Tensor
 
 from ..sampling import SamplingContext
 from ..update import guided_steps
-from .common import check_update, finite_or_warn, grad_of, gradient_step, new_report, observe, record, sample_losses
+from .common import BaselineKnobs, finite_or_warn, grad_of, gradient_step, new_report, observe, record, sample_losses
 
 MPGD_SCHEDULES = ("constant", "inverse_sqrt_alpha")
 
 
 @dataclass
-class MPGD:
+class MPGD(BaselineKnobs):
     """MPGD guidance: x0' = x0 - c_t grad_{x0} L(x0) (optionally AE-projected), then the DDIM step with x0'."""
 
     scale: float = 1.0
@@ -41,12 +41,9 @@ class MPGD:
     decode: Callable[[Tensor], Tensor] | None = None
     project_start: float = 0.0
     project_end: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
-    update: str = "plain"
 
     def __post_init__(self):
-        check_update(self.update)
+        super().__post_init__()
         if self.scale < 0:
             raise ValueError(f"MPGD step scale must be >= 0, got {self.scale}")
         if self.iterations < 1:
@@ -55,7 +52,6 @@ class MPGD:
             raise ValueError(f"unknown MPGD step schedule {self.schedule!r}; choose one of {MPGD_SCHEDULES}")
         if (self.encode is None) != (self.decode is None):
             raise ValueError("MPGD-AE needs both encode and decode (or neither, for plain MPGD)")
-        guided_steps(1, self.start, self.end)
         guided_steps(1, self.project_start, self.project_end)
 
     def step_size(self, i: int, ctx: SamplingContext) -> float:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..sampling import SamplingContext
 from ..update import guided_steps
-from .common import (TFG_SCHEDULES, check_schedule, check_update, finite_or_warn, grad_of, gradient_step, new_report,
+from .common import (BaselineKnobs, TFG_SCHEDULES, check_schedule, finite_or_warn, grad_of, gradient_step, new_report,
                      observe, record, renoise, sample_losses, tfg_schedule)
 from ..steps import noise_like, with_checkpointing
 
@@ -41,7 +41,7 @@ def smoothed_loss(ctx: SamplingContext, x0: Tensor, noises: list[Tensor] | None)
 
 
 @dataclass
-class TFG:
+class TFG(BaselineKnobs):
     """Training-Free Guidance: variance (rho), mean (mu), implicit dynamics (gamma), N_recur, N_iter.
 
     `n_recur` and `n_iter` are the paper's N_recur and N_iter; `mc_samples` is their `eps_bsz`. Guidance runs on
@@ -58,13 +58,10 @@ class TFG:
     rho_schedule: str = "increase"
     mu_schedule: str = "increase"
     gamma_schedule: str = "decrease"
-    start: float = 0.0
-    end: float = 1.0
     checkpointed: bool = False
-    update: str = "plain"
 
     def __post_init__(self):
-        check_update(self.update)
+        super().__post_init__()
         if self.n_recur < 1 or self.n_iter < 0 or self.mc_samples < 1:
             raise ValueError(f"need N_recur >= 1, N_iter >= 0 and mc_samples >= 1; got N_recur={self.n_recur}, "
                              f"N_iter={self.n_iter}, mc_samples={self.mc_samples}")
@@ -73,7 +70,6 @@ class TFG:
         check_schedule(self.rho_schedule, TFG_SCHEDULES)
         check_schedule(self.mu_schedule, TFG_SCHEDULES)
         check_schedule(self.gamma_schedule, GAMMA_SCHEDULES)
-        guided_steps(1, self.start, self.end)  # validates the window
 
     def strengths(self, i: int, ctx: SamplingContext) -> tuple[float, float, float]:
         """(rho_t, mu_t, gamma_t) at step i."""
