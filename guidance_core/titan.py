@@ -56,7 +56,7 @@ class LookaheadGuidance:
     """
 
     lookahead: int | str = 1
-    strength: float = 0.07
+    strength: float = 0.06
     schedule: str = "constant"
     optimizer: str = "normalized_relative"
     start: float = 0.0
