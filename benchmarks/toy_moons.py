@@ -5,6 +5,10 @@ same 2,000 starting points with the same deterministic DDIM schedule; cosines co
 method applies with the exact gradient of the full traverse to 0 (paper Eq. 7) at the same latent.
 Each method's strength is picked from a small grid on a separate seed and 300 points (the authors'
 defaults are tuned for image losses of another scale and diverge here), then fixed for the measured run.
+Like with like: TITAN, the exact gradient and FreeDoM / MPGD / TFG all take the same normalised update rule
+(each point moves by strength x its norm along -G/|G| per guided step, `guidance_core/update.py`) over the
+whole schedule, tuned on the same grid; the baselines' own plain gradient steps are kept as "*_plain" rows,
+whose best grid values (1e-5..1e-7: larger ones diverge on this loss) barely move the samples.
 
     python -m benchmarks.toy_moons            # writes benchmarks/results/toy_moons.{json,png}
 """
@@ -87,7 +91,8 @@ def methods() -> dict:
 
     In 2-D, K = 2 orthogonal tangents span the whole space, so that estimator is exact here by construction.
     """
-    common = dict(lookahead="all", strength=0.05, optimizer="adam", start=0.0, end=1.0)
+    common = dict(lookahead="all", strength=0.05, optimizer="normalized", start=0.0, end=1.0)
+    window = dict(start=0.0, end=1.0)
     table = {
         "unguided": None,
         "titan_random": core.Titan(guess=core.RandomGuess(), **common),
@@ -97,17 +102,27 @@ def methods() -> dict:
         "titan_mixed": core.Titan(guess=core.MixedGuess(core.SampledGradientGuess(frames=None)), **common),
         "exact": core.baselines.ExactGradient(**common),
     }
-    for name in ("FreeDoM", "MPGD", "TFG", "DOODL"):
-        cls = getattr(core.baselines, name, None)
-        if cls is not None:
-            table[name.lower()] = cls()
+    for name in ("FreeDoM", "MPGD", "TFG"):
+        cls = getattr(core.baselines, name)
+        table[name.lower()] = cls(update="normalized", **window)
+    for name in ("FreeDoM", "MPGD", "TFG"):
+        table[f"{name.lower()}_plain"] = getattr(core.baselines, name)(update="plain", **window)
+    table["doodl"] = core.baselines.DOODL()
     return table
 
 
-LOG_GRID = tuple(10.0**e for e in range(-7, 1))
-STRENGTH_GRID = {"titan": ("strength", (0.01, 0.02, 0.05, 0.1, 0.2)), "exact": ("strength", (0.01, 0.02, 0.05, 0.1, 0.2)),
-                 "freedom": ("rho", LOG_GRID), "mpgd": ("scale", LOG_GRID), "tfg": (("rho", "mu"), LOG_GRID),
-                 "doodl": ("lr", (0.01, 0.03, 0.1, 0.3, 1.0))}
+LOG_GRID = tuple(10.0**e for e in range(-7, 1))  # plain gradient steps
+NORMALIZED_GRID = (0.01, 0.02, 0.05, 0.1, 0.2)  # fraction of each point's norm per guided step
+STRENGTH_FIELD = {"titan": "strength", "exact": "strength", "freedom": "rho", "mpgd": "scale", "tfg": ("rho", "mu"),
+                  "doodl": "lr"}
+
+
+def strength_grid(name: str) -> tuple[str | tuple[str, ...], tuple[float, ...]]:
+    """(strength field(s), grid) of a method of `methods()`."""
+    family = name.split("_")[0]
+    if family == "doodl":
+        return "lr", (0.01, 0.03, 0.1, 0.3, 1.0)
+    return STRENGTH_FIELD[family], LOG_GRID if name.endswith("_plain") else NORMALIZED_GRID
 
 
 def with_strength(method, names, value):
@@ -122,7 +137,7 @@ def tune(model: ToyEps, table: dict, steps: int, seed: int, points: int = 300) -
     for name, method in table.items():
         if method is None:
             continue
-        field, grid = STRENGTH_GRID[name.split("_")[0]]
+        field, grid = strength_grid(name)
         scores = {}
         for value in grid:
             trial = {name: with_strength(method, field, value)}
@@ -165,14 +180,21 @@ def run(model: ToyEps, points: int = 2000, steps: int = 50, seed: int = 0, names
 
 
 def plot(results: dict, data: torch.Tensor, path: pathlib.Path) -> None:
-    """Five panels laid out like Fig. 4: unguided, random, score, sampled gradient, exact gradient."""
+    """Top row laid out like Fig. 4 (unguided, random, score, sampled gradient, exact gradient); bottom row the
+    backprop baselines: FreeDoM's plain step at its best grid value, then FreeDoM / MPGD / TFG normalised, DOODL."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panels = [("unguided", "(a) data and unguided samples"), ("titan_random", "(b) TITAN, random guess"),
               ("titan_score", "(c) TITAN, score guess"), ("titan_sampled_gradient", "(d) TITAN, sampled gradient"),
-              ("exact", "(e) exact gradient")]
-    fig, axes = plt.subplots(1, 5, figsize=(20, 4.2))
+              ("exact", "(e) exact gradient"),
+              ("freedom_plain", "(f) FreeDoM, plain step"), ("freedom", "(g) FreeDoM, normalised step"),
+              ("mpgd", "(h) MPGD, normalised step"), ("tfg", "(i) TFG, normalised step"), ("doodl", "(j) DOODL")]
+    panels = [(name, title) for name, title in panels if name in results]
+    fig, axes = plt.subplots(2, 5, figsize=(20, 8.6))
+    axes = axes.reshape(-1)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
     theta = torch.linspace(0, 2 * math.pi, 200)
     for ax, (name, title) in zip(axes, panels):
         ax.scatter(data[:, 0], data[:, 1], s=2, c="tab:blue", alpha=0.4)

@@ -37,3 +37,20 @@ def test_moons_are_deterministic_and_standardised():
     b = toy_moons.make_moons(4000, torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
     assert a.mean(0).abs().max() < 0.1 and (a.std(0) - 1).abs().max() < 0.2
+
+
+def test_backprop_baselines_steer_under_the_normalised_step():
+    """Item 7 of #13: with the same normalised rule as TITAN, FreeDoM / MPGD / TFG visibly pull the samples
+    to the circle (their plain steps at usable strengths barely move them)."""
+    torch.set_num_threads(1)
+    model = toy_moons.train_toy(iterations=1500, seed=0)
+    table = toy_moons.methods()
+    names = ["unguided", "freedom", "mpgd", "tfg", "freedom_plain"]
+    table = {n: m if m is None else toy_moons.with_strength(m, toy_moons.strength_grid(n)[0],
+                                                             1e-5 if n.endswith("_plain") else 0.2)
+             for n, m in table.items() if n in names}
+    results = toy_moons.run(model, points=200, steps=20, seed=0, table=table, observe_cosines=False)
+    unguided = results["unguided"]["objective"]
+    for name in ("freedom", "mpgd", "tfg"):
+        assert results[name]["objective"] < 0.5 * unguided, (name, results[name]["objective"], unguided)
+    assert results["freedom_plain"]["objective"] > 0.9 * unguided
