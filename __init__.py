@@ -37,7 +37,7 @@ def register_model_folders() -> None:
 
 async def comfy_entrypoint():
     """Return the ComfyExtension that lists TITAN-Guide's nodes (called by ComfyUI)."""
-    from comfy_api.latest import ComfyExtension
+    from .comfy_v3 import ComfyExtension
 
     from .nodes import NODE_CLASSES
 

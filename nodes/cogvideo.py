@@ -13,7 +13,7 @@ import torch
 
 import comfy.model_management as model_management
 import comfy.utils
-from comfy_api.latest import io
+from ..comfy_v3 import io
 
 from .. import guidance_core as core
 from ..guidance_core.inference_tensors import InferenceTensorClones

@@ -14,7 +14,7 @@ import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models_base
 import folder_paths
-from comfy_api.latest import io
+from ..comfy_v3 import io
 
 from ..objectives.combination import ObjectiveSet, ObjectiveSpec
 from .sockets import TitanObjective, node_schema

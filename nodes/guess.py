@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from ..comfy_v3 import io
 
 from ..guidance_core.run_config import GUESS_KINDS, GuessSpec, parse_frame_indices
 from .sockets import TitanGuess, node_schema

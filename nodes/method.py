@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from ..comfy_v3 import io
 
 from .. import guidance_core as core
 from ..guidance_core.baselines import BASELINE_UPDATES, freedom, mpgd

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from ..comfy_v3 import io
 
 from ..objectives.combination import ObjectiveSet
 from .sockets import TitanObjective, node_schema

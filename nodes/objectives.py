@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from comfy_api.latest import io
+from ..comfy_v3 import io
 
 from ..objectives import dover as dover_objective
 from ..objectives import imagebind_audio, style_clip

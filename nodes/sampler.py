@@ -7,7 +7,7 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
-from comfy_api.latest import io
+from ..comfy_v3 import io
 
 from ..guidance_core.report import format_report, plot_losses
 from .run_harness import MAX_SCHEDULE_STEPS, GuidedSampler, widget_value

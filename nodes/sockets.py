@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from comfy_api.latest import io
+from ..comfy_v3 import io
 
 from ..guidance_core import update as core_update
 from ..guidance_core.run_config import STEPS, GuidanceSettings

@@ -6,8 +6,9 @@
     .venv/bin/python scripts/host.py status
     .venv/bin/python scripts/host.py stop
 
-The host runs the ComfyUI of scripts/setup.sh ($COMFYUI_PATH or .host/ComfyUI)
-under .venv/bin/python, in the work folder ``--workdir`` (default .host/run):
+The host runs the ComfyUI of scripts/setup.sh ($COMFYUI_PATH or .host/ComfyUI, or with
+TITAN_HOST=0.3.64 the floor host .host-0.3.64/ComfyUI) under .venv/bin/python, in the work folder
+``--workdir`` (default <host dir>/run):
 put models under <workdir>/comfy_base/models/<folder>/ (checkpoints,
 animatediff_models, titan_guide, ...); outputs land in <workdir>/output and the
 server log in <workdir>/comfyui.log. Extra ComfyUI flags go after ``--``.
@@ -24,9 +25,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from testing.comfy_host import ComfyHost, ComfyHostError, default_custom_node_dirs  # noqa: E402
+from testing.comfy_host import HOST_DIR, ComfyHost, ComfyHostError, default_custom_node_dirs  # noqa: E402
 
-DEFAULT_WORKDIR = REPO_ROOT / ".host" / "run"
+DEFAULT_WORKDIR = HOST_DIR / "run"
 STATE_FILE_NAME = "host.json"
 
 

@@ -28,7 +28,24 @@ import uuid
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-HOST_DIR = REPO_ROOT / ".host"
+
+# TITAN_HOST picks the host scripts/setup.sh laid out: the default in .host/, the compatibility floor in
+# .host-<version>/ (its host-owned packages, e.g. its frontend, in <host dir>/site, first on PYTHONPATH).
+DEFAULT_HOST = "0.33.0"
+HOST_DIRS = {"0.33.0": ".host", "0.3.64": ".host-0.3.64"}
+
+
+def selected_host() -> str:
+    """Return the host version TITAN_HOST names (default 0.33.0); refuses unknown versions."""
+    version = os.environ.get("TITAN_HOST") or DEFAULT_HOST
+    if version not in HOST_DIRS:
+        raise ValueError(f"TITAN_HOST={version!r} is not a supported host; use one of {sorted(HOST_DIRS)}")
+    return version
+
+
+HOST_VERSION = selected_host()
+HOST_DIR = REPO_ROOT / HOST_DIRS[HOST_VERSION]
+HOST_SITE_DIR = HOST_DIR / "site"
 PACK_NAME = "titan-guide"
 PACK_LINK_DIR = HOST_DIR / "custom_nodes"
 VENDOR_PACKS_DIR = HOST_DIR / "custom_nodes_vendor"
@@ -53,7 +70,9 @@ MODEL_FOLDERS = (
     "imagebind",
 )
 
-SETUP_HINT = "run `bash scripts/setup.sh` first (or set COMFYUI_PATH to an existing ComfyUI install)"
+SETUP_HINT = ("run `bash scripts/setup.sh` first" + ("" if HOST_VERSION == DEFAULT_HOST else
+                                                      f" with TITAN_HOST={HOST_VERSION}")
+              + " (or set COMFYUI_PATH to an existing ComfyUI install)")
 
 
 class ComfyHostError(RuntimeError):
@@ -123,7 +142,7 @@ class ComfyHost:
     """A ComfyUI server process with this pack loaded, on 127.0.0.1 and the CPU."""
 
     def __init__(self, workdir, *, comfyui_dir=None, python=None, custom_node_dirs=None,
-                 extra_args=(), startup_timeout: float = 300.0):
+                 extra_args=(), startup_timeout: float = 300.0, cpu: bool = True):
         self.workdir = Path(workdir).resolve()
         self.comfyui_dir = Path(comfyui_dir).resolve() if comfyui_dir else find_comfyui_dir()
         if not (self.comfyui_dir / "main.py").is_file():
@@ -138,6 +157,7 @@ class ComfyHost:
             raise ValueError(f"startup_timeout must be positive, got {startup_timeout}")
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
+        self.cpu = cpu
         self.base_dir = self.workdir / "comfy_base"
         self.models_dir = self.base_dir / "models"
         self.input_dir = self.workdir / "input"
@@ -176,7 +196,7 @@ class ComfyHost:
         """Return the server command line (without the port, added at start)."""
         return [
             self.python, str(self.comfyui_dir / "main.py"),
-            "--cpu",
+            *(["--cpu"] if self.cpu else []),
             "--listen", "127.0.0.1",
             "--base-directory", str(self.base_dir),
             "--extra-model-paths-config", str(self.yaml_path),
@@ -221,11 +241,14 @@ class ComfyHost:
         """Spawn the server process with its output going to the log file."""
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
-        env.setdefault("CUDA_VISIBLE_DEVICES", "")
+        if self.cpu:
+            env.setdefault("CUDA_VISIBLE_DEVICES", "")
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         # tiny test models on a shared 2-core machine: one thread is 5-10x faster than two fighting
         env.setdefault("OMP_NUM_THREADS", "1")
+        if HOST_SITE_DIR.is_dir():  # this host's own frontend/templates shadow the default host's in .venv
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(HOST_SITE_DIR), env.get("PYTHONPATH"))))
         if self._log_file is not None:
             self._log_file.close()
         self._log_file = open(self.log_path, "ab")
@@ -297,7 +320,10 @@ class ComfyHost:
     def pack_import_lines(self) -> list:
         """Return the 'Import times for custom nodes' lines of the latest start, one per pack."""
         text = self.log_text().rsplit("=== starting ComfyUI", 1)[-1]
-        return re.findall(r"^\s*[\d.]+ seconds.*$", text, flags=re.MULTILINE)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # 0.33.0 colours its log
+        # 0.3.64: "   0.1 seconds: <path>"; 0.33.0 prefixes the log level: "[INFO]    0.1 seconds: <path>"
+        return [line.strip() for line in
+                re.findall(r"^(?:\[[A-Z]+\])?\s*[\d.]+ seconds.*$", text, flags=re.MULTILINE)]
 
     # --- HTTP API -------------------------------------------------------------------
     def _request(self, method: str, path: str, payload=None, timeout: float = 60.0):

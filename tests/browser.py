@@ -133,6 +133,9 @@ LOAD_WORKFLOW_JS = """async (workflow) => {
     layout, offscreen, scale: ds.scale,
     output: prompt.output,
     workflow: prompt.workflow,
+    // The file the frontend's export writes (JSON.stringify drops undefined fields; the object handed to Python
+    // would carry them as null).
+    exported: JSON.stringify(prompt.workflow),
   };
 }"""
 

@@ -332,6 +332,7 @@ UNGUIDED = {"guidance_start": 1.0, "guidance_end": 1.0}  # empty guidance window
 GUIDED = {"strength": 0.2, "lookahead": 1, "guess": {"kind": "sampled_gradient", "sampled_frames": 2}}
 
 
+@pytest.mark.host_compat
 def test_titan_sampler_under_evolved_sampling_lowers_the_objective(comfy_host, ade_checkpoint):
     """TitanGuideSampler on an ADE evolved-sampling model (no context windows): guidance lowers the loss.
 

@@ -376,6 +376,7 @@ def _latent(host, outputs: dict, node: str) -> torch.Tensor:
     return load_file(str(path))["latent_tensor"]
 
 
+@pytest.mark.host_compat
 def test_cogvideo_graph_unguided_equals_wrapper_and_guidance_lowers_the_objective(cogvideo_host):
     host = cogvideo_host
     graph = _base_graph()

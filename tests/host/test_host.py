@@ -39,6 +39,7 @@ def write_safetensors_without_model(path) -> None:
     path.write_bytes(struct.pack("<Q", len(header)) + header + struct.pack("<f", 1.0))
 
 
+@pytest.mark.host_compat
 def test_pack_and_vendored_packs_import_without_error(comfy_host):
     """The host imports titan-guide and both vendored packs, and serves their nodes."""
     import_lines = comfy_host.pack_import_lines()

@@ -167,6 +167,7 @@ def combo_options(info: dict, name: str) -> list:
     return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
 
 
+@pytest.mark.host_compat
 def test_loaders_list_and_load_their_files(host):
     """Each loader lists its file from its folder and loads it (fp32 default, bf16 on request), once."""
     for node_type, name_input, filename in (("TitanDoverLoader", "weights_name", DOVER_FILE),
@@ -313,6 +314,7 @@ def add_dover(prompt: Prompt, sources: dict) -> list:
     return link("objective")
 
 
+@pytest.mark.host_compat
 def test_aesthetic_objective_lowers_dover_loss(host, unguided):
     """DOVER-guided frames score better on the same tiny DOVER than the unguided frames."""
     guided, report = run_frames(host, guided_prompt("objectives/dover", add_dover))
@@ -341,6 +343,7 @@ def add_style(prompt: Prompt, sources: dict, clip_file: str = OPEN_CLIP_FILE, te
     return link("objective")
 
 
+@pytest.mark.host_compat
 def test_style_objective_with_text_lowers_style_loss(host, unguided):
     """Style image (another size than the video) plus a text target through open_clip: the loss goes down."""
     guided, report = run_frames(host, guided_prompt("objectives/style", add_style))
@@ -375,6 +378,7 @@ def managed_models(report: str) -> dict[str, str]:
     return dict(line.strip().split(": ", 1) for line in lines if line.startswith("  "))
 
 
+@pytest.mark.host_compat
 def test_audio_objective_lowers_imagebind_loss(host, unguided):
     """A 22.05 kHz stereo WAV (resampled, averaged to mono) through LoadAudio guides the video towards it. The
     ImageBind network runs under ComfyUI's model management, loaded with the diffusion model and the VAE: the
@@ -436,6 +440,7 @@ def add_pixel_interpolation(prompt: Prompt, sources: dict, indices: str = "0, 3"
     return link("objective")
 
 
+@pytest.mark.host_compat
 def test_pixel_frame_interpolation_lowers_keyframe_error(host, unguided):
     """First and last frame move towards the red and blue keyframes."""
     guided, report = run_frames(host, guided_prompt("objectives/interp", add_pixel_interpolation))

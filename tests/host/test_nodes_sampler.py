@@ -7,6 +7,7 @@ string, returned in /history). Runs are tiny (16x16 pixels, 2 frames, 2-3 steps)
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -20,7 +21,13 @@ from safetensors.torch import load_file
 import graphs
 from testing.comfy_host import ComfyExecutionError, ComfyValidationError
 from objectives.color import ColorLoss
-from tiny_checkpoints import TINY_SD15_FILENAME
+from tiny_checkpoints import TINY_SD15_FILENAME, comfyui_version as comfyui_version_text
+
+
+def comfyui_version(comfy_dir) -> tuple:
+    """The host's version as a tuple of ints, e.g. (0, 33, 0)."""
+    return tuple(int(part) for part in comfyui_version_text(comfy_dir).split(".")[:3])
+
 
 CKPT = TINY_SD15_FILENAME
 PACK_NODES = ("TitanGuideSampler", "TitanGuideSamplerSelect", "TitanGradientGuess", "TitanGuidanceMethod",
@@ -368,8 +375,6 @@ def test_interrupt_stops_a_long_run_within_a_model_call(comfy_host):
     (dict(sampler="heun", eta=0.5), "set eta to 0 for heun"),
     (dict(method={"method": "doodl"}, eta=0.5), "DOODL inverts deterministic steps"),
     (dict(guidance_start=0.8, guidance_end=0.2), "0 <= start <= end <= 1"),
-    # ComfyUI does not check V3 combo values before execution; the node names the valid choices
-    (dict(guess={"kind": "newton"}), "unknown gradient guess 'newton'; choose one of"),
     # NaN passes ComfyUI's min / max check; the sampler names the widget (issue #18)
     (dict(strength=float("nan")), "'strength' must be a finite number from 0 to 10, got nan"),
     (dict(cfg=float("nan")), "'cfg' must be a finite number from 0 to 100, got nan"),
@@ -381,6 +386,27 @@ def test_invalid_inputs_give_a_clear_error_and_the_server_keeps_serving(comfy_ho
         comfy_host.run(graphs.titan_prompt(CKPT, "nodes_sampler/invalid", **knobs), timeout=300)
     assert message in caught.value.details["exception_message"]
     assert caught.value.details["exception_type"].endswith("ValueError")
+    assert comfy_host.is_running()
+
+
+@pytest.mark.host_compat
+def test_unknown_combo_value_is_refused_naming_the_choices(comfy_host, comfyui_dir):
+    """0.33.0 checks V3 combo values at POST /prompt (400, value_not_in_list); 0.3.64 did not, and the node
+    itself names the valid choices at run time. Hosts in between may do either, clearly."""
+    prompt = graphs.titan_prompt(CKPT, "nodes_sampler/combo", **{**CHEAP, "guess": {"kind": "newton"}})
+    version = comfyui_version(comfyui_dir)
+    try:
+        comfy_host.run(prompt, timeout=300)
+    except ComfyValidationError as error:
+        assert version != (0, 3, 64), "0.3.64 let V3 combo values through to the node"
+        errors = [e for node in error.response["node_errors"].values() for e in node["errors"]]
+        assert any(e["type"] == "value_not_in_list" and "newton" in json.dumps(e) for e in errors), errors
+        assert any("sampled_gradient" in json.dumps(e) for e in errors), errors  # the valid choices are named
+    except ComfyExecutionError as error:
+        assert version < (0, 33, 0), f"ComfyUI {version} validates combos before execution"
+        assert "unknown gradient guess 'newton'; choose one of" in error.details["exception_message"]
+    else:
+        raise AssertionError("an unknown gradient guess kind ran")
     assert comfy_host.is_running()
 
 

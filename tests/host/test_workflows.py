@@ -20,12 +20,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from testing.comfy_host import REPO_ROOT, ComfyHost
+from testing.comfy_host import DEFAULT_HOST, REPO_ROOT, ComfyHost
+from tiny_checkpoints import comfyui_version
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import demo  # noqa: E402
 import workflows as generator  # noqa: E402
 
+GENERATED_ON = DEFAULT_HOST  # scripts/workflows.py runs on the default host
 WORKFLOW_FILES = sorted((REPO_ROOT / "workflows").glob("*.json"))
 EXPECTED_FILES = set(generator.WORKFLOWS) | {"demo_embedded.json"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
@@ -142,13 +144,18 @@ def check_widget(node: dict, name: str, spec, value) -> None:
             assert value <= options["max"], f"{where}: above max {options['max']}"
 
 
-def test_every_expected_workflow_is_there_and_generated_from_the_tables(object_info):
+def test_every_expected_workflow_is_there_and_generated_from_the_tables(object_info, comfyui_dir):
     assert {path.name for path in WORKFLOW_FILES} == EXPECTED_FILES
+    version = comfyui_version(comfyui_dir)
+    if version != GENERATED_ON:
+        # /object_info differs between hosts (0.33 names V3 outputs by id, gives SaveImage an output)
+        pytest.skip(f"the files are generated from ComfyUI {GENERATED_ON}'s /object_info; this host is {version}")
     for name, workflow in generator.build_all(object_info).items():
         text = (REPO_ROOT / "workflows" / name).read_text(encoding="utf-8")
         assert text == generator.dump(workflow), f"{name} is stale: run scripts/workflows.py"
 
 
+@pytest.mark.host_compat
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
 def test_workflow_is_valid_ui_format_for_the_host(path, object_info):
     workflow = load(path)
@@ -201,6 +208,7 @@ def queue_is_empty(host) -> bool:
     return not queue["queue_running"] and not queue["queue_pending"]
 
 
+@pytest.mark.host_compat
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
 def test_converted_prompt_passes_the_hosts_validation(path, host, object_info):
     prompt = demo.workflow_to_api(load(path), object_info)

@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ENGINE_PACKAGES = ("guidance_core", "objectives", "integrations", "embedded")
 # ComfyUI's top-level modules (ComfyUI's own `nodes` module is also the name of this pack's node folder)
 COMFYUI_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "node_helpers", "nodes")
+# The pack's own ComfyUI module: comfy_v3.py picks the host's numbered comfy_api version (nodes import io from it).
+PACK_COMFYUI_SHIMS = ("comfy_v3",)
 NODES_MAX_LINES, NODES_MAX_FILE_LINES = 1800, 450
 
 
@@ -33,6 +35,7 @@ def test_engine_packages_never_import_comfyui_or_the_nodes(package):
             top = module.split(".")[0]
             assert not (level == 0 and top in COMFYUI_MODULES), f"{path} imports {module}"
             assert not (level >= 2 and top == "nodes"), f"{path} imports the pack's nodes/ ({module})"
+            assert not (level >= 1 and top in PACK_COMFYUI_SHIMS), f"{path} imports ComfyUI's API ({module})"
     code = (f"import sys, {package}; "
             "sys.exit(any(m.split('.')[0] in {modules!r} for m in sys.modules))".replace(
                 "{modules!r}", repr(COMFYUI_MODULES[:-1])))
@@ -51,7 +54,8 @@ def comfyui_bound_names(trees: dict[str, ast.Module]) -> dict[str, set[str]]:
                     if alias.name.split(".")[0] in COMFYUI_MODULES:
                         bound[name].add((alias.asname or alias.name).split(".")[0])
             elif isinstance(node, ast.ImportFrom):
-                if node.level == 0 and (node.module or "").split(".")[0] in COMFYUI_MODULES:
+                if (node.level == 0 and (node.module or "").split(".")[0] in COMFYUI_MODULES) or (
+                        node.level == 2 and node.module in PACK_COMFYUI_SHIMS):
                     bound[name].update(alias.asname or alias.name for alias in node.names)
                 elif node.level == 1 and node.module in trees:
                     sibling_imports[name] += [(node.module, alias.name, alias.asname or alias.name)
@@ -103,10 +107,12 @@ def test_every_class_and_function_in_nodes_uses_comfyui():
 def test_the_check_sees_comfyui_free_code():
     trees = {"a": ast.parse("import comfy.sd\nfrom . import b\ndef uses(v: comfy.sd.VAE): pass\n"
                             "def via_sibling(): return b.thing()\ndef plain(x): return x + 1\n"),
-             "b": ast.parse("from comfy_api.latest import io\nWidget = io.Int\ndef thing(): return Widget\n")}
+             "b": ast.parse("from comfy_api.latest import io\nWidget = io.Int\ndef thing(): return Widget\n"),
+             "c": ast.parse("from ..comfy_v3 import io\ndef node(): return io.Int\ndef plain(x): return x\n")}
     bound = comfyui_bound_names(trees)
     assert {"uses", "via_sibling"} <= bound["a"] and "plain" not in bound["a"]
     assert {"Widget", "thing"} <= bound["b"]
+    assert "node" in bound["c"] and "plain" not in bound["c"]
 
 
 def test_nodes_stays_a_thin_layer():
