@@ -8,6 +8,7 @@ from .. import guidance_core as core
 from ..guidance_core.baselines import freedom, mpgd
 from ..guidance_core.forward_gradient import ESTIMATORS
 from ..guidance_core.run_config import METHOD_DESCRIPTIONS, METHOD_KINDS, GuidanceSettings, MethodSpec
+from .run_harness import checked_inputs
 from .sockets import TitanMethod, node_schema
 
 
@@ -67,6 +68,7 @@ class TitanGuidanceMethod(io.ComfyNode):
 
     @classmethod
     def execute(cls, method, **options) -> io.NodeOutput:
+        options = checked_inputs(cls, options)  # finite rho / scale / lr, real ints and bools (as sent)
         spec = MethodSpec(kind=method, options=tuple(sorted(options.items())))
         # build once with default sampler knobs so bad hyperparameters fail here, not mid-sampling
         spec.build(GuidanceSettings(), core.RandomGuess())

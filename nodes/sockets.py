@@ -24,7 +24,8 @@ def node_schema(node: type, display_name: str, extra_description: str = "", **sc
     """A node's io.Schema: node_id is the class name, the category the pack's, the description the class docstring
     (what the node does, as the UI shows it) and `extra_description`."""
     return io.Schema(node_id=node.__name__, display_name=display_name, category=CATEGORY,
-                     description=" ".join((node.__doc__ + " " + extra_description).split()), **schema)
+                     description=" ".join((node.__doc__ + " " + extra_description).split()),
+                     hidden=[io.Hidden.prompt, io.Hidden.unique_id], **schema)  # run_harness.checked_inputs
 
 
 def guidance_inputs() -> list:
