@@ -123,3 +123,26 @@ def test_integral_floats_and_real_bools_are_accepted(host, clean):
     """6.0 for an int widget is a whole number (JSON has one number type); the result is the clean run's."""
     outputs = host.run(embedded_prompt(tag="integral", steps=2.0, lookahead=0.0, per_frame=False), timeout=300)
     assert torch.equal(latent_of(host, outputs), clean)
+
+
+# --- item 2: nothing non-finite leaves a node; overshooting estimates are the guidance's business -------------
+def test_an_overshooting_estimate_is_clamped_for_scoring_not_reported_as_bad_data(host):
+    """Strength 10 (the maximum) with Adam and objective weight 100 drove the decoded estimate far outside [0, 1]:
+    the objective refused it as "video values must lie in [0, 1] ... Convert [-1, 1] data", advice for user data."""
+    outputs = host.run(embedded_prompt(tag="overshoot", steps=3, strength=10.0, optimizer="adam", weight=100.0),
+                       timeout=300)
+    assert torch.isfinite(latent_of(host, outputs)).all()
+    report = report_of(outputs)
+    assert "guidance clamped it to that range for scoring" in report, report
+    assert "must lie in [0, 1]" not in report
+
+
+def test_a_non_finite_input_latent_is_refused_naming_where_it_came_from(host):
+    """A NaN latent from upstream (LatentMultiply by NaN passes ComfyUI's range check) came back as an all-NaN
+    latent with status success; now the sampler refuses it and returns nothing non-finite."""
+    prompt = embedded_prompt(tag="nan_input", denoise=0.5)
+    prompt["scaled"] = {"class_type": "LatentMultiply", "inputs": {"samples": ["latent", 0], "multiplier": math.nan}}
+    prompt["sampler"]["inputs"]["latent_image"] = ["scaled", 0]
+    details = error_of(host, prompt)
+    assert "the input latent holds NaN or infinite values" in details["exception_message"]
+    assert "check the node that made it" in details["exception_message"]
