@@ -126,8 +126,14 @@ def test_an_estimate_inside_the_scored_range_is_untouched_and_one_beyond_it_is_c
 
 
 def test_objective_specs_score_the_clamped_estimate_so_a_far_overshoot_is_no_user_error():
-    from objectives.color import ColorLoss
-    spec = ObjectiveSpec(ColorLoss((1.0, 0.0, 0.0)), 1.0, "colour")
+    from objectives.base import VideoObjective
+
+    class Brightness(VideoObjective):
+        def forward(self, video):
+            self.check_video(video)
+            return video.mean(dim=(1, 2, 3, 4))
+
+    spec = ObjectiveSpec(Brightness(), 1.0, "brightness")
     video = torch.rand(1, 2, 3, 4, 4) * 30 - 10  # as a weight-100 estimate: far outside [0, 1]
     with pytest.raises(ValueError, match="must lie in"):
         spec.module(video)  # the objective itself still refuses such data from a user
