@@ -127,7 +127,10 @@ def load_weights_file(path, what: str, missing_hint: str) -> dict:
         try:
             checkpoint = load_file(path, device="cpu")
         except Exception as error:  # corrupt or truncated file
-            raise ValueError(f"could not read '{path}' as a safetensors file ({error}); re-download it.") from error
+            raise ValueError(
+                f"could not read the {what} weights file '{os.path.basename(path)}' in the folder "
+                f"'{os.path.dirname(os.path.abspath(path))}' as a safetensors file ({error}): it is truncated or not "
+                f"a safetensors file; re-download it. {missing_hint}") from error
     elif suffix in TORCH_WEIGHT_SUFFIXES:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -146,3 +146,16 @@ def test_a_non_finite_input_latent_is_refused_naming_where_it_came_from(host):
     details = error_of(host, prompt)
     assert "the input latent holds NaN or infinite values" in details["exception_message"]
     assert "check the node that made it" in details["exception_message"]
+
+
+# --- item 3: loaders name the file they could not read -------------------------------------------------------
+def test_a_truncated_embedded_unet_names_the_file_and_its_folder_and_the_next_prompt_is_clean(host, clean):
+    from testing.comfy_host import REPO_ROOT
+    data = (REPO_ROOT / "models" / "titan_guide" / "embedded_unet.safetensors").read_bytes()
+    folder = host.models_dir / "titan_guide"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cut_unet.safetensors").write_bytes(data[:6])  # SafetensorError: incomplete metadata, no file name
+    details = error_of(host, embedded_prompt(tag="cut", unet="cut_unet.safetensors"))
+    assert f"'cut_unet.safetensors' in the folder '{folder}'" in details["exception_message"]
+    assert "embedded_unet.safetensors" in details["exception_message"]
+    assert torch.equal(latent_of(host, host.run(embedded_prompt(tag="after_cut"), timeout=300)), clean)

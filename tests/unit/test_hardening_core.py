@@ -155,3 +155,55 @@ def test_a_cpu_allocation_failure_is_out_of_memory_with_the_widget_names():
         assert widget in message
     assert "Warnings before the error: guidance step 1: update skipped." in message
     assert len(MEMORY_KNOBS) >= 5
+
+
+# --- loaders name the file they could not read ------------------------------------------------------------------
+def truncated_copy(source, folder, name: str):
+    """The first half of `source` (a safetensors file) as folder/name, as an interrupted download leaves it."""
+    data = open(source, "rb").read()
+    target = folder / name
+    target.write_bytes(data[: len(data) // 2])
+    return target
+
+
+def test_a_truncated_embedded_unet_or_classifier_names_the_file_its_folder_and_what_was_expected(tmp_path):
+    from embedded import CLASSIFIER_FILENAME, UNET_FILENAME, load_classifier
+    from embedded.unet import load_embedded_unet
+    from objectives.attribute_classifier import load_attribute_classifier
+    from testing.comfy_host import REPO_ROOT
+
+    models = REPO_ROOT / "models" / "titan_guide"
+    unet = truncated_copy(models / UNET_FILENAME, tmp_path, "cut_unet.safetensors")
+    header_only = tmp_path / "header_cut.safetensors"
+    header_only.write_bytes(unet.read_bytes()[:6])  # SafetensorError: incomplete metadata
+    for path in (unet, header_only):
+        with pytest.raises(ValueError) as caught:
+            load_embedded_unet(path)
+        message = str(caught.value)
+        assert f"'{path.name}' in the folder '{tmp_path}'" in message and "truncated" in message
+        assert "embedded_unet.safetensors" in message
+    classifier = truncated_copy(models / CLASSIFIER_FILENAME, tmp_path, "cut_classifier.safetensors")
+    for load in (load_classifier, load_attribute_classifier):
+        with pytest.raises(ValueError) as caught:
+            load(classifier)
+        assert f"'cut_classifier.safetensors' in the folder '{tmp_path}'" in str(caught.value)
+        assert "embedded_classifier.safetensors" in str(caught.value)
+
+
+def test_a_truncated_imagebind_clip_or_dover_file_names_the_file_its_folder_and_what_was_expected(tmp_path):
+    from safetensors.torch import save_file
+
+    from objectives.base import load_weights_file
+    from objectives.dover import _read_state_dict
+
+    source = tmp_path / "whole.safetensors"
+    save_file({"w": torch.zeros(64, 64)}, str(source))
+    cut = truncated_copy(source, tmp_path, "cut.safetensors")
+    with pytest.raises(ValueError) as caught:
+        load_weights_file(cut, "ImageBind", "Put imagebind_huge.pth into models/imagebind/.")
+    assert f"ImageBind weights file 'cut.safetensors' in the folder '{tmp_path}'" in str(caught.value)
+    assert "Put imagebind_huge.pth into models/imagebind/." in str(caught.value)
+    with pytest.raises(ValueError) as caught:
+        _read_state_dict(cut)
+    assert f"DOVER weights file 'cut.safetensors' in the folder '{tmp_path.resolve()}'" in str(caught.value)
+    assert "expected the official" in str(caught.value)
