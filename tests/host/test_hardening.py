@@ -159,3 +159,23 @@ def test_a_truncated_embedded_unet_names_the_file_and_its_folder_and_the_next_pr
     assert f"'cut_unet.safetensors' in the folder '{folder}'" in details["exception_message"]
     assert "embedded_unet.safetensors" in details["exception_message"]
     assert torch.equal(latent_of(host, host.run(embedded_prompt(tag="after_cut"), timeout=300)), clean)
+
+
+# --- item 4: warnings gathered before an exception survive ----------------------------------------------------
+def test_warnings_gathered_before_an_error_reach_the_log(host):
+    """The record's warnings were set only after the sampler returned, so an error (here: /interrupt) dropped
+    them: the overshoot warnings of the first steps of a long run must be in the server log."""
+    import time
+    before = host.log_text().count("guided sampling started")
+    prompt_id = host.queue(embedded_prompt(tag="warn_then_stop", steps=400, strength=10.0, optimizer="adam",
+                                           weight=100.0))
+    deadline = time.monotonic() + 120
+    while host.log_text().count("guided sampling started") == before:
+        assert time.monotonic() < deadline, "the long run did not start"
+        time.sleep(0.1)
+    time.sleep(4.0)  # several guided steps, each of which overshoots
+    host.interrupt()
+    while host.history(prompt_id) is None:
+        assert time.monotonic() < deadline + 60, "the run did not stop"
+        time.sleep(0.1)
+    assert "TITAN-Guide (before the error): the decoded estimate overshot" in host.log_text()
