@@ -3,7 +3,7 @@ nodes translate their widgets into `Widget`s and their errors from here):
 
 - widget values as the host passes them: a real boolean, a whole number, a finite number within the widget's
   range. Hosts convert API values before a node sees them (ComfyUI: bool("false") is True, int(6.7) is 6), so
-  `keep_raw_widget_values` keeps the values as they were sent, for the node to check;
+  `SENT_VALUES` keeps the values as they were sent, for the node to check;
 - NaN or infinite latents never leave a run (`NonFiniteLatentError`, `check_latent`);
 - running out of memory, on a GPU or on the CPU (where an allocation failure is a plain RuntimeError), gives one
   message that names the widgets that lower memory (`out_of_memory_message`).
@@ -11,13 +11,11 @@ Every message names the widget as the UI shows it and says what to do.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 
 import torch
-
-RAW_VALUES_KEY = "titan_guide_raw_widget_values"  # where `keep_raw_widget_values` keeps a node's sent values
-
 
 @dataclasses.dataclass(frozen=True)
 class Widget:
@@ -56,7 +54,7 @@ class Widget:
 
 def check_widgets(widgets, converted: dict, raw: dict | None = None) -> dict:
     """The checked values of `widgets` (Widget, keyed by the input name the host uses in `converted`): each one's
-    value as it was sent (`raw`, see `keep_raw_widget_values`) where known, else as the host converted it."""
+    value as it was sent (`raw`, see `SentValues`) where known, else as the host converted it."""
     raw = raw if isinstance(raw, dict) else {}
     return {key: widget.check(raw.get(key, converted[key])) for key, widget in widgets.items() if key in converted}
 
@@ -76,16 +74,42 @@ def is_link(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
 
 
-def keep_raw_widget_values(prompt, node_types) -> None:
-    """For each node of `node_types` in an API prompt ({id: {"class_type", "inputs"}}), keep the widget values as
-    they were sent under `RAW_VALUES_KEY` in its inputs, before the host converts them in place."""
-    if not isinstance(prompt, dict):
-        return
-    for node in prompt.values():
-        inputs = node.get("inputs") if isinstance(node, dict) else None
-        if node.get("class_type") in node_types and isinstance(inputs, dict):
-            inputs[RAW_VALUES_KEY] = {name: value for name, value in inputs.items()
-                                      if name != RAW_VALUES_KEY and not is_link(value)}
+class SentValues:
+    """Widget values as an API client sent them, before the host converted them in place: kept by the identity of
+    each node's inputs dict (the host validates, queues and runs that same dict), so the prompt itself, its history
+    and the metadata saved with outputs stay as sent. Holds the newest `limit` nodes."""
+
+    def __init__(self, limit: int = 512):
+        self.limit = limit
+        self._kept: collections.OrderedDict = collections.OrderedDict()
+
+    def keep(self, prompt, node_types) -> None:
+        """Keep the widget values (not links) of each node of `node_types` in an API prompt {id: {class_type,
+        inputs}}; called before the host's validation converts them."""
+        if not isinstance(prompt, dict):
+            return
+        for node in prompt.values():
+            inputs = node.get("inputs") if isinstance(node, dict) else None
+            if node.get("class_type") in node_types and isinstance(inputs, dict):
+                self._kept[id(inputs)] = (inputs, {k: v for k, v in inputs.items() if not is_link(v)})
+                self._kept.move_to_end(id(inputs))
+        while len(self._kept) > self.limit:
+            self._kept.popitem(last=False)
+
+    def of(self, inputs) -> dict | None:
+        """The sent values of the node whose inputs dict is `inputs`, or None if none were kept."""
+        kept = self._kept.get(id(inputs))
+        return kept[1] if kept is not None and kept[0] is inputs else None
+
+    def of_node(self, prompt, node_id) -> dict | None:
+        """The sent values of node `node_id` of the prompt being run, or None."""
+        try:
+            return self.of(prompt[node_id]["inputs"])
+        except (KeyError, TypeError):
+            return None
+
+
+SENT_VALUES = SentValues()  # the host's on-prompt handler fills it (nodes/__init__.py)
 
 
 # --- non-finite latents --------------------------------------------------------------------------------------

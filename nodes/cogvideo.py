@@ -22,7 +22,8 @@ from ..guidance_core.run_config import check_run, guidance_seed
 from ..integrations import cogvideox as cx
 from ..objectives.base import forward_ad_safe_attention
 from .run_harness import checked_inputs, guidance_session, validated_inputs
-from .sockets import TitanObjective, guess_and_method_inputs, guidance_inputs, node_schema, report_outputs
+from .sockets import (SENT_VALUE_INPUTS, TitanObjective, guess_and_method_inputs, guidance_inputs, node_schema,
+                      report_outputs)
 
 CogVideoModel = io.Custom("COGVIDEOMODEL")
 
@@ -73,7 +74,7 @@ class TitanGuideCogVideoSampler(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(cls, "TITAN-Guide CogVideoX Sampler", inputs=[
+        return node_schema(cls, "TITAN-Guide CogVideoX Sampler", hidden=SENT_VALUE_INPUTS, inputs=[
                 CogVideoModel.Input("model", tooltip="COGVIDEOMODEL from a CogVideoX loader (text-to-video model, "
                                                      "quantization disabled)."),
                 io.Vae.Input("vae", tooltip="The CogVideoX VAE (from the same loader or CogVideoX VAE Loader); it "

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..guidance_core.run_config import GUESS_KINDS, GuessSpec, parse_frame_indices
 from .run_harness import checked_inputs
-from .sockets import TitanGuess, node_schema
+from .sockets import SENT_VALUE_INPUTS, TitanGuess, node_schema
 from ..guidance_core import guesses as core_guesses
 
 
@@ -18,7 +18,7 @@ class TitanGradientGuess(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(cls, "TITAN Gradient Guess", inputs=[
+        return node_schema(cls, "TITAN Gradient Guess", hidden=SENT_VALUE_INPUTS, inputs=[
                 io.Combo.Input("kind", options=list(GUESS_KINDS), default="random",
                                tooltip="random, score, sampled_gradient, orthogonal (K tangents), antithetic (K "
                                        "pairs, useful with the central-difference estimator) or mixed."),

@@ -9,7 +9,7 @@ from ..guidance_core.baselines import freedom, mpgd
 from ..guidance_core.forward_gradient import ESTIMATORS
 from ..guidance_core.run_config import METHOD_DESCRIPTIONS, METHOD_KINDS, GuidanceSettings, MethodSpec
 from .run_harness import checked_inputs
-from .sockets import TitanMethod, node_schema
+from .sockets import SENT_VALUE_INPUTS, TitanMethod, node_schema
 
 
 class TitanGuidanceMethod(io.ComfyNode):
@@ -19,7 +19,7 @@ class TitanGuidanceMethod(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(cls, "TITAN Guidance Method", inputs=[
+        return node_schema(cls, "TITAN Guidance Method", hidden=SENT_VALUE_INPUTS, inputs=[
                 io.Combo.Input("method", options=list(METHOD_KINDS), default="titan",
                                tooltip="; ".join(f"{k}: {METHOD_DESCRIPTIONS[k]}" for k in METHOD_KINDS) + "."),
                 io.Combo.Input("estimator", options=list(ESTIMATORS), default="jvp",

@@ -20,7 +20,7 @@ from comfy_api.latest import io
 from .. import guidance_core as core
 from ..guidance_core.inference_tensors import InferenceTensorClones
 from ..guidance_core.report import RunRecord, format_report, peak_memory
-from ..guidance_core.validation import (RAW_VALUES_KEY, Widget, check_widgets, is_out_of_memory,
+from ..guidance_core.validation import (SENT_VALUES, Widget, check_widgets, is_out_of_memory,
                                         out_of_memory_message)
 from ..guidance_core.run_config import (GuessSpec, GuidanceSettings, MethodSpec, check_method, check_run,
                                         guess_and_method, guidance_seed)
@@ -39,12 +39,9 @@ def core_widget(widget: io.Input) -> Widget:
 
 def checked_inputs(node: type[io.ComfyNode], values: dict) -> dict:
     """`values` of `node`'s widgets checked, each as the API sent it where known (ComfyUI converts in place before
-    a node runs: bool("false") is True, int(6.7) is 6; `keep_sent_values` kept the sent ones in the prompt)."""
+    a node runs: bool("false") is True, int(6.7) is 6; the on-prompt handler kept the sent ones in SENT_VALUES)."""
     hidden = getattr(node, "hidden", None)
-    try:
-        sent = hidden.prompt[hidden.unique_id]["inputs"][RAW_VALUES_KEY]
-    except (AttributeError, KeyError, TypeError):
-        sent = None
+    sent = SENT_VALUES.of_node(getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None))
     widgets = {widget.id: core_widget(widget) for widget in node.define_schema().inputs}
     return {**values, **check_widgets(widgets, values, sent)}
 

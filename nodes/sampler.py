@@ -12,8 +12,8 @@ from comfy_api.latest import io
 from ..guidance_core.report import format_report, plot_losses
 from ..guidance_core.validation import denoise_schedule_length
 from .run_harness import MAX_SCHEDULE_STEPS, GuidedSampler, checked_inputs
-from .sockets import (ADDITIONAL_MODELS_KEY, TitanObjective, guess_and_method_inputs, guidance_inputs, node_schema,
-                      report_outputs)
+from .sockets import (ADDITIONAL_MODELS_KEY, SENT_VALUE_INPUTS, TitanObjective, guess_and_method_inputs,
+                      guidance_inputs, node_schema, report_outputs)
 
 
 def _schedule_sigmas(model, scheduler: str, steps: int, denoise: float):
@@ -33,7 +33,7 @@ class TitanGuideSampler(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(cls, "TITAN-Guide Sampler", inputs=[
+        return node_schema(cls, "TITAN-Guide Sampler", hidden=SENT_VALUE_INPUTS, inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (cloned; the input model is not changed)."),
                 io.Conditioning.Input("positive", tooltip="Conditioning describing what to include."),
                 io.Conditioning.Input("negative", tooltip="Conditioning describing what to exclude."),
@@ -96,7 +96,7 @@ class TitanGuideSamplerSelect(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(cls, "TITAN-Guide Sampler (SAMPLER)", inputs=[
+        return node_schema(cls, "TITAN-Guide Sampler (SAMPLER)", hidden=SENT_VALUE_INPUTS, inputs=[
                 TitanObjective.Input("objective", tooltip="What to minimise (TITAN-Guide objective nodes)."),
                 io.Vae.Input("vae", tooltip="VAE that decodes the look-ahead estimate for the objective."),
                 *guidance_inputs(),

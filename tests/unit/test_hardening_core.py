@@ -11,9 +11,8 @@ import torch
 
 import guidance_core as gc
 from core_fixtures import video_problem
-from guidance_core.validation import (MEMORY_KNOBS, RAW_VALUES_KEY, NonFiniteLatentError, Widget, check_widgets,
-                                      denoise_schedule_length, is_out_of_memory, keep_raw_widget_values,
-                                      out_of_memory_message)
+from guidance_core.validation import (MEMORY_KNOBS, NonFiniteLatentError, SentValues, Widget, check_widgets,
+                                      denoise_schedule_length, is_out_of_memory, out_of_memory_message)
 from objectives.base import clamp_for_scoring
 from objectives.combination import ObjectiveSpec
 
@@ -45,14 +44,22 @@ def test_fitting_values_pass_as_their_type_and_sent_values_win_over_converted_on
         check_widgets(widgets, {"per_frame": True, "steps": 6}, {"per_frame": "false"})  # the host made it True
 
 
-def test_the_sent_values_are_kept_for_the_pack_nodes_only_and_links_are_left_out():
+def test_the_sent_values_are_kept_for_the_pack_nodes_only_without_changing_the_prompt():
     prompt = {"1": {"class_type": "TitanGuideSampler", "inputs": {"per_frame": "false", "steps": 6.7,
                                                                   "model": ["2", 0]}},
               "2": {"class_type": "KSampler", "inputs": {"steps": 6.7}}}
-    keep_raw_widget_values(prompt, {"TitanGuideSampler"})
-    assert prompt["1"]["inputs"][RAW_VALUES_KEY] == {"per_frame": "false", "steps": 6.7}
-    assert RAW_VALUES_KEY not in prompt["2"]["inputs"]
-    keep_raw_widget_values(None, {"TitanGuideSampler"})  # not a prompt: nothing to do
+    sent = SentValues(limit=2)
+    sent.keep(prompt, {"TitanGuideSampler"})
+    assert prompt["1"]["inputs"] == {"per_frame": "false", "steps": 6.7, "model": ["2", 0]}  # as sent
+    inputs = prompt["1"]["inputs"]
+    inputs.update(per_frame=True, steps=6)  # what the host's validation does in place
+    assert sent.of(inputs) == sent.of_node(prompt, "1") == {"per_frame": "false", "steps": 6.7}
+    assert sent.of_node(None, "1") is None and sent.of_node(prompt, "9") is None
+    assert sent.of(prompt["2"]["inputs"]) is None and sent.of({"per_frame": "false"}) is None
+    sent.keep(None, {"TitanGuideSampler"})  # not a prompt: nothing to do
+    for _ in range(3):  # bounded: the oldest nodes are forgotten
+        sent.keep({"n": {"class_type": "TitanGuideSampler", "inputs": {"steps": 1}}}, {"TitanGuideSampler"})
+    assert sent.of(inputs) is None
 
 
 def test_a_tiny_denoise_schedule_is_refused_saying_what_to_change():
