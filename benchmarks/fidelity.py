@@ -517,7 +517,8 @@ def save_grid(rows: list[dict], path: pathlib.Path, frames=(0, 5, 10, 15), video
 
 
 def merge_results(previous: dict, new: dict) -> dict:
-    """`new` merged into an earlier result: its targets' rows replace theirs; settings must agree (ValueError)."""
+    """`new` merged into an earlier result: its (target, method) rows replace those of the earlier one, the rest
+    stay; per target the commands accumulate; settings must agree (ValueError)."""
     keys = ("videos", "steps", "seed", "real_clips", "smoke")
     old_settings, new_settings = previous.get("settings", {}), json.loads(json.dumps(new["settings"]))
     clashes = [k for k in keys if old_settings.get(k) != new_settings.get(k)]
@@ -526,10 +527,15 @@ def merge_results(previous: dict, new: dict) -> dict:
     if clashes:
         raise ValueError(f"cannot --append to a result with other settings ({', '.join(clashes)}); "
                          "write to another --out or run without --append")
-    replaced = set(new_settings["targets"])
-    rows = [r for r in previous["rows"] if r.get("target") not in replaced] + new["rows"]
-    settings = dict(new_settings, targets={**old_settings.get("targets", {}), **new_settings["targets"]})
-    return {"device": new["device"], "rows": rows, "settings": settings}
+    replaced = {(r.get("target"), r.get("method")) for r in new["rows"]}
+    rows = [r for r in previous["rows"] if (r.get("target"), r.get("method")) not in replaced] + new["rows"]
+    targets = dict(old_settings.get("targets", {}))
+    for name, settings in new_settings["targets"].items():
+        old = targets.get(name, {})
+        commands = old.get("commands", [old["command"]] if "command" in old else [])
+        new_command = [settings["command"]] if "command" in settings else []
+        targets[name] = {k: v for k, v in settings.items() if k != "command"} | {"commands": commands + new_command}
+    return {"device": new["device"], "rows": rows, "settings": dict(new_settings, targets=targets)}
 
 
 def slug(target: str) -> str:
@@ -548,7 +554,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", "--target", nargs="+", default=list(DEFAULT_TARGETS))
     parser.add_argument("--methods", nargs="+", default=["all"],
-                        help=f"method names or groups {list(METHOD_GROUPS)}; from {list(SWEEPS)}")
+                        help=f"method names or groups {list(METHOD_GROUPS)}; from {list(SWEEPS)}; 'none': only "
+                             "the unguided and default rows (with --append: refresh them after a default change)")
     parser.add_argument("--points", type=int, default=None, help="only the first N strengths of each sweep")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS / "fidelity.json")
     parser.add_argument("--figures", type=pathlib.Path, default=RESULTS,
@@ -574,6 +581,8 @@ def main(argv=None) -> None:
         parser.error(f"--real must be >= 16, got {args.real}")
     methods = []
     for name in args.methods:
+        if name == "none":
+            continue
         if name in METHOD_GROUPS:
             methods += METHOD_GROUPS[name]
         elif name in SWEEPS:
@@ -601,7 +610,8 @@ def main(argv=None) -> None:
         target_rows, settings = run_target(models, args, target, noise, unguided["videos"], real_features)
         rows += target_rows
         per_target[target_text(target)] = dict(settings, command=command)
-        save_grid(target_rows, args.figures / f"fidelity_grid_{slug(target_text(target))}.png")
+        if args.methods:  # a defaults-only run keeps the sweep's grid
+            save_grid(target_rows, args.figures / f"fidelity_grid_{slug(target_text(target))}.png")
     print_table(rows)
     device_name = torch.cuda.get_device_name(models.device) if models.device.type == "cuda" else "cpu"
     settings = {

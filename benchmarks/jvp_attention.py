@@ -93,6 +93,12 @@ def jvpfa_kernel():
     return attention.fused_kernel()
 
 
+def jvpfa_route(q, k, v) -> bool:
+    """Whether the router would send this call to jvp-flash-attention when that kernel is selected."""
+    with attention.settings_override(kernel="jvp-flash-attention"):
+        return attention.attention_route(q, k, v, kernel_available=True) == "fused"
+
+
 def timed(fn, device: torch.device, budget_s: float) -> tuple[float, float | None, float, object]:
     """(median ms, peak MB above the start or None off CUDA, first call s, last result) of fn(); repeats
     fill about budget_s, at least 3 (1 with no budget: the CPU smoke) and at most 25."""
@@ -164,7 +170,7 @@ def implementations(q, k, v, q_t, k_t, v_t) -> dict:
     runs["math"] = lambda: torch.func.jvp(attention.chunked_math_sdpa, (q, k, v), (q_t, k_t, v_t))
     if jvpfa_kernel() is None:
         runs["jvpfa"] = "jvp-flash-attention not importable (or no CUDA)"
-    elif attention.attention_route(q, k, v, kernel_available=True) != "fused":
+    elif not jvpfa_route(q, k, v):
         runs["jvpfa"] = "outside jvp-flash-attention's route (self-attention, even length, >= 256 tokens)"
     else:
         def jvpfa():

@@ -178,6 +178,8 @@ class MethodSpec:
         arguments = {target: o[name] for name, target in renames.items() if name in o}
         if self.kind in ("freedom", "tfg"):
             arguments["checkpointed"] = self.checkpointed
+        if self.kind in ("freedom", "mpgd", "tfg"):
+            arguments["update"] = o.get("baseline_update", "plain")
         if self.kind != "doodl":
             arguments.update(window)
         return BASELINES[self.kind](**arguments)
@@ -193,9 +195,10 @@ class MethodSpec:
 METHOD_OPTION_KEYS = {
     "titan": ("estimator",),
     "exact_gradient": ("checkpoint",),
-    "freedom": ("freedom_rho", "freedom_schedule", "freedom_repeats", "checkpoint"),
-    "mpgd": ("mpgd_scale", "mpgd_schedule", "mpgd_iterations"),
-    "tfg": ("tfg_rho", "tfg_mu", "tfg_gamma", "tfg_recurrence", "tfg_iterations", "tfg_mc_samples", "checkpoint"),
+    "freedom": ("freedom_rho", "freedom_schedule", "freedom_repeats", "checkpoint", "baseline_update"),
+    "mpgd": ("mpgd_scale", "mpgd_schedule", "mpgd_iterations", "baseline_update"),
+    "tfg": ("tfg_rho", "tfg_mu", "tfg_gamma", "tfg_recurrence", "tfg_iterations", "tfg_mc_samples", "checkpoint",
+            "baseline_update"),
     "doodl": ("doodl_iterations", "doodl_lr", "doodl_mix"),
 }
 

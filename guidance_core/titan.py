@@ -58,7 +58,7 @@ class LookaheadGuidance:
     knob = "'strength'"  # the widget that scales its updates (named when an update turns the latent non-finite)
 
     lookahead: int | str = 1
-    strength: float = 0.07
+    strength: float = 0.06
     schedule: str = "constant"
     optimizer: str = "normalized_relative"
     start: float = 0.0

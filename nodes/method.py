@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .. import guidance_core as core
-from ..guidance_core.baselines import freedom, mpgd
+from ..guidance_core.baselines import BASELINE_UPDATES, freedom, mpgd
 from ..guidance_core.forward_gradient import ESTIMATORS
 from ..guidance_core.run_config import METHOD_DESCRIPTIONS, METHOD_KINDS, GuidanceSettings, MethodSpec
 from .run_harness import checked_inputs
@@ -13,9 +13,8 @@ from .sockets import SENT_VALUE_INPUTS, TitanMethod, node_schema
 
 
 class TitanGuidanceMethod(io.ComfyNode):
-    """Replaces TITAN's update with a baseline for comparison. titan and exact_gradient use the sampler's strength /
-    look-ahead / optimiser knobs; freedom, mpgd and tfg use only its guidance window; doodl optimises the initial
-    noise. Options prefixed with a method's name apply to that method only."""
+    """TITAN or a baseline for comparison; the baselines take the sampler's guidance window only. Options prefixed
+    with a method's name apply to that method only."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -23,12 +22,13 @@ class TitanGuidanceMethod(io.ComfyNode):
                 io.Combo.Input("method", options=list(METHOD_KINDS), default="titan",
                                tooltip="; ".join(f"{k}: {METHOD_DESCRIPTIONS[k]}" for k in METHOD_KINDS) + "."),
                 io.Combo.Input("estimator", options=list(ESTIMATORS), default="jvp",
-                               tooltip="titan: how the directional derivative is computed. jvp (torch.func.jvp), "
-                                       "dual (torch.autograd.forward_ad; tolerates in-place ops and hooks that jvp "
-                                       "refuses) or central_difference (two forward passes, no AD)."),
-                io.Boolean.Input("checkpoint", default=False,
-                                 tooltip="exact_gradient / freedom / tfg: recompute activations in the backward pass "
-                                         "(less memory, more time)."),
+                               tooltip="titan: jvp (torch.func.jvp), dual (autograd.forward_ad: tolerates in-place "
+                                       "ops and hooks) or central_difference (two forward passes, no AD)."),
+                io.Boolean.Input("checkpoint", default=False, tooltip="exact_gradient / freedom / tfg: recompute "
+                                 "activations in the backward pass (less memory, more time)."),
+                io.Combo.Input("baseline_update", options=list(BASELINE_UPDATES), default="plain",
+                               tooltip="freedom / mpgd / tfg: plain = the authors' gradient step; normalized = each "
+                                       "video moves by its strength x its latent norm, as TITAN's rule (try 0.01-0.05)."),
                 io.Float.Input("freedom_rho", default=1.0, min=0.0, max=1000.0, step=0.01,
                                tooltip="freedom: guidance strength rho."),
                 io.Combo.Input("freedom_schedule", options=list(freedom.FREEDOM_SCHEDULES), default="sqrt_alpha",

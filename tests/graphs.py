@@ -8,7 +8,7 @@ import copy
 GUIDANCE_DEFAULTS = {
     "sampler": "euler",
     "eta": 0.0,
-    "strength": 0.07,
+    "strength": 0.06,
     "strength_schedule": "constant",
     "lookahead": 1,
     "guidance_start": 0.0,
@@ -29,7 +29,8 @@ PROMPT_KNOBS = {**GUIDANCE_DEFAULTS, "strength": 0.1, "guidance_end": 1.0, "opti
 GUESS_DEFAULTS = {"kind": "random", "k": 1, "sampled_frames": 2, "frame_choice": "even", "frame_indices": "",
                   "expansion": "tile", "random_weight": 0.5}
 
-METHOD_DEFAULTS = {"method": "titan", "estimator": "jvp", "checkpoint": False, "freedom_rho": 1.0,
+METHOD_DEFAULTS = {"method": "titan", "estimator": "jvp", "checkpoint": False, "baseline_update": "plain",
+                   "freedom_rho": 1.0,
                    "freedom_schedule": "sqrt_alpha", "freedom_repeats": 1, "mpgd_scale": 1.0,
                    "mpgd_schedule": "constant", "mpgd_iterations": 1, "tfg_rho": 1.0, "tfg_mu": 1.0,
                    "tfg_gamma": 0.01, "tfg_recurrence": 1, "tfg_iterations": 1, "tfg_mc_samples": 4,

@@ -9,9 +9,12 @@ layer_norm's forward-AD rule returns a float32 tangent for fp16/bf16 inputs on C
 layer norms run in float32 there and are cast back.
 
 Inside the scope `torch.nn.functional.scaled_dot_product_attention` is `forward_ad_sdpa`, which picks a path per
-call by shape: a fused primal+tangent flash kernel (the `jvp-flash-attention` Triton kernel: no score matrix
-in memory) for long self-attention on CUDA, and MATH chunked over queries elsewhere (CPU, short sequences,
-cross-attention, masks), so the score matrix of one chunk, not of the whole call, bounds memory.
+call by shape: on CUDA our own primal+tangent Triton kernel (`triton_attention.py`: one tiled pass, no score
+matrix in memory; self- and cross-attention, causal, head dims up to 256), which beat chunked MATH by 10-40x
+and `jvp-flash-attention` 0.14.0 by 3-9x at every shape of `benchmarks/jvp_attention.py` on an H200 (and
+jvp-flash-attention's tangent was wrong at Wan's and CogVideoX's lengths there); elsewhere (CPU, short
+sequences, masks, float64) MATH chunked over queries, so the score matrix of one chunk bounds memory.
+`jvp-flash-attention` stays selectable (settings `kernel`, or TITAN_FORWARD_AD_KERNEL) for before/after runs.
 """
 from __future__ import annotations
 
@@ -24,29 +27,47 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator
 
+import os
+
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import triton_attention
 from .rules import contiguous_group_norm, float32_layer_norm, lean_linear_layers, replaced_functions
 
 _host_contexts: list[Callable[[], ContextManager]] = []
 # the builtin, whatever F.scaled_dot_product_attention is bound to while a scope is active
 _builtin_sdpa = torch._C._nn.scaled_dot_product_attention
 
-FUSED_HEAD_DIMS = (16, 32, 64, 128, 256)  # what the Triton kernel compiles for; others are zero-padded up
+FUSED_HEAD_DIMS = (16, 32, 64, 128, 256)  # what jvp-flash-attention compiles for; others are zero-padded up
+KERNELS = ("triton", "jvp-flash-attention")  # ours (triton_attention.py), the package's
+
+
+def _default_kernel() -> str:
+    kernel = os.environ.get("TITAN_FORWARD_AD_KERNEL", "triton")
+    if kernel not in KERNELS:
+        raise ValueError(f"TITAN_FORWARD_AD_KERNEL={kernel!r} is not a forward-mode attention kernel; use one of "
+                         f"{KERNELS} (or unset it)")
+    return kernel
 
 
 @dataclass(frozen=True)
 class ForwardADAttentionSettings:
-    """Forward-AD scope settings: fused kernel on/off, the shortest sequence worth it, MATH chunk budget, and
-    the lean conv/linear forward rules on/off (the switches exist so benchmarks can show each one's effect)."""
+    """Forward-AD scope settings: fused kernel on/off and which one, the shortest sequence worth it, MATH chunk
+    budget, and the lean conv/linear forward rules on/off (the switches exist so benchmarks can show each one's
+    effect)."""
 
     fused: bool = True
     fused_min_tokens: int = 256
     max_score_bytes: int = 1 << 30
     lean_linear: bool = True  # rules.lean_linear_layers inside the scope
+    kernel: str = dataclasses.field(default_factory=_default_kernel)
+
+    def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise ValueError(f"unknown forward-mode attention kernel {self.kernel!r}; choose one of {KERNELS}")
 
 
 # The settings in force: the defaults, or a settings_override() scope's (per thread / task, restored on exit).
@@ -68,6 +89,11 @@ def settings_override(**changes) -> Iterator[ForwardADAttentionSettings]:
         yield _settings.get()
     finally:
         _settings.reset(token)
+
+
+def triton_kernel_available() -> bool:
+    """Whether our Triton kernel can run here: an importable Triton and CUDA (or, on the CPU, its interpreter)."""
+    return triton_attention._triton_error() is None and (torch.cuda.is_available() or triton_attention._interpreting())
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,19 +121,30 @@ def padded_head_dim(dim: int) -> int | None:
 
 def attention_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None, dropout_p: float = 0.0,
                     is_causal: bool = False, enable_gqa: bool = False, kernel_available: bool | None = None) -> str:
-    """"fused" where the flash JVP kernel applies and pays (long self-attention on CUDA), else "math"."""
-    available = fused_kernel() is not None if kernel_available is None else kernel_available
+    """"triton" (ours) or "fused" (jvp-flash-attention, when selected) where a fused JVP kernel applies on CUDA,
+    else "math". Decided from shapes and dtypes alone; `kernel_available` overrides the import check (tests)."""
     settings = current_settings()
-    tokens = q.shape[-2]
-    if not (settings.fused and available and q.is_cuda and q.dim() == 4):
+    ours = settings.kernel == "triton"
+    if kernel_available is None:
+        kernel_available = triton_kernel_available() if ours else fused_kernel() is not None
+    on_device = q.is_cuda or (ours and triton_attention._interpreting())  # the CPU only under the interpreter (tests)
+    if not (settings.fused and kernel_available and on_device and q.dim() == 4 and k.dim() == 4 and v.dim() == 4):
         return "math"
-    if attn_mask is not None or dropout_p or is_causal or enable_gqa:
+    if attn_mask is not None or dropout_p:
         return "math"
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or not (q.dtype == k.dtype == v.dtype):
         return "math"
-    if k.shape != q.shape or v.shape != q.shape:  # cross-attention, or other value width: the kernel needs equal
+    if q.shape[-2] < max(settings.fused_min_tokens, 32):
         return "math"
-    if tokens < max(settings.fused_min_tokens, 32) or tokens % 2 or padded_head_dim(q.shape[-1]) is None:
+    if ours:  # self- and cross-attention, causal, ragged lengths, head dims up to 256; equal heads
+        if q.shape[:2] != k.shape[:2] or k.shape[:-1] != v.shape[:-1] or q.shape[-1] != k.shape[-1]:
+            return "math"
+        if max(q.shape[-1], v.shape[-1]) > triton_attention.MAX_HEAD_DIM:
+            return "math"
+        return "triton"
+    if is_causal or enable_gqa or k.shape != q.shape or v.shape != q.shape:  # the package needs equal shapes
+        return "math"
+    if q.shape[-2] % 2 or padded_head_dim(q.shape[-1]) is None:
         return "math"
     return "fused"
 
@@ -165,9 +202,14 @@ def _chunked_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, m
 
 def forward_ad_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                     enable_gqa=False):
-    """`F.scaled_dot_product_attention` with a forward derivative: fused flash JVP or chunked MATH, by shape."""
+    """`F.scaled_dot_product_attention` with a forward derivative: a fused JVP kernel or chunked MATH, by shape."""
     route = attention_route(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    if route == "triton" and triton_attention.sdpa_supported(query, key, value, attn_mask, dropout_p, is_causal,
+                                                              scale, enable_gqa) is not None:
+        route = "math"  # what shapes cannot tell: inputs that need a backward, a Triton that fails to load
     route_counts[route] += 1
+    if route == "triton":
+        return triton_attention.dual_attention(query, key, value, scale, is_causal)
     if route == "fused":
         return fused_attention(query, key, value, scale)
     return chunked_math_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)

@@ -298,6 +298,7 @@ def test_exact_gradient_the_baselines_and_combined_objectives_run(comfy_host):
         "exact": (None, {"method": "exact_gradient"}, {}),
         "exact_ckpt": (None, {"method": "exact_gradient", "checkpoint": True}, {}),
         "freedom": (None, {"method": "freedom"}, {}),
+        "freedom_normalized": (None, {"method": "freedom", "baseline_update": "normalized", "freedom_rho": 0.05}, {}),
         "mpgd": (None, {"method": "mpgd"}, {}),
         "tfg": (None, {"method": "tfg", "tfg_mc_samples": 1}, {}),
         "doodl": (None, {"method": "doodl", "doodl_iterations": 1}, {}),
@@ -319,6 +320,11 @@ def test_exact_gradient_the_baselines_and_combined_objectives_run(comfy_host):
     assert rows["freedom"][0]["grad_norm"] == pytest.approx(rows["exact"][0]["grad_norm"], rel=1e-4)
     assert "method exact_gradient (checkpoint=True)" in report_of(outputs, "exact_ckpt_report")
     assert "final EDICT sample" in report_of(outputs, "doodl_report")
+    # the baselines' update rule reaches them: same gradient, another step
+    assert "baseline_update=normalized" in report_of(outputs, "freedom_normalized_report")
+    assert rows["freedom_normalized"][0]["grad_norm"] == pytest.approx(rows["freedom"][0]["grad_norm"], rel=1e-4)
+    assert not torch.equal(latent_of(comfy_host, outputs, "freedom_normalized_save_latent"),
+                           latent_of(comfy_host, outputs, "freedom_save_latent"))
     # the combination is the weighted sum of its parts, evaluated on the same latent
     combined = 2.0 * rows["exact"][0]["loss"] - 0.5 * rows["blue"][0]["loss"]
     assert rows["combined"][0]["loss"] == pytest.approx(combined, rel=1e-4, abs=1e-6)

@@ -89,11 +89,46 @@ class _CudaLike:
     ((32, 8, 1024, 40), (32, 8, 1024, 40), torch.float32, {"attn_mask": object()}, "math"),
     ((8, 1024, 40), (8, 1024, 40), torch.float32, {}, "math"),                # not (batch, heads, tokens, dim)
 ])
-def test_route_rules(q_shape, k_shape, dtype, kwargs, expected):
-    """The kernel is picked exactly for long, unmasked self-attention with a supported dtype and head dim."""
+def test_jvp_flash_attention_route_rules(q_shape, k_shape, dtype, kwargs, expected):
+    """jvp-flash-attention, when selected, is picked exactly for long, unmasked self-attention with a supported
+    dtype and head dim."""
     q, k = _CudaLike(q_shape, dtype), _CudaLike(k_shape, dtype)
-    assert attention.attention_route(q, k, k, kernel_available=True, **kwargs) == expected
-    assert attention.attention_route(q, k, k, kernel_available=False, **kwargs) == "math"
+    with attention.settings_override(kernel="jvp-flash-attention"):
+        assert attention.attention_route(q, k, k, kernel_available=True, **kwargs) == expected
+        assert attention.attention_route(q, k, k, kernel_available=False, **kwargs) == "math"
+
+
+@pytest.mark.parametrize("q_shape, k_shape, v_dim, dtype, kwargs, expected", [
+    ((32, 8, 1024, 40), (32, 8, 1024, 40), 40, torch.float32, {}, "triton"),       # SD1.5 spatial, 256 px
+    ((32, 8, 1024, 40), (32, 8, 77, 40), 40, torch.float16, {}, "triton"),         # cross-attention to the text
+    ((1, 12, 32760, 128), (1, 12, 512, 128), 128, torch.bfloat16, {}, "triton"),   # Wan cross-attention
+    ((1, 12, 14041, 128), (1, 12, 14041, 128), 128, torch.bfloat16, {}, "triton"),  # odd length
+    ((1, 4, 1024, 64), (1, 4, 1024, 64), 64, torch.float16, {"is_causal": True}, "triton"),
+    ((1, 4, 1024, 64), (1, 4, 1024, 64), 32, torch.float16, {}, "triton"),         # value width differs
+    ((2048, 8, 16, 40), (2048, 8, 16, 40), 40, torch.float32, {}, "math"),         # temporal attention, 16 frames
+    ((16, 1, 1024, 512), (16, 1, 1024, 512), 512, torch.float32, {}, "math"),      # VAE mid-block: head dim 512
+    ((32, 8, 1024, 40), (32, 8, 1024, 40), 40, torch.float64, {}, "math"),         # no float64 kernel
+    ((32, 8, 1024, 40), (32, 8, 1024, 40), 40, torch.float32, {"attn_mask": object()}, "math"),
+    ((32, 8, 1024, 40), (32, 2, 1024, 40), 40, torch.float32, {"enable_gqa": True}, "math"),  # grouped heads
+    ((8, 1024, 40), (8, 1024, 40), 40, torch.float32, {}, "math"),                 # not (batch, heads, tokens, dim)
+])
+def test_triton_route_rules(q_shape, k_shape, v_dim, dtype, kwargs, expected):
+    """Our kernel (the default) takes self- and cross-attention, causal and ragged lengths up to head dim 256."""
+    q, k = _CudaLike(q_shape, dtype), _CudaLike(k_shape, dtype)
+    v = _CudaLike(k_shape[:-1] + (v_dim,), dtype)
+    assert attention.current_settings().kernel == "triton"
+    assert attention.attention_route(q, k, v, kernel_available=True, **kwargs) == expected
+    assert attention.attention_route(q, k, v, kernel_available=False, **kwargs) == "math"
+
+
+def test_unknown_kernel_names_are_refused(monkeypatch):
+    with pytest.raises(ValueError, match="unknown forward-mode attention kernel 'flash'"):
+        attention.settings_override(kernel="flash").__enter__()
+    monkeypatch.setenv("TITAN_FORWARD_AD_KERNEL", "flash")
+    with pytest.raises(ValueError, match="TITAN_FORWARD_AD_KERNEL='flash'"):
+        attention.ForwardADAttentionSettings()
+    monkeypatch.setenv("TITAN_FORWARD_AD_KERNEL", "jvp-flash-attention")
+    assert attention.ForwardADAttentionSettings().kernel == "jvp-flash-attention"
 
 
 def test_route_respects_settings_and_short_sequences():
@@ -103,7 +138,9 @@ def test_route_respects_settings_and_short_sequences():
     long = _CudaLike((32, 8, 4096, 64))
     with attention.settings_override(fused=False):
         assert attention.attention_route(long, long, long, kernel_available=True) == "math"
-    assert attention.attention_route(long, long, long, kernel_available=True) == "fused"
+    assert attention.attention_route(long, long, long, kernel_available=True) == "triton"
+    with attention.settings_override(kernel="jvp-flash-attention"):
+        assert attention.attention_route(long, long, long, kernel_available=True) == "fused"
 
 
 @pytest.mark.parametrize("dim", [40, 80, 160, 8])

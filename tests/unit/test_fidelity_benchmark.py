@@ -75,13 +75,18 @@ def test_smoke_command_writes_the_row_layout_and_the_pictures(tmp_path):
     assert (tmp_path / "fidelity_grid_colour-red.png").stat().st_size > 0
 
 
-def test_append_replaces_the_new_targets_rows_and_refuses_other_settings():
-    def result(targets, steps=12, device="cpu"):
+def test_append_replaces_the_new_runs_rows_and_refuses_other_settings():
+    def result(targets, steps=12, device="cpu", methods=("unguided", "titan_default"), run=0):
         settings = {"videos": 4, "steps": steps, "seed": 0, "real_clips": 64, "smoke": False,
-                    "targets": {t: {} for t in targets}}
-        return {"device": device, "rows": [{"method": "unguided", "target": t} for t in targets], "settings": settings}
-    merged = fidelity.merge_results(result(["colour=red", "direction=left"]), result(["direction=left"]))
-    assert [r["target"] for r in merged["rows"]] == ["colour=red", "direction=left"]
+                    "targets": {t: {"command": f"run {run}"} for t in targets}}
+        rows = [{"method": m, "target": t, "run": run} for t in targets for m in methods]
+        return {"device": device, "rows": rows, "settings": settings}
+    sweep = result(["colour=red", "direction=left"], methods=("unguided", "titan_default", "freedom"))
+    merged = fidelity.merge_results(sweep, result(["direction=left"], run=1))  # a defaults-only refresh of left
+    assert [(r["target"], r["method"], r["run"]) for r in merged["rows"]] == [
+        ("colour=red", "unguided", 0), ("colour=red", "titan_default", 0), ("colour=red", "freedom", 0),
+        ("direction=left", "freedom", 0), ("direction=left", "unguided", 1), ("direction=left", "titan_default", 1)]
+    assert merged["settings"]["targets"]["direction=left"]["commands"] == ["run 0", "run 1"]
     with pytest.raises(ValueError, match="steps"):
         fidelity.merge_results(result(["colour=red"]), result(["direction=left"], steps=30))
     with pytest.raises(ValueError, match="device"):
@@ -105,3 +110,8 @@ def test_committed_results_meet_the_layout_and_mark_one_default_per_target():
         assert all(ROW_KEYS <= set(r) for r in rows) and all(r["n"] >= 256 for r in rows)
         default = next(r for r in rows if r["default"])
         assert (default["strength"], default["update"]) == (fidelity.gc.Titan.strength, fidelity.gc.Titan.optimizer)
+        # the bar for the shipped default, at <= half of FreeDoM's peak memory
+        assert default["success_rate"] >= 0.93 and default["frechet_target"] <= 20, default
+        assert default["hf_ratio"] <= 1.2 and default["frame_diff_ratio"] <= 1.3, default
+        freedom_peak = max(r["peak_gb"] for r in rows if r["method"] == "freedom")
+        assert default["peak_gb"] <= 0.5 * freedom_peak, (default["peak_gb"], freedom_peak)

@@ -224,3 +224,21 @@ def test_sdpa_supported_takes_the_sdpa_signature_and_duals():
     with torch.autograd.forward_ad.dual_level():
         dual = torch.autograd.forward_ad.make_dual(q, q_t)
         assert ta.sdpa_supported(dual, k, v) is None
+
+
+def test_router_sends_forward_mode_sdpa_through_the_kernel():
+    """Inside forward_ad_attention, F.scaled_dot_product_attention under torch.func.jvp takes our kernel (the
+    interpreter stands in for CUDA) for self- and cross-attention, and matches float64 autograd."""
+    import torch.nn.functional as F
+    from guidance_core.forward_ad import attention
+
+    for len_q, len_k in ((300, 300), (290, 37)):
+        q, k, v, q_t, k_t, v_t = inputs(len_q, len_k, 24, batch=1)
+        before = attention.route_counts["triton"]
+        with attention.forward_ad_attention():
+            out, out_t = torch.func.jvp(lambda a, b, c: F.scaled_dot_product_attention(a, b, c),
+                                        (q, k, v), (q_t, k_t, v_t))
+        assert attention.route_counts["triton"] == before + 1
+        expected, expected_t = reference(q, k, v, q_t, k_t, v_t)
+        assert relative_error(out, expected) < TOLERANCE[torch.float32]
+        assert relative_error(out_t, expected_t) < TOLERANCE[torch.float32]

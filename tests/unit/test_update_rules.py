@@ -104,7 +104,7 @@ def test_apply_update_goes_through_the_normalised_latent():
 
 def test_shipped_defaults_are_the_normalised_relative_rule():
     titan = gc.Titan()
-    assert (titan.optimizer, titan.strength, titan.end, titan.lookahead) == ("normalized_relative", 0.07, 0.75, 1)
+    assert (titan.optimizer, titan.strength, titan.end, titan.lookahead) == ("normalized_relative", 0.06, 0.75, 1)
 
 
 @pytest.mark.parametrize("method", ["freedom", "mpgd", "tfg"])
