@@ -66,6 +66,7 @@ SPACE = {
     ("guess", "expansion"): choices("tile", "nearest", "interpolate"), ("guess", "random_weight"): floats(0.0, 1.0),
     ("method", "method"): choices("titan", "exact_gradient", "freedom", "mpgd", "tfg", "doodl"),
     ("method", "estimator"): choices("jvp", "dual", "central_difference"), ("method", "checkpoint"): BOOL,
+    ("method", "baseline_update"): choices("plain", "normalized"),
     ("method", "freedom_rho"): floats(0.0, 1000.0), ("method", "freedom_repeats"): ints(1, 2),
     ("method", "mpgd_scale"): floats(0.0, 1000.0), ("method", "mpgd_iterations"): ints(1, 2),
     ("method", "tfg_rho"): floats(0.0, 1000.0), ("method", "tfg_mu"): floats(0.0, 1000.0),

@@ -22,7 +22,7 @@ GUIDANCE = {"sampler": "euler", "eta": 0.0, "strength": 0.07, "strength_schedule
             "max_grad_norm": 0.0, "per_frame": False, "decode_chunk_frames": 0, "frames_per_video": 0}
 GUESS = {"kind": "random", "k": 1, "sampled_frames": 2, "frame_choice": "even", "frame_indices": "",
          "expansion": "tile", "random_weight": 0.5}
-METHOD = {"method": "titan", "estimator": "jvp", "checkpoint": False, "freedom_rho": 1.0,
+METHOD = {"method": "titan", "estimator": "jvp", "checkpoint": False, "baseline_update": "plain", "freedom_rho": 1.0,
           "freedom_schedule": "sqrt_alpha", "freedom_repeats": 1, "mpgd_scale": 1.0, "mpgd_schedule": "constant",
           "mpgd_iterations": 1, "tfg_rho": 1.0, "tfg_mu": 1.0, "tfg_gamma": 0.01, "tfg_recurrence": 1,
           "tfg_iterations": 1, "tfg_mc_samples": 4, "doodl_iterations": 1, "doodl_lr": 0.5, "doodl_mix": 0.93}
