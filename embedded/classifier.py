@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codec import PIXEL_MEAN, PIXEL_STD
-from .files import safetensors_metadata
+from .files import safetensors_metadata, safetensors_tensors
 from .world import ATTRIBUTES, IMAGE_SIZE, NUM_CHANNELS, NUM_FRAMES
 
 VIDEO_SHAPE = (NUM_FRAMES, NUM_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
@@ -169,11 +169,10 @@ def save_classifier(model: nn.Module, path: str | Path, extra_metadata: dict[str
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     """Load a classifier saved by ``save_classifier`` (strict), in eval mode."""
-    from safetensors.torch import load_file
-
     path = Path(path)
-    metadata = safetensors_metadata(path, "classifier", "the committed files live in models/titan_guide/ "
-                                    "(embedded_classifier.safetensors, embedded_judge.safetensors)")
+    where = ("the committed files live in models/titan_guide/ (embedded_classifier.safetensors, "
+             "embedded_judge.safetensors; restore them from the repository)")
+    metadata = safetensors_metadata(path, "classifier", where)
     if metadata.get("format") != CLASSIFIER_FORMAT or metadata.get("architecture") not in ARCHITECTURES:
         raise ValueError(f"{path} is not an embedded attribute classifier (format={metadata.get('format')!r}, "
                          f"architecture={metadata.get('architecture')!r}); expected a file written by "
@@ -185,7 +184,7 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> nn.
                          f"{expected_attributes}; retrain with scripts/train_embedded.py")
     model = ARCHITECTURES[metadata["architecture"]](ClassifierConfig.from_json(metadata["config"]))
     try:
-        model.load_state_dict(load_file(str(path)), strict=True)
+        model.load_state_dict(safetensors_tensors(path, "classifier", where), strict=True)
     except RuntimeError as error:
         raise ValueError(f"weights in {path} do not match {metadata['architecture']}: {error}") from error
     return model.to(device).eval()

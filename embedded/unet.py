@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codec import LATENT_CHANNELS, LATENT_SIZE
-from .files import safetensors_metadata
+from .files import safetensors_metadata, safetensors_tensors
 from .world import NUM_FRAMES
 
 # SD1.5 DDPM schedule ("scaled_linear" in diffusers, "linear" in ComfyUI's make_beta_schedule).
@@ -314,17 +314,16 @@ def save_embedded_unet(model: EmbeddedVideoUNet, path: str | Path, extra_metadat
 
 def load_embedded_unet(path: str | Path, device: torch.device | str = "cpu") -> EmbeddedVideoUNet:
     """Load the committed embedded UNet (strictly) from a safetensors file, in eval mode."""
-    from safetensors.torch import load_file
-
     path = Path(path)
-    metadata = safetensors_metadata(path, "embedded UNet", "the committed file lives in "
-                                    "models/titan_guide/embedded_unet.safetensors (re-create it with scripts/train_embedded.py)")
+    where = ("the committed file lives in models/titan_guide/embedded_unet.safetensors (restore it from the "
+             "repository or re-create it with scripts/train_embedded.py)")
+    metadata = safetensors_metadata(path, "embedded UNet", where)
     if metadata.get("format") != "titan_guide.embedded_unet" or "config" not in metadata:
         raise ValueError(f"{path} is not an embedded UNet file (metadata format={metadata.get('format')!r}); "
                          "expected models/titan_guide/embedded_unet.safetensors written by scripts/train_embedded.py")
     model = EmbeddedVideoUNet(EmbeddedUNetConfig.from_json(metadata["config"]))
     try:
-        model.load_state_dict(load_file(str(path)), strict=True)
+        model.load_state_dict(safetensors_tensors(path, "embedded UNet", where), strict=True)
     except RuntimeError as error:
         raise ValueError(f"weights in {path} do not match the EmbeddedVideoUNet architecture: {error}") from error
     return model.to(device).eval()

@@ -204,6 +204,10 @@ METHOD_OPTION_KEYS = {
 
 
 
+# Sampler widget names that differ from GuidanceSettings' field names.
+WIDGET_FIELDS = {"strength_schedule": "schedule", "guidance_start": "start", "guidance_end": "end"}
+
+
 @dataclasses.dataclass(frozen=True)
 class GuidanceSettings:
     """The sampler-side guidance knobs (validated on construction)."""
@@ -244,11 +248,27 @@ class GuidanceSettings:
         if self.iterations < 1:
             raise ValueError(f"iterations per step must be >= 1, got {self.iterations}")
 
+    @classmethod
+    def from_widgets(cls, values: dict) -> "GuidanceSettings":
+        """Settings from the sampler widgets' values, keyed by widget name (other keys are ignored)."""
+        fields = {field.name for field in dataclasses.fields(cls)}
+        renamed = {WIDGET_FIELDS.get(name, name): value for name, value in values.items()}
+        return cls(**{name: value for name, value in renamed.items() if name in fields})
+
     @property
     def lookahead_value(self) -> int | str:
         """The core's look-ahead: an int or "all"."""
         return "all" if self.lookahead == -1 else self.lookahead
 
+
+
+def guess_and_method(guess, method) -> tuple[GuessSpec, MethodSpec]:
+    """The TITAN_GUESS / TITAN_METHOD values of a run, defaults for unconnected ones."""
+    guess = GuessSpec() if guess is None else guess
+    method = MethodSpec() if method is None else method
+    if not isinstance(guess, GuessSpec) or not isinstance(method, MethodSpec):
+        raise ValueError("'guess' and 'method' must come from the TITAN Gradient Guess and TITAN Guidance Method nodes")
+    return guess, method
 
 
 def guidance_seed(seed: int) -> int:

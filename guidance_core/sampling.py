@@ -6,6 +6,7 @@ provide `sample(x, ctx) -> (x0, reports)` instead.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,6 +16,7 @@ from torch import Tensor
 from .denoiser import Denoiser, vp_input_scale
 from .layout import Layout
 from .steps import STEPS, ancestral_step, derived_seed, heun_step
+from .validation import check_latent, finite
 
 
 @dataclass
@@ -33,6 +35,7 @@ class SamplingContext:
     observer: Callable[..., None] | None = None
     noise_generator: torch.Generator | None = None  # ancestral step noise; default: derived from `generator`
     state: dict = field(default_factory=dict)  # what a method keeps across the steps of this run (an optimiser)
+    sampler_knob: str = "'cfg'"  # the widget that makes an unguided sampler step non-finite (named in the error)
 
     def __post_init__(self):
         # Step noise gets its own stream, so guidance's random draws (tangents, frame choices) do not shift it:
@@ -83,14 +86,25 @@ def sample(denoise: Denoiser, x: Tensor, sigmas: Tensor, method=None, **context)
     if ctx.step == "heun" and ctx.eta:
         raise ValueError("eta > 0 (stochastic steps) is only available with the euler / ddim step")
     ctx.layout.check(x)
+    check_latent(x, "the input latent", "check the node that made it (or the input image / video it encodes)")
+    knob = getattr(method, "knob", "'strength'")  # the widget that scales the method's updates
     if method is not None and hasattr(method, "sample"):
-        return SampleResult(*method.sample(x, ctx))
+        x, reports = method.sample(x, ctx)
+        check_latent(x, f"the {type(method).__name__} result", f"lower {knob} or {ctx.sampler_knob}")
+        return SampleResult(x, reports)
     reports = []
     for i in range(ctx.steps):
-        if method is None:
-            x = ctx.plain_step(x, i)
-            continue
-        x, report = method.guide(x, i, ctx)
+        x_next, report = (ctx.plain_step(x, i), None) if method is None else method.guide(x, i, ctx)
+        if not finite(x_next):  # never hand on a non-finite latent: take the step unguided, or say what to change
+            x_next = ctx.plain_step(x, i) if report is not None else x_next
+            check_latent(x_next, f"the latent after the sampler's unguided step {i} (sigma {float(ctx.sigmas[i]):.4g})",
+                         f"no guidance update caused this: lower {ctx.sampler_knob}, or check the model and the "
+                         "input latent")
+            report["skipped"] = (f"the guidance update made the latent non-finite (NaN or infinite): step taken "
+                                 f"without guidance; lower {knob}")
+            warnings.warn(f"guidance step {i}: the update made the latent non-finite, so the step was taken without "
+                          f"guidance; lower {knob}")
         if report is not None:
             reports.append(report)
+        x = x_next
     return SampleResult(x, reports)

@@ -55,6 +55,8 @@ class LookaheadGuidance:
     than k are left (so late steps simply look ahead to the end).
     """
 
+    knob = "'strength'"  # the widget that scales its updates (named when an update turns the latent non-finite)
+
     lookahead: int | str = 1
     strength: float = 0.06
     schedule: str = "constant"

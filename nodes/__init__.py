@@ -6,6 +6,7 @@ collected below."""
 # there with "SystemError: AST constructor recursion depth mismatch".
 import torch.autograd.forward_ad
 
+from ..guidance_core.validation import SENT_VALUES
 from . import animatediff_support, cogvideo, embedded, guess, method, objective_basic, objectives, sampler
 
 torch.autograd.forward_ad._maybe_load_decompositions()
@@ -16,3 +17,10 @@ NODE_CLASSES = [*sampler.NODE_CLASSES, *guess.NODE_CLASSES, *method.NODE_CLASSES
 # AnimateDiff-Evolved: during forward-mode passes, route its motion attention through forward-AD-capable
 # attention (does nothing while ADE is not loaded; see nodes/animatediff_support.py).
 animatediff_support.install()
+
+try:  # keep the widget values as the API sent them, before ComfyUI converts them (run_harness.checked_inputs)
+    from server import PromptServer
+    PromptServer.instance.add_on_prompt_handler(lambda data, types={node.__name__ for node in NODE_CLASSES}:
+                                                SENT_VALUES.keep(data.get("prompt"), types) or data)
+except (ImportError, AttributeError):  # imported without a ComfyUI server
+    pass

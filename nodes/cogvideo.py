@@ -21,8 +21,9 @@ from ..guidance_core.report import RunRecord, format_report, plot_losses
 from ..guidance_core.run_config import check_run, guidance_seed
 from ..integrations import cogvideox as cx
 from ..objectives.base import forward_ad_safe_attention
-from .run_harness import guidance_session, validated_inputs
-from .sockets import TitanObjective, guess_and_method_inputs, guidance_inputs, node_schema, report_outputs
+from .run_harness import checked_inputs, guidance_session, validated_inputs
+from .sockets import (SENT_VALUE_INPUTS, TitanObjective, guess_and_method_inputs, guidance_inputs, node_schema,
+                      report_outputs)
 
 CogVideoModel = io.Custom("COGVIDEOMODEL")
 
@@ -73,7 +74,7 @@ class TitanGuideCogVideoSampler(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(cls, "TITAN-Guide CogVideoX Sampler", inputs=[
+        return node_schema(cls, "TITAN-Guide CogVideoX Sampler", hidden=SENT_VALUE_INPUTS, inputs=[
                 CogVideoModel.Input("model", tooltip="COGVIDEOMODEL from a CogVideoX loader (text-to-video model, "
                                                      "quantization disabled)."),
                 io.Vae.Input("vae", tooltip="The CogVideoX VAE (from the same loader or CogVideoX VAE Loader); it "
@@ -115,8 +116,10 @@ class TitanGuideCogVideoSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, vae, positive, negative, objective, num_frames, steps, cfg, seed, scheduler,
-                samples=None, denoise_strength=1.0, guess=None, method=None, **knobs) -> io.NodeOutput:
+    def execute(cls, model, vae, positive, negative, objective, samples=None, guess=None, method=None, **knobs):
+        knobs = checked_inputs(cls, {"denoise_strength": 1.0, **knobs})  # every widget, as the API sent it
+        num_frames, steps, cfg, seed, scheduler, denoise_strength = (knobs[k] for k in (
+            "num_frames", "steps", "cfg", "seed", "scheduler", "denoise_strength"))
         pipe, transformer, dtype, scheduler_config = cx.pipeline_parts(model)
         height, width, init = cx.video_size(samples, transformer)
         positive, negative = cx.check_text_embeds(positive, negative)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..comfy_v3 import io
 
 from ..guidance_core.run_config import GUESS_KINDS, GuessSpec, parse_frame_indices
-from .sockets import TitanGuess, node_schema
+from .run_harness import checked_inputs
+from .sockets import SENT_VALUE_INPUTS, TitanGuess, node_schema
 from ..guidance_core import guesses as core_guesses
 
 
@@ -17,7 +18,7 @@ class TitanGradientGuess(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(cls, "TITAN Gradient Guess", inputs=[
+        return node_schema(cls, "TITAN Gradient Guess", hidden=SENT_VALUE_INPUTS, inputs=[
                 io.Combo.Input("kind", options=list(GUESS_KINDS), default="random",
                                tooltip="random, score, sampled_gradient, orthogonal (K tangents), antithetic (K "
                                        "pairs, useful with the central-difference estimator) or mixed."),
@@ -43,10 +44,11 @@ class TitanGradientGuess(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, kind, k, sampled_frames, frame_choice, frame_indices, expansion, random_weight) -> io.NodeOutput:
-        indices = parse_frame_indices(frame_indices) if frame_choice == "fixed" else ()
-        return io.NodeOutput(GuessSpec(kind=kind, k=k, frames=sampled_frames, choice=frame_choice,
-                                            indices=indices, expand=expansion, random_weight=random_weight))
+    def execute(cls, **values) -> io.NodeOutput:
+        v = checked_inputs(cls, values)  # real ints, a finite random_weight (as sent through the API)
+        indices = parse_frame_indices(v["frame_indices"]) if v["frame_choice"] == "fixed" else ()
+        return io.NodeOutput(GuessSpec(kind=v["kind"], k=v["k"], frames=v["sampled_frames"], choice=v["frame_choice"],
+                                       indices=indices, expand=v["expansion"], random_weight=v["random_weight"]))
 
 
 NODE_CLASSES = [TitanGradientGuess]

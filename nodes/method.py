@@ -8,7 +8,8 @@ from .. import guidance_core as core
 from ..guidance_core.baselines import BASELINE_UPDATES, freedom, mpgd
 from ..guidance_core.forward_gradient import ESTIMATORS
 from ..guidance_core.run_config import METHOD_DESCRIPTIONS, METHOD_KINDS, GuidanceSettings, MethodSpec
-from .sockets import TitanMethod, node_schema
+from .run_harness import checked_inputs
+from .sockets import SENT_VALUE_INPUTS, TitanMethod, node_schema
 
 
 class TitanGuidanceMethod(io.ComfyNode):
@@ -17,7 +18,7 @@ class TitanGuidanceMethod(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(cls, "TITAN Guidance Method", inputs=[
+        return node_schema(cls, "TITAN Guidance Method", hidden=SENT_VALUE_INPUTS, inputs=[
                 io.Combo.Input("method", options=list(METHOD_KINDS), default="titan",
                                tooltip="; ".join(f"{k}: {METHOD_DESCRIPTIONS[k]}" for k in METHOD_KINDS) + "."),
                 io.Combo.Input("estimator", options=list(ESTIMATORS), default="jvp",
@@ -67,6 +68,7 @@ class TitanGuidanceMethod(io.ComfyNode):
 
     @classmethod
     def execute(cls, method, **options) -> io.NodeOutput:
+        options = checked_inputs(cls, options)  # finite rho / scale / lr, real ints and bools (as sent)
         spec = MethodSpec(kind=method, options=tuple(sorted(options.items())))
         # build once with default sampler knobs so bad hyperparameters fail here, not mid-sampling
         spec.build(GuidanceSettings(), core.RandomGuess())

@@ -6,7 +6,6 @@ validation, the guidance session (ExitStack, out-of-memory message, RunRecord, p
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -21,38 +20,30 @@ from ..comfy_v3 import io
 from .. import guidance_core as core
 from ..guidance_core.inference_tensors import InferenceTensorClones
 from ..guidance_core.report import RunRecord, format_report, peak_memory
+from ..guidance_core.validation import (SENT_VALUES, Widget, check_widgets, is_out_of_memory,
+                                        out_of_memory_message)
 from ..guidance_core.run_config import (GuessSpec, GuidanceSettings, MethodSpec, check_method, check_run,
-                                        guidance_seed)
+                                        guess_and_method, guidance_seed)
 from ..objectives.combination import ObjectiveSet
 from . import comfy_model
 from .sockets import LOG, guidance_inputs
 
-MEMORY_KNOBS = ("set 'decode chunk frames' to 1 or 2 (decodes fewer frames at once)",
-                "lower 'look-ahead steps' (fewer model calls inside each forward-mode pass; 0 = Tweedie estimate)",
-                "use the 'random' or 'score' gradient guess with k = 1 (sampled_gradient / mixed backpropagate "
-                "through the VAE decoder; k > 1 repeats the forward pass)",
-                "turn 'per-frame derivatives' off",
-                "for exact gradient / FreeDoM / TFG enable 'checkpoint' (or use titan, which keeps no activations)")
-
-
 MAX_SCHEDULE_STEPS = 10000  # the 'steps' widget's maximum; a denoise schedule may not be longer either
 
 
-def widget_value(widget: io.Input, value):
-    """`value` checked against its widget (messages name it as the UI shows it): a real boolean, a whole number, or
-    a finite number within min and max (NaN passes ComfyUI's own range check and would reach the latent)."""
-    label = f"'{widget.display_name or widget.id}'"
-    if isinstance(widget, io.Boolean.Input) and not isinstance(value, bool):
-        raise ValueError(f"{label} must be true or false, got {value!r}")
-    if not isinstance(widget, (io.Int.Input, io.Float.Input)):
-        return value
-    whole = isinstance(widget, io.Int.Input)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not float(value).is_integer()):
-        raise ValueError(f"{label} must be {'a whole number' if whole else 'a number'}, got {value!r}")
-    low, high = (-math.inf if widget.min is None else widget.min), (math.inf if widget.max is None else widget.max)
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ValueError(f"{label} must be a finite number from {low:g} to {high:g}, got {value!r}")
-    return int(value) if whole else float(value)
+def core_widget(widget: io.Input) -> Widget:
+    """The widget as guidance_core.validation checks it (named as the UI shows it)."""
+    kind = {io.Boolean.Input: "bool", io.Int.Input: "int", io.Float.Input: "float"}.get(type(widget), "other")
+    return Widget(widget.display_name or widget.id, kind, getattr(widget, "min", None), getattr(widget, "max", None))
+
+
+def checked_inputs(node: type[io.ComfyNode], values: dict) -> dict:
+    """`values` of `node`'s widgets checked, each as the API sent it where known (ComfyUI converts in place before
+    a node runs: bool("false") is True, int(6.7) is 6; the on-prompt handler kept the sent ones in SENT_VALUES)."""
+    hidden = getattr(node, "hidden", None)
+    sent = SENT_VALUES.of_node(getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None))
+    widgets = {widget.id: core_widget(widget) for widget in node.define_schema().inputs}
+    return {**values, **check_widgets(widgets, values, sent)}
 
 
 def validated_inputs(objective, guess, method, widgets: Mapping[str, Any], **replaced
@@ -63,18 +54,9 @@ def validated_inputs(objective, guess, method, widgets: Mapping[str, Any], **rep
     Checks that need the latent and the schedule follow in `run_config.check_run`."""
     if not isinstance(objective, ObjectiveSet):
         raise ValueError(f"'objective' must come from a TITAN-Guide objective node, got {type(objective).__name__}")
-    guess = GuessSpec() if guess is None else guess
-    method = MethodSpec() if method is None else method
-    if not isinstance(guess, GuessSpec) or not isinstance(method, MethodSpec):
-        raise ValueError("'guess' and 'method' must come from the TITAN Gradient Guess and TITAN Guidance Method nodes")
+    guess, method = guess_and_method(guess, method)
     values = {**widgets, **replaced}
-    read = {widget.id: widget_value(widget, values[widget.id]) for widget in guidance_inputs()}
-    settings = GuidanceSettings(
-        sampler=read["sampler"], eta=read["eta"], strength=read["strength"], schedule=read["strength_schedule"],
-        lookahead=read["lookahead"], start=read["guidance_start"], end=read["guidance_end"],
-        iterations=read["iterations"], optimizer=read["optimizer"], max_grad_norm=read["max_grad_norm"],
-        per_frame=read["per_frame"], decode_chunk_frames=read["decode_chunk_frames"],
-        frames_per_video=read["frames_per_video"])
+    settings = GuidanceSettings.from_widgets({w.id: core_widget(w).check(values[w.id]) for w in guidance_inputs()})
     check_method(settings, objective, method)
     return objective, guess, method, settings
 
@@ -107,9 +89,12 @@ def guidance_session(record: RunRecord, device: torch.device, clones: InferenceT
                 yield step_callback
             finally:
                 record.warnings = [str(w.message) for w in caught]
-    except torch.OutOfMemoryError as error:
-        raise torch.OutOfMemoryError(f"out of memory during TITAN-Guide guidance ({record.method}, {what}): {error}. "
-                                     "To lower memory: " + "; ".join(MEMORY_KNOBS) + ".") from error
+    except Exception as error:  # the warnings gathered so far go to the log and, for out of memory, the message
+        for message in dict.fromkeys(record.warnings):
+            LOG.warning("TITAN-Guide (before the error): %s", message)
+        if is_out_of_memory(error):  # a CUDA OutOfMemoryError or a failed CPU allocation: one message, one type
+            raise torch.OutOfMemoryError(out_of_memory_message(record.method, what, error, record.warnings)) from error
+        raise
     finally:
         clones.clear()
     record.seconds = time.perf_counter() - started

@@ -10,9 +10,10 @@ import latent_preview
 from ..comfy_v3 import io
 
 from ..guidance_core.report import format_report, plot_losses
-from .run_harness import MAX_SCHEDULE_STEPS, GuidedSampler, widget_value
-from .sockets import (ADDITIONAL_MODELS_KEY, TitanObjective, guess_and_method_inputs, guidance_inputs, node_schema,
-                      report_outputs)
+from ..guidance_core.validation import denoise_schedule_length
+from .run_harness import MAX_SCHEDULE_STEPS, GuidedSampler, checked_inputs
+from .sockets import (ADDITIONAL_MODELS_KEY, SENT_VALUE_INPUTS, TitanObjective, guess_and_method_inputs,
+                      guidance_inputs, node_schema, report_outputs)
 
 
 def _schedule_sigmas(model, scheduler: str, steps: int, denoise: float):
@@ -21,11 +22,7 @@ def _schedule_sigmas(model, scheduler: str, steps: int, denoise: float):
     model_sampling = model.get_model_object("model_sampling")
     if denoise >= 0.9999:
         return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).cpu()
-    total = int(steps / denoise)
-    if total > MAX_SCHEDULE_STEPS:
-        raise ValueError(f"'denoise' {denoise:g} with {steps} steps needs a schedule of {total} steps, more than "
-                         f"{MAX_SCHEDULE_STEPS}: raise 'denoise' to at least {steps / MAX_SCHEDULE_STEPS:.2g} or "
-                         "lower 'steps'")
+    total = denoise_schedule_length(steps, denoise, MAX_SCHEDULE_STEPS)
     return comfy.samplers.calculate_sigmas(model_sampling, scheduler, total).cpu()[-(steps + 1):]
 
 
@@ -36,7 +33,7 @@ class TitanGuideSampler(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(cls, "TITAN-Guide Sampler", inputs=[
+        return node_schema(cls, "TITAN-Guide Sampler", hidden=SENT_VALUE_INPUTS, inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (cloned; the input model is not changed)."),
                 io.Conditioning.Input("positive", tooltip="Conditioning describing what to include."),
                 io.Conditioning.Input("negative", tooltip="Conditioning describing what to exclude."),
@@ -66,9 +63,9 @@ class TitanGuideSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, vae, objective, seed, steps, cfg, scheduler, denoise,
                 guess=None, method=None, **knobs) -> io.NodeOutput:
+        knobs = checked_inputs(cls, dict(knobs, seed=seed, steps=steps, cfg=cfg, denoise=denoise))
+        seed, steps, cfg, denoise = knobs["seed"], knobs["steps"], knobs["cfg"], knobs["denoise"]
         run = GuidedSampler(knobs, objective, vae, guess, method, seed=seed)
-        widgets = {widget.id: widget for widget in cls.define_schema().inputs}
-        cfg, denoise = widget_value(widgets["cfg"], cfg), widget_value(widgets["denoise"], denoise)
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         if denoise == 0.0:  # as the tooltip says (KSampler would divide by it)
@@ -99,7 +96,7 @@ class TitanGuideSamplerSelect(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(cls, "TITAN-Guide Sampler (SAMPLER)", inputs=[
+        return node_schema(cls, "TITAN-Guide Sampler (SAMPLER)", hidden=SENT_VALUE_INPUTS, inputs=[
                 TitanObjective.Input("objective", tooltip="What to minimise (TITAN-Guide objective nodes)."),
                 io.Vae.Input("vae", tooltip="VAE that decodes the look-ahead estimate for the objective."),
                 *guidance_inputs(),
@@ -111,7 +108,7 @@ class TitanGuideSamplerSelect(io.ComfyNode):
 
     @classmethod
     def execute(cls, objective, vae, guess=None, method=None, **knobs) -> io.NodeOutput:
-        run = GuidedSampler(knobs, objective, vae, guess, method)
+        run = GuidedSampler(checked_inputs(cls, knobs), objective, vae, guess, method)
         return io.NodeOutput(run.ksampler())
 
 

@@ -14,6 +14,7 @@ LOG = logging.getLogger("titan_guide")
 
 CATEGORY = "sampling/titan_guide"
 ADDITIONAL_MODELS_KEY = "titan_guide"  # ModelPatcher.set_additional_models key of the guidance models
+SENT_VALUE_INPUTS = [io.Hidden.prompt, io.Hidden.unique_id]  # hidden inputs of nodes that use checked_inputs
 
 TitanObjective = io.Custom("TITAN_OBJECTIVE")  # objectives.ObjectiveSet
 TitanGuess = io.Custom("TITAN_GUESS")  # guidance_core.run_config.GuessSpec
@@ -25,6 +26,7 @@ def node_schema(node: type, display_name: str, extra_description: str = "", **sc
     (what the node does, as the UI shows it) and `extra_description`."""
     return io.Schema(node_id=node.__name__, display_name=display_name, category=CATEGORY,
                      description=" ".join((node.__doc__ + " " + extra_description).split()), **schema)
+
 
 
 def guidance_inputs() -> list:

@@ -92,6 +92,7 @@ class AttributeClassifierLoss(VideoObjective):
     """
 
     min_frames = 16
+    range_tolerance = RANGE_TOLERANCE
 
     def __init__(self, classifier: nn.Module, targets: str | Sequence[str] | Mapping[str, str]) -> None:
         super().__init__()

@@ -75,6 +75,24 @@ def check_video(
         )
 
 
+def clamp_for_scoring(video: torch.Tensor, tolerance: Optional[float], name: str) -> torch.Tensor:
+    """A decoded guidance estimate as an objective scores it: unchanged (bitwise) inside [-tolerance, 1 + tolerance],
+    else clamped to that range with a warning. An estimate that overshoots further (early steps of a small model,
+    a high strength or objective weight) is a state of the guidance, not bad user data: the clamped pixels give no
+    gradient, the others still guide. NaN is left for the objective's finiteness check."""
+    if tolerance is None or capturing(video):
+        return video
+    low, high = _describe_range(video)
+    if not (low < -tolerance or high > 1.0 + tolerance):
+        return video
+    import warnings
+
+    warnings.warn(f"the decoded estimate overshot the [{-tolerance:g}, {1 + tolerance:g}] range that {name} scores "
+                  "(a high 'strength' or objective 'weight', or a small model's early estimates); guidance clamped it "
+                  "to that range for scoring")
+    return video.clamp(-tolerance, 1.0 + tolerance)
+
+
 def check_latents(latents: torch.Tensor, min_frames: int = 1, name: str = "latents") -> None:
     """Validate a latent video batch (B, F, C, h, w); raise ValueError if not."""
     if not isinstance(latents, torch.Tensor):
@@ -109,7 +127,10 @@ def load_weights_file(path, what: str, missing_hint: str) -> dict:
         try:
             checkpoint = load_file(path, device="cpu")
         except Exception as error:  # corrupt or truncated file
-            raise ValueError(f"could not read '{path}' as a safetensors file ({error}); re-download it.") from error
+            raise ValueError(
+                f"could not read the {what} weights file '{os.path.basename(path)}' in the folder "
+                f"'{os.path.dirname(os.path.abspath(path))}' as a safetensors file ({error}): it is truncated or not "
+                f"a safetensors file; re-download it. {missing_hint}") from error
     elif suffix in TORCH_WEIGHT_SUFFIXES:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -284,6 +305,8 @@ class VideoObjective(nn.Module):
       frame_losses(video).mean(dim=1)``; used for per-frame JVPs.
     * ``needs`` names extra inputs the objective is built from (e.g.
       ``{"audio", "fps"}``); nodes must supply them at construction.
+    * ``range_tolerance``: how far outside [0, 1] ``forward`` accepts values (None: any);
+      guidance clamps estimates beyond it for scoring (``clamp_for_scoring``).
     * ``input_space`` is ``"pixels"`` for decoded videos and ``"latent"`` for
       objectives that read latents (B, F, C, h, w) directly (no VAE decode).
     * Everything is differentiable in reverse mode and in forward mode

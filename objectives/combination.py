@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
-from .base import VideoObjective, subset_frame_indices
+from .base import VIDEO_RANGE_TOLERANCE, VideoObjective, clamp_for_scoring, subset_frame_indices
 
 
 def accepts_frame_subsets(objective: Any) -> bool:
@@ -75,8 +75,17 @@ class ObjectiveSpec:
         """Whether forward / frame_losses accept `frame_indices` (which frames of the video they see)."""
         return accepts_frame_subsets(self.module)
 
+    @property
+    def range_tolerance(self) -> float | None:
+        """How far outside [0, 1] the objective scores decoded pixels (None: any values)."""
+        inner = getattr(self.module, "objective", self.module)  # a ManagedObjective's objective
+        return getattr(self.module, "range_tolerance", getattr(inner, "range_tolerance", VIDEO_RANGE_TOLERANCE))
+
     def losses(self, video: torch.Tensor, per_frame: bool, frame_indices: torch.Tensor | None) -> torch.Tensor:
-        """Weighted per-video (B,) or per-frame (B, F) losses."""
+        """Weighted per-video (B,) or per-frame (B, F) losses; decoded estimates beyond the range the objective
+        scores are clamped to it for scoring (a guidance decision, warned about)."""
+        if self.input_space == "pixels":
+            video = clamp_for_scoring(video, self.range_tolerance, f"the objective '{self.name}'")
         kwargs = {"frame_indices": frame_indices} if frame_indices is not None and self.accepts_frame_subsets else {}
         out = self.module.frame_losses(video, **kwargs) if per_frame else self.module(video, **kwargs)
         return self.weight * out

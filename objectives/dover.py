@@ -281,7 +281,10 @@ def _read_state_dict(path: Path) -> Mapping:
         try:
             state = load_file(str(path), device="cpu")
         except Exception as error:  # safetensors raises its own error types for corrupt headers
-            raise ValueError(f"could not read '{path}' as a safetensors file: {error}") from error
+            raise ValueError(
+                f"could not read the DOVER weights file '{path.name}' in the folder '{path.resolve().parent}' as a "
+                f"safetensors file ({error}): it is truncated or not a safetensors file; expected the official "
+                f"{DOVER_WEIGHTS_FILENAME} (or a conversion of it) in {DOVER_MODEL_FOLDER}/") from error
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -88,6 +88,7 @@ TORCH_PINS=(
 DEV_PINS=(
   "requests==2.34.2"            # ComfyUI imports it but does not list it
   "pytest==9.2.0"
+  "hypothesis==6.170.15"        # tests/host/test_fuzz.py (property-based widget fuzzing)
   "diffusers==0.42.1"           # CogVideoXWrapper
   "accelerate==1.15.0"          # CogVideoXWrapper
   "peft==0.21.2"                # CogVideoXWrapper
@@ -153,6 +154,7 @@ fsspec==2026.9.0
 ftfy==6.3.1
 greenlet==3.5.6
 h11==0.16.0
+hypothesis==6.170.15
 hf-xet==1.8.0
 httpcore2==2.16.2
 httpx2==2.16.2
@@ -206,6 +208,7 @@ scipy==1.17.1
 sentencepiece==0.2.3
 shellingham==1.5.4
 simpleeval==1.0.8
+sortedcontainers==2.4.0
 spandrel==0.4.2
 SQLAlchemy==2.1.9
 sympy==1.14.0

@@ -40,6 +40,8 @@ from .common import sample_losses
 class DOODL:
     """DOODL: gradient steps on the initial latent through an invertible EDICT sampler; `sample` returns x0."""
 
+    knob = "'doodl_lr'"  # the widget that scales its updates (named when an update turns the latent non-finite)
+
     iterations: int = 10
     lr: float = 0.5
     mix: float = 0.93

@@ -40,6 +40,8 @@ class FreeDoM(BaselineKnobs):
     during backward (less memory, one extra model forward).
     """
 
+    knob = "'freedom_rho'"  # the widget that scales its updates (named when an update turns the latent non-finite)
+
     rho: float = 1.0
     rho_schedule: str = "sqrt_alpha"
     repeats: int = 1

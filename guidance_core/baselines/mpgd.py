@@ -34,6 +34,8 @@ MPGD_SCHEDULES = ("constant", "inverse_sqrt_alpha")
 class MPGD(BaselineKnobs):
     """MPGD guidance: x0' = x0 - c_t grad_{x0} L(x0) (optionally AE-projected), then the DDIM step with x0'."""
 
+    knob = "'mpgd_scale'"  # the widget that scales its updates (named when an update turns the latent non-finite)
+
     scale: float = 1.0
     schedule: str = "constant"
     iterations: int = 1

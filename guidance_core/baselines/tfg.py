@@ -49,6 +49,8 @@ class TFG(BaselineKnobs):
     activations in the backward pass of variance guidance.
     """
 
+    knob = "'tfg_rho' or 'tfg_mu'"  # the widget that scales its updates (named when an update turns the latent non-finite)
+
     rho: float = 1.0
     mu: float = 1.0
     gamma: float = 0.01
