@@ -172,8 +172,8 @@ def test_wan22_expert_pair_switches_by_noise_level_like_the_official_two_sampler
     prompt.add("low_unet", "UNETLoader", unet_name="tiny_wan22_low.safetensors", weight_dtype="default")
     prompt.add("low", "ModelSamplingSD3", model=graphs.link("low_unet"), shift=8.0)
     objective = graphs.add_color_objective(prompt)
-    # 4 steps, shift 8: sigmas 1, 0.96, 0.89, 0.73, 0 -> boundary 0.8 switches after step 2 of 4
-    for name, boundary in (("pair", 0.8), ("all_high", 0.0), ("all_low", 1.0)):
+    # 4 steps, shift 8, "normal": sigmas 1, 0.942, 0.804, 0.060, 0 -> boundary 0.9 switches after step 2 of 4
+    for name, boundary in (("pair", 0.9), ("all_high", 0.0), ("all_low", 1.0)):
         prompt.add(f"{name}_model", "TitanWanExperts", high_noise_model=high["model"],
                    low_noise_model=graphs.link("low"), boundary=boundary)
         sources = {**high, "model": graphs.link(f"{name}_model")}
