@@ -17,11 +17,14 @@ per-frame pixel losses are summed onto the latent frames that produced them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Sequence
 
 import torch
 from torch import Tensor
+
+from .layout import Layout
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,19 @@ class CausalTime:
         parts = [pixel_losses[:, [i for i, o in enumerate(owners) if o == k]].sum(dim=1, keepdim=True) / frames
                  for k in order]
         return torch.cat(parts, dim=1)
+
+
+def video_layout(shape) -> tuple[Layout, int]:
+    """(layout, latent frames per video) of a (B, C, T, h, w) latent: one video per batch row, frames along dim 2."""
+    return Layout(samples=shape[0], frame_dim=2), shape[2]
+
+
+def latent_guess(guess, time: CausalTime, latent_frames: int):
+    """A run_config.GuessSpec with 'fixed' frame indices read as decoded (pixel) frames and mapped to the latent
+    frames that produce them (an index the video does not have is an error)."""
+    if not guess.samples_frames or guess.choice != "fixed":
+        return guess
+    return dataclasses.replace(guess, indices=time.latent_indices_for_pixels(guess.indices, latent_frames))
 
 
 def plan_videos_per_call(free_bytes: float | None, bytes_per_video: float, videos: int,

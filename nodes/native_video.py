@@ -7,7 +7,6 @@ video VAE it detects); guidance_core.video_frames does the frame arithmetic and 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import torch
@@ -18,7 +17,6 @@ from comfy_api.latest import io
 
 from ..guidance_core.forward_ad import attributes_replaced, spatial_attention
 from ..guidance_core.inference_tensors import InferenceTensorClones
-from ..guidance_core.layout import Layout
 from ..guidance_core.video_frames import CausalTime, CausalVideoLoss
 from .sockets import node_schema
 
@@ -41,19 +39,6 @@ def causal_time(vae: comfy.sd.VAE, shape) -> CausalTime:
                          f"{vae.upscale_ratio[0](shape[2])} frames, not 1 + {time.ratio} (T - 1): not a causal "
                          "video VAE these nodes support")
     return time
-
-
-def video_layout(shape) -> tuple[Layout, int]:
-    """(layout, latent frames per video) of a (B, C, T, h, w) latent: one video per batch row, frames along dim 2."""
-    return Layout(samples=shape[0], frame_dim=2), shape[2]
-
-
-def latent_guess(guess, time: CausalTime, latent_frames: int):
-    """The GuessSpec with 'fixed' frame indices read as decoded (pixel) frames and mapped to the latent frames that
-    produce them (an index the video does not have is an error)."""
-    if not guess.samples_frames or guess.choice != "fixed":
-        return guess
-    return dataclasses.replace(guess, indices=time.latent_indices_for_pixels(guess.indices, latent_frames))
 
 
 def video_decoder(vae: comfy.sd.VAE, base_model, clones: InferenceTensorClones) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -93,21 +78,6 @@ def plan_decode(loss: CausalVideoLoss, vae: comfy.sd.VAE, x: torch.Tensor, setti
     return loss.plan_chunk(x, x.shape[2], setting, bytes_per_video=per_video, free_bytes=free)
 
 
-class ExpertSwitch:
-    """model_function_wrapper: the high-noise expert (the MODEL this wraps) at sigma >= boundary, the low-noise one
-    below. Every model call of a sampler goes through it: plain steps, Tweedie estimates and each look-ahead step
-    inside a forward-mode pass, so each call gets the expert the sampler uses at that sigma."""
-
-    def __init__(self, low_noise, boundary: float, previous=None):
-        self.low_noise, self.boundary, self.previous = low_noise, float(boundary), previous
-
-    def __call__(self, apply_model, args: dict):
-        sigma = args["timestep"]
-        if float(sigma.flatten()[0]) >= self.boundary:
-            return self.previous(apply_model, args) if self.previous else apply_model(args["input"], sigma, **args["c"])
-        return self.low_noise.model.apply_model(args["input"], sigma, **args["c"])
-
-
 class TitanWanExperts(io.ComfyNode):
     """Joins Wan 2.2 14B's high-noise and low-noise experts into one MODEL that calls the high-noise expert at noise
     levels (sigma) at or above the boundary and the low-noise expert below it, as Wan 2.2's own sampler switches
@@ -137,8 +107,17 @@ class TitanWanExperts(io.ComfyNode):
             raise ValueError(f"the experts must be one family: got {type(high_base).__name__} and "
                              f"{type(low_base).__name__}")
         model = high_noise_model.clone()
-        previous = model.model_options.get("model_function_wrapper")
-        model.set_model_unet_function_wrapper(ExpertSwitch(low_noise_model, boundary, previous))
+        previous, boundary = model.model_options.get("model_function_wrapper"), float(boundary)
+
+        def expert_switch(apply_model, args: dict):
+            """model_function_wrapper: every model call of a sampler (plain steps, Tweedie estimates, each look-ahead
+            step inside a forward-mode pass) gets the expert the sampler uses at that call's sigma."""
+            sigma = args["timestep"]
+            if float(sigma.flatten()[0]) >= boundary:
+                return previous(apply_model, args) if previous else apply_model(args["input"], sigma, **args["c"])
+            return low_noise_model.model.apply_model(args["input"], sigma, **args["c"])
+
+        model.set_model_unet_function_wrapper(expert_switch)
         model.set_additional_models("titan_wan_low_noise_expert", [low_noise_model])
         return io.NodeOutput(model)
 

@@ -19,6 +19,7 @@ import comfy.sd
 from comfy_api.latest import io
 
 from .. import guidance_core as core
+from ..guidance_core import video_frames
 from ..guidance_core.inference_tensors import InferenceTensorClones
 from ..guidance_core.report import RunRecord, format_report, peak_memory
 from ..guidance_core.run_config import (GuessSpec, GuidanceSettings, MethodSpec, check_method, check_run,
@@ -146,8 +147,8 @@ class GuidedSampler:
         self.run_guess, decoded = self.guess, None
         if len(shape) == 5:  # a native video model (Wan, ...): nodes/native_video.py
             time = native_video.causal_time(self.vae, shape)
-            layout, frames = native_video.video_layout(shape)
-            self.run_guess, decoded = native_video.latent_guess(self.guess, time, frames), time.decoded_frames
+            layout, frames = video_frames.video_layout(shape)
+            self.run_guess, decoded = video_frames.latent_guess(self.guess, time, frames), time.decoded_frames
         else:
             layout, frames = core.Layout.of_frame_batch(shape, self.settings.frames_per_video)
         check_run(self.settings, self.objective, self.run_guess, self.method, steps, frames, decoded_frames=decoded)
