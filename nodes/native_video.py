@@ -7,6 +7,7 @@ video VAE it detects); guidance_core.video_frames does the frame arithmetic and 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -59,6 +60,17 @@ def vae_attention_scope(vae: comfy.sd.VAE):
     ComfyUI's AttnBlock) uses explicit SDPA attention, which has forward derivatives (restored afterwards)."""
     blocks = [m for m in vae.first_stage_model.modules() if "optimized_attention" in m.__dict__]
     return attributes_replaced(blocks, "optimized_attention", spatial_attention)
+
+
+@contextlib.contextmanager
+def differentiable_ops():
+    """ComfyUI's training switch for the run: its models then take their differentiable code paths (plain-torch
+    RoPE instead of comfy_kitchen's fused op, which has no autograd formula: backprop baselines fail through it)."""
+    previous, model_management.in_training = model_management.in_training, True
+    try:
+        yield
+    finally:
+        model_management.in_training = previous
 
 
 def video_loss(vae: comfy.sd.VAE, base_model, objective, time: CausalTime, clones: InferenceTensorClones

@@ -191,7 +191,8 @@ class GuidedSampler:
                               f"{steps} step(s), {layout.samples} video(s) x {frames} frame(s)", callback) as step_callback:
             (loss if video else self.objective).prepare(frames)  # constant targets, once before any JVP
             with native_video.vae_attention_scope(self.vae) if video else \
-                    comfy_model.vae_forward_ad_attention(self.vae.first_stage_model):
+                    comfy_model.vae_forward_ad_attention(self.vae.first_stage_model), \
+                    native_video.differentiable_ops() if video else contextlib.nullcontext():
                 record.decode_chunk = native_video.plan_decode(loss, self.vae, x, s.decode_chunk_frames) if video \
                     else loss.plan_chunk(x, frames, s.decode_chunk_frames)
                 result = core.sample(denoiser, x.clone(), sigmas.clone(), method, loss=loss, layout=layout,

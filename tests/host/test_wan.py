@@ -34,6 +34,8 @@ GUESSES = {
     "mixed": {"kind": "mixed", "frame_choice": "fixed", "frame_indices": "0, 8", "random_weight": 0.3},
 }
 
+METHODS = ("exact_gradient", "freedom")
+
 
 @pytest.fixture(scope="module")
 def wan_host(comfy_host, comfyui_dir):
@@ -72,9 +74,10 @@ def wan_sources(prompt: graphs.Prompt, unet: str, vae: str, *, width=32, height=
             "vae": graphs.link(f"{prefix}vae")}
 
 
-def add_sampler(prompt, name, sources, objective, *, guess=None, save_images=True, **knobs):
+def add_sampler(prompt, name, sources, objective, *, guess=None, method=None, save_images=True, **knobs):
     guess_link = graphs.add_guess(prompt, f"{name}_guess", **guess) if guess is not None else None
-    graphs.add_titan_sampler(prompt, name, sources, objective, seed=5, steps=3, guess=guess_link,
+    method_link = graphs.add_method(prompt, f"{name}_method", **method) if method is not None else None
+    graphs.add_titan_sampler(prompt, name, sources, objective, seed=5, steps=3, guess=guess_link, method=method_link,
                              **{"lookahead": 0, **knobs})
     graphs.add_outputs(prompt, name, f"wan/{name}", sources["vae"], images=save_images)
 
@@ -105,13 +108,16 @@ def test_frame_mapping_arithmetic():
 
 
 def test_wan21_every_guess_lowers_the_objective_frames_and_mapping(wan_host):
-    """Wan 2.1 T2V: for every guess type the guided video is redder than the unguided one at the same seed; the
-    decode gives 9 frames from 3 latent frames; the mixed guess's pixel frames 0 and 8 map to latent frames 0, 2."""
+    """Wan 2.1 T2V: for every guess type (and the backprop baselines exact gradient and FreeDoM, which need
+    ComfyUI's differentiable RoPE) the guided video is redder than the unguided one at the same seed; the decode
+    gives 9 frames from 3 latent frames; the mixed guess's pixel frames 0 and 8 map to latent frames 0, 2."""
     prompt = graphs.Prompt()
     sources = wan_sources(prompt, "tiny_wan21_t2v.safetensors", "tiny_wan21_vae.safetensors")
     objective = graphs.add_color_objective(prompt)
     for name, guess in GUESSES.items():
         add_sampler(prompt, name, sources, objective, guess=guess, strength=0.15)
+    for name in METHODS:
+        add_sampler(prompt, name, sources, objective, method={"method": name, "freedom_rho": 20.0}, strength=0.15)
     add_sampler(prompt, "plain", sources, objective, guidance_end=0.0)
     outputs = wan_host.run(prompt.build(), timeout=1500)
 
@@ -119,7 +125,7 @@ def test_wan21_every_guess_lowers_the_objective_frames_and_mapping(wan_host):
     assert plain_video.shape == (1, 9, 3, 32, 32)  # VAEDecode: 1 + 4 (3 - 1) frames
     color = ColorLoss()
     unguided = float(color(plain_video))
-    for name in GUESSES:
+    for name in (*GUESSES, *METHODS):
         text = report(outputs, name)
         assert "3 latent frame(s) -> 9 frame(s) per video in one VAE call" in text, text
         guided = float(color(video_of(wan_host, outputs, f"{name}_save_images")))
