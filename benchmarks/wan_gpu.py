@@ -110,10 +110,14 @@ def main(argv=None) -> int:
     parser.add_argument("--scratch", default="", help="folder for the random weight files (default: a temp dir)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "wan_gpu.json"))
     parser.add_argument("--tiny", action="store_true", help="tiny files on the CPU: checks the path, no figures")
+    parser.add_argument("--dynamic-vram", action="store_true",
+                        help="keep ComfyUI 0.33's dynamic VRAM (weights streamed by comfy-aimdo, which torch's peak "
+                             "counter may not see); off by default so the peak includes the weights")
     options = parser.parse_args(argv)
     started = time.monotonic()
 
-    sys.argv = [sys.argv[0]] + (["--cpu"] if options.tiny else [])
+    sys.argv = [sys.argv[0]] + (["--cpu"] if options.tiny else []) + \
+        ([] if options.dynamic_vram or options.tiny else ["--disable-dynamic-vram"])
     sys.path.insert(0, str(Path(options.comfyui).resolve()))
     from comfy.cli_args import args as comfy_args
     comfy_args.cpu = options.tiny
@@ -131,7 +135,7 @@ def main(argv=None) -> int:
         folder_paths.add_model_folder_path(kind, str(scratch))
     cuda = torch.cuda.is_available() and not options.tiny
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-               "steps": options.steps, "rows": []}
+               "steps": options.steps, "dynamic_vram": options.dynamic_vram, "rows": []}
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cases = TINY if options.tiny else {name: CASES[name] for name in options.cases}
@@ -178,6 +182,7 @@ def main(argv=None) -> int:
                     if cuda:
                         torch.cuda.synchronize()
                     entry["seconds"] = round(time.perf_counter() - t0, 2)
+                    entry["seconds_per_step"] = round(entry["seconds"] / options.steps, 2)
                     if cuda:
                         entry["peak_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                     (pixels,) = call(mappings, "VAEDecode", samples=samples, vae=vae)
