@@ -135,6 +135,29 @@ def test_wan21_every_guess_lowers_the_objective_frames_and_mapping(wan_host):
     assert latent["latent_tensor"].shape == (1, 16, 3, 4, 4)
 
 
+def test_wan21_keyframes_through_a_sampled_subset_of_latent_frames(wan_host):
+    """Frame interpolation toward red keyframes at video frames 0 and 8 (of 9), sampled-gradient guess on latent
+    frames 0 and 2 decoded on their own: the objective gets their frames' full-video indices, and the guided
+    keyframes end closer to the target than unguided ones."""
+    prompt = graphs.Prompt()
+    sources = wan_sources(prompt, "tiny_wan21_t2v.safetensors", "tiny_wan21_vae.safetensors")
+    prompt.add("red", "EmptyImage", width=32, height=32, batch_size=2, color=0xFF0000)
+    prompt.add("keys", "TitanFrameInterpolationObjective", keyframes=graphs.link("red"), frame_indices="0, -1",
+               space="pixels", weight=1.0)
+    for name, end in (("keyed", 1.0), ("plain", 0.0)):
+        add_sampler(prompt, name, sources, graphs.link("keys"), strength=0.15, guidance_end=end,
+                    guess={"kind": "sampled_gradient", "sampled_frames": 2})
+    outputs = wan_host.run(prompt.build(), timeout=900)
+    target = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+
+    def key_error(name):
+        video = video_of(wan_host, outputs, f"{name}_save_images")[0]
+        return float(((video[[0, 8]] - target) ** 2).mean())
+
+    assert "sampled_gradient (2 even frames, tile)" in report(outputs, "keyed")
+    assert key_error("keyed") < key_error("plain") - 1e-3, (key_error("keyed"), key_error("plain"))
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"guess": {"kind": "sampled_gradient", "frame_choice": "fixed", "frame_indices": "2, 9"}},
      r"frame indices \[9\] map to no latent frame: the video has 9 decoded frames"),
@@ -153,10 +176,14 @@ def test_wan_bad_input_gives_a_clear_error(wan_host, overrides, message):
 
 
 def test_wan22_5b_guided_below_unguided_with_its_48_channel_vae(wan_host):
-    """Wan 2.2 TI2V 5B layout (48 channels, the Wan 2.2 VAE at 16x space): guided redder than unguided."""
+    """Wan 2.2 TI2V 5B layout (48 channels, the Wan 2.2 VAE at 16x space), image-to-video from a start image:
+    guided redder than unguided, the start image's latent frame kept."""
     prompt = graphs.Prompt()
     sources = wan_sources(prompt, "tiny_wan22_ti2v.safetensors", "tiny_wan22_vae.safetensors", five_b=True,
                           length=5)
+    prompt.add("start", "EmptyImage", width=32, height=32, batch_size=1, color=0x2080C0)
+    prompt.nodes["latent"]["inputs"]["start_image"] = graphs.link("start")  # image-to-video
+    prompt.add("input_save", "SaveLatent", samples=sources["latent"], filename_prefix="wan/i2v_input")
     objective = graphs.add_color_objective(prompt)
     add_sampler(prompt, "guided", sources, objective, guess={"kind": "sampled_gradient", "sampled_frames": 2},
                 strength=0.15)
@@ -167,6 +194,16 @@ def test_wan22_5b_guided_below_unguided_with_its_48_channel_vae(wan_host):
     assert "2 latent frame(s) -> 5 frame(s)" in report(outputs, "guided")
     color = ColorLoss()
     assert float(color(video_of(wan_host, outputs, "guided_save_images"))) < float(color(plain)) - 1e-3
+
+    def latent(node):
+        (path,) = wan_host.output_files({node: outputs[node]}, key="latents")
+        return load_file(str(path))["latent_tensor"]
+
+    start, guided = latent("input_save"), latent("guided_save_latent")
+    assert guided.shape == start.shape == (1, 48, 2, 2, 2)
+    # the start image's latent frame stays as encoded (the denoise mask keeps it), guidance moves the others
+    assert torch.allclose(guided[:, :, 0], start[:, :, 0], atol=1e-4), float((guided - start)[:, :, 0].abs().max())
+    assert not torch.allclose(guided[:, :, 1], latent("plain_save_latent")[:, :, 1], atol=1e-3)
 
 
 def test_wan22_expert_pair_switches_by_noise_level_like_the_official_two_samplers(wan_host):
