@@ -19,7 +19,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import graphs
-from guidance_core.video_frames import CausalTime
 from objectives.color import ColorLoss
 from testing.comfy_host import ComfyExecutionError, HOST_DIR
 from tiny_checkpoints import TINY_SD15_FILENAME
@@ -91,20 +90,6 @@ def video_of(host, outputs, node) -> torch.Tensor:
 
 def report(outputs, name) -> str:
     return outputs[f"{name}_report"]["text"][0]
-
-
-def test_frame_mapping_arithmetic():
-    time = CausalTime(4)
-    assert [time.decoded_frames(t) for t in (1, 2, 3, 21)] == [1, 5, 9, 81]
-    assert [list(time.pixel_group(k)) for k in range(3)] == [[0], [1, 2, 3, 4], [5, 6, 7, 8]]
-    assert time.latent_indices_for_pixels([0, 8, 4, 3], 3) == (0, 1, 2)
-    assert time.latent_indices_for_pixels([80], 21) == (20,)
-    with pytest.raises(ValueError, match=r"frame indices \[9\] map to no latent frame: the video has 9 decoded"):
-        time.latent_indices_for_pixels([0, 9], 3)
-    assert time.subset_pixel_indices([1, 2]).tolist() == [4, 5, 6, 7, 8]  # a lone decode: 1 + 4 frames
-    losses = torch.arange(9, dtype=torch.float64)[None]
-    per_latent = time.latent_frame_losses(losses)
-    assert per_latent.tolist() == [[0.0, 10 / 9, 26 / 9]] and torch.isclose(per_latent.sum(), losses.mean())
 
 
 def test_wan21_every_guess_lowers_the_objective_frames_and_mapping(wan_host):
