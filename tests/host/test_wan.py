@@ -240,3 +240,54 @@ def test_wan22_expert_pair_switches_by_noise_level_like_the_official_two_sampler
     guided = float(color(video_of(wan_host, outputs, "guided_save_images")))
     plain = float(color(video_of(wan_host, outputs, "pair_plain_save_images")))
     assert guided < plain - 1e-3, (guided, plain)
+
+
+def test_wan_through_sampler_custom_advanced_matches_the_sampler_node(wan_host):
+    """TitanGuideSamplerSelect in SamplerCustomAdvanced (CFGGuider on the Wan model, the expert pair's MODEL too)
+    gives the same guided latent as TitanGuideSampler at the same seed."""
+    prompt = graphs.Prompt()
+    sources = wan_sources(prompt, "tiny_wan21_t2v.safetensors", "tiny_wan21_vae.safetensors")
+    objective = graphs.add_color_objective(prompt)
+    knobs = {**graphs.PROMPT_KNOBS, "lookahead": 0, "strength": 0.15}
+    graphs.add_titan_sampler(prompt, "node", sources, objective, seed=5, steps=3, **knobs)
+    graphs.add_outputs(prompt, "node", "wan/select_node", sources["vae"], report=False)
+    prompt.add("noise", "RandomNoise", noise_seed=5)
+    prompt.add("scheduler", "BasicScheduler", model=sources["model"], scheduler="normal", steps=3, denoise=1.0)
+    prompt.add("guider", "CFGGuider", model=sources["model"], positive=sources["positive"],
+               negative=sources["negative"], cfg=1.0)
+    prompt.add("titan", "TitanGuideSamplerSelect", objective=objective, vae=sources["vae"], **knobs)
+    prompt.add("custom", "SamplerCustomAdvanced", noise=graphs.link("noise"), guider=graphs.link("guider"),
+               sampler=graphs.link("titan"), sigmas=graphs.link("scheduler"), latent_image=sources["latent"])
+    prompt.add("custom_save", "SaveLatent", samples=graphs.link("custom", 0), filename_prefix="wan/select_custom")
+    graphs.add_titan_sampler(prompt, "plain", sources, objective, seed=5, steps=3, **{**knobs, "guidance_end": 0.0})
+    graphs.add_outputs(prompt, "plain", "wan/select_plain", sources["vae"], report=False)
+    outputs = wan_host.run(prompt.build(), timeout=900)
+
+    def latent(node):
+        (path,) = wan_host.output_files({node: outputs[node]}, key="latents")
+        return load_file(str(path))["latent_tensor"]
+
+    node, custom = latent("node_save_latent"), latent("custom_save")
+    assert custom.shape == (1, 16, 3, 4, 4)
+    assert torch.allclose(node, custom, atol=1e-4), float((node - custom).abs().max())
+    assert not torch.allclose(node, latent("plain_save_latent"), atol=1e-3)
+
+
+def test_wan_gpu_benchmark_runs_every_row_on_tiny_files(comfyui_dir, tmp_path):
+    """benchmarks/wan_gpu.py --tiny (the GPU command's script, on the CPU): KSampler, TITAN and FreeDoM rows run
+    through ComfyUI's node classes and decode 5 frames."""
+    import json
+    import subprocess
+    import sys
+
+    from testing.comfy_host import REPO_ROOT, default_python
+
+    out = tmp_path / "wan_gpu.json"
+    result = subprocess.run([default_python(), "-m", "benchmarks.wan_gpu", "--comfyui", str(comfyui_dir), "--tiny",
+                             "--steps", "2", "--scratch", str(tmp_path / "weights"), "--out", str(out)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["row"], r["result"], r["decoded_frames"]) for r in rows] == [
+        ("ksampler", "ok", 5), ("titan", "ok", 5), ("freedom", "ok", 5)]
+    assert "method titan" in rows[1]["report"] and "method freedom" in rows[2]["report"]
