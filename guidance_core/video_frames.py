@@ -93,8 +93,12 @@ class CausalTime:
         return torch.cat(parts, dim=1)
 
 
-def video_layout(shape) -> tuple[Layout, int]:
-    """(layout, latent frames per video) of a (B, C, T, h, w) latent: one video per batch row, frames along dim 2."""
+def video_layout(shape, frames_per_video: int = 0) -> tuple[Layout, int]:
+    """(layout, latent frames per video) of a (B, C, T, h, w) latent: one video per batch row, frames along dim 2
+    (`frames_per_video`, for frame-batch latents, must be 0 here)."""
+    if frames_per_video:
+        raise ValueError(f"'frames_per_video' ({frames_per_video}) splits frame-batch latents into videos; this "
+                         f"latent {tuple(shape)} already holds one video per batch row: set it to 0")
     return Layout(samples=shape[0], frame_dim=2), shape[2]
 
 

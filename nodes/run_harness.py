@@ -147,7 +147,7 @@ class GuidedSampler:
         self.run_guess, decoded = self.guess, None
         if len(shape) == 5:  # a native video model (Wan, ...): nodes/native_video.py
             time = native_video.causal_time(self.vae, shape)
-            layout, frames = video_frames.video_layout(shape)
+            layout, frames = video_frames.video_layout(shape, self.settings.frames_per_video)
             self.run_guess, decoded = video_frames.latent_guess(self.guess, time, frames), time.decoded_frames
         else:
             layout, frames = core.Layout.of_frame_batch(shape, self.settings.frames_per_video)

@@ -148,6 +148,7 @@ def test_wan21_keyframes_through_a_sampled_subset_of_latent_frames(wan_host):
      r"frame indices \[9\] map to no latent frame: the video has 9 decoded frames"),
     ({"decode_chunk_frames": 1}, "compresses time causally and decodes a video exactly only in one call"),
     ({"vae": "sd15"}, "does not decode video latents"),
+    ({"frames_per_video": 3}, "already holds one video per batch row: set it to 0"),
 ])
 def test_wan_bad_input_gives_a_clear_error(wan_host, overrides, message):
     prompt = graphs.Prompt()
