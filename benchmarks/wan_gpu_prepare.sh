@@ -3,7 +3,8 @@
 # repository so the device tool carries it (64 MiB in all, tracked files included):
 #   .whl/      cp312 manylinux wheels of what ComfyUI 0.33.0 needs and that machine's python3.12 (torch 2.11,
 #              numpy, safetensors, aiohttp, einops, ...: /work/.library/device/KINDS.md) lacks, plus
-#              jvp-flash-attention (the fused forward-mode attention kernel). comfy-kitchen is trimmed of its
+#              jvp-flash-attention (requirements.txt; the pack's own Triton JVP kernel is the default route, it
+#              stays selectable). comfy-kitchen is trimmed of its
 #              CUDA/HIP extension builds (its eager / Triton backends load instead).
 #   .wan_gpu/  ComfyUI 0.33.0 (783545f6, from ../shared/vendor) without tests, API nodes, blueprints, tokenizer
 #              data and pictures, as .tar.xz. No frontend: wan_gpu.py runs the nodes in-process.
