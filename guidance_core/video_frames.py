@@ -153,7 +153,12 @@ class CausalVideoLoss:
         """(B, C, T, h, w) -> (B, T', 3, H, W), `videos_per_call` videos per decoder call (0: all)."""
         step = self.videos_per_call or z.shape[0]
         parts = [self.decode_videos(z[i:i + step]) for i in range(0, z.shape[0], step)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        pixels = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if pixels.shape[1] != self.time.decoded_frames(z.shape[2]):
+            raise ValueError(f"the VAE decoded {z.shape[2]} latent frames to {pixels.shape[1]} frames, not "
+                             f"1 + {self.time.ratio} ({z.shape[2]} - 1) = {self.time.decoded_frames(z.shape[2])}: its "
+                             "frames cannot be matched to latent frames; guidance does not support this VAE yet")
+        return pixels
 
     def __call__(self, x0: Tensor, frame_indices: Tensor | None = None, per_frame: bool = False) -> Tensor:
         if x0.dim() != 5:

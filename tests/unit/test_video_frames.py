@@ -64,6 +64,12 @@ def test_causal_video_loss_whole_subset_and_per_frame():
     with pytest.raises(ValueError, match="decodes a video exactly only in one call"):
         loss.plan_chunk(x0, 3, 1)
     assert "3 latent frame(s) -> 9 frame(s)" in loss.plan_chunk(x0, 3, 0)
+    # a VAE whose decode does not give 1 + 4 (T - 1) frames is refused (seen here: the HunyuanVideo 1.5 VAE's
+    # first_stage_model.decode on ComfyUI 0.33.0 gave 12 frames for 3 latent frames)
+    padded = CausalVideoLoss(lambda z: torch.cat([causal_decode(z)] * 2, dim=1)[:, :4 * z.shape[2]], objective,
+                             CausalTime(4))
+    with pytest.raises(ValueError, match="decoded 3 latent frames to 12 frames, not 1 \\+ 4"):
+        padded(x0)
 
 
 def test_sampled_gradient_guess_on_video_latents():
