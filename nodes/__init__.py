@@ -7,12 +7,13 @@ collected below."""
 import torch.autograd.forward_ad
 
 from ..guidance_core.validation import SENT_VALUES
-from . import animatediff_support, cogvideo, embedded, guess, method, objective_basic, objectives, sampler
+from . import (animatediff_support, cogvideo, embedded, guess, method, native_video, objective_basic, objectives,
+               sampler)
 
 torch.autograd.forward_ad._maybe_load_decompositions()
 
 NODE_CLASSES = [*sampler.NODE_CLASSES, *guess.NODE_CLASSES, *method.NODE_CLASSES, *objective_basic.NODE_CLASSES,
-                *cogvideo.NODE_CLASSES, *objectives.NODE_CLASSES, *embedded.NODE_CLASSES]
+                *cogvideo.NODE_CLASSES, *objectives.NODE_CLASSES, *embedded.NODE_CLASSES, *native_video.NODE_CLASSES]
 
 # AnimateDiff-Evolved: during forward-mode passes, route its motion attention through forward-AD-capable
 # attention (does nothing while ADE is not loaded; see nodes/animatediff_support.py).

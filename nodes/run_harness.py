@@ -18,6 +18,7 @@ import comfy.sd
 from ..comfy_v3 import io
 
 from .. import guidance_core as core
+from ..guidance_core import video_frames
 from ..guidance_core.inference_tensors import InferenceTensorClones
 from ..guidance_core.report import RunRecord, format_report, peak_memory
 from ..guidance_core.validation import (SENT_VALUES, Widget, check_widgets, is_out_of_memory,
@@ -25,7 +26,7 @@ from ..guidance_core.validation import (SENT_VALUES, Widget, check_widgets, is_o
 from ..guidance_core.run_config import (GuessSpec, GuidanceSettings, MethodSpec, check_method, check_run,
                                         guess_and_method, guidance_seed)
 from ..objectives.combination import ObjectiveSet
-from . import comfy_model
+from . import comfy_model, native_video
 from .sockets import LOG, guidance_inputs
 
 MAX_SCHEDULE_STEPS = 10000  # the 'steps' widget's maximum; a denoise schedule may not be longer either
@@ -128,8 +129,14 @@ class GuidedSampler:
     def validate(self, shape: Sequence[int], steps: int,
                  model_sampling: comfy_model.ModelSampling | None = None) -> tuple[core.Layout, int]:
         """Check everything that depends on the latent and the schedule; returns (layout, frames)."""
-        layout, frames = core.Layout.of_frame_batch(shape, self.settings.frames_per_video)
-        check_run(self.settings, self.objective, self.guess, self.method, steps, frames)
+        self.run_guess, decoded = self.guess, None
+        if len(shape) == 5:  # a native video model (Wan, ...): nodes/native_video.py
+            time = native_video.causal_time(self.vae, shape)
+            layout, frames = video_frames.video_layout(shape, self.settings.frames_per_video)
+            self.run_guess, decoded = video_frames.latent_guess(self.guess, time, frames), time.decoded_frames
+        else:
+            layout, frames = core.Layout.of_frame_batch(shape, self.settings.frames_per_video)
+        check_run(self.settings, self.objective, self.run_guess, self.method, steps, frames, decoded_frames=decoded)
         if model_sampling is not None and comfy_model.is_flow(model_sampling) and self.settings.eta:
             raise ValueError("eta > 0 (stochastic steps) is not available for flow-matching models; set eta to 0")
         return layout, frames
@@ -155,16 +162,24 @@ class GuidedSampler:
         record.loaded_models = comfy_model.describe_loaded_models(run_models, loaded_late)
         clones = InferenceTensorClones()
         denoiser = comfy_model.ComfyDenoiser(model, extra_args, clones)
-        loss = core.DecodedLoss(comfy_model.vae_decoder(self.vae, base_model, clones), self.objective, layout,
-                                s.decode_chunk_frames, self.method.checkpointed,
-                                latent_out=base_model.process_latent_out, scope=clones.scope)
-        method = self.method.build(s, self.guess.build())
+        video = x.dim() == 5
+        if video:
+            loss = native_video.video_loss(self.vae, base_model, self.objective,
+                                           native_video.causal_time(self.vae, x.shape), clones)
+        else:
+            loss = core.DecodedLoss(comfy_model.vae_decoder(self.vae, base_model, clones), self.objective, layout,
+                                    s.decode_chunk_frames, self.method.checkpointed,
+                                    latent_out=base_model.process_latent_out, scope=clones.scope)
+        method = self.method.build(s, self.run_guess.build())
         generator = torch.Generator(device="cpu").manual_seed(guidance_seed(seed))
         with guidance_session(record, x.device, clones, denoiser.forward_ad_scope,
                               f"{steps} step(s), {layout.samples} video(s) x {frames} frame(s)", callback) as step_callback:
-            self.objective.prepare(frames)  # constant targets, computed once before any forward-mode pass
-            with comfy_model.vae_forward_ad_attention(self.vae.first_stage_model):
-                record.decode_chunk = loss.plan_chunk(x, frames, s.decode_chunk_frames)
+            (loss if video else self.objective).prepare(frames)  # constant targets, once before any JVP
+            with native_video.vae_attention_scope(self.vae) if video else \
+                    comfy_model.vae_forward_ad_attention(self.vae.first_stage_model), \
+                    native_video.differentiable_ops() if video else contextlib.nullcontext():
+                record.decode_chunk = native_video.plan_decode(loss, self.vae, x, s.decode_chunk_frames) if video \
+                    else loss.plan_chunk(x, frames, s.decode_chunk_frames)
                 result = core.sample(denoiser, x.clone(), sigmas.clone(), method, loss=loss, layout=layout,
                                      step=s.sampler, eta=s.eta, generator=generator,
                                      latent_scale=comfy_model.latent_scale_of(base_model.model_sampling),

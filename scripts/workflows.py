@@ -36,6 +36,14 @@ IMAGEBIND_WEIGHTS = "imagebind_huge.pth"
 CLIP_STYLE_WEIGHTS = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 T5_ENCODER = "t5xxl_fp16.safetensors"
 COGVIDEO_MODEL = "THUDM/CogVideoX-5b"
+# Wan (ComfyUI's native comfy/ldm/wan), the files of ComfyUI's official Wan templates.
+WAN_TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+WAN21_VAE = "wan_2.1_vae.safetensors"
+WAN21_1_3B = "wan2.1_t2v_1.3B_fp16.safetensors"
+WAN22_T2V_EXPERTS = ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+                     "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors")
+WAN22_I2V_EXPERTS = ("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+                     "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors")
 # Files the workflows read from ComfyUI/input.
 STYLE_IMAGE = "style_reference.png"
 TARGET_AUDIO = "target_audio.wav"
@@ -50,6 +58,8 @@ FILE_INPUTS = {
     ("TitanImageBindLoader", "weights_name"): "imagebind",
     ("TitanClipStyleLoader", "clip_name"): "clip_vision",
     ("CLIPLoader", "clip_name"): "text_encoders",
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("VAELoader", "vae_name"): "vae",
     ("LoadImage", "image"): "input",
     ("LoadAudio", "audio"): "input",
 }
@@ -374,6 +384,156 @@ def compare_same_seed() -> dict:
                                              "#8A8")]}
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Wan (native in ComfyUI 0.33): the official templates' loaders, TitanGuideSampler instead of KSampler(Advanced)
+# ---------------------------------------------------------------------------------------------------------
+WAN_FPS = 16.0
+WAN_TITAN_KNOBS = {**TITAN_KNOBS, "sampler": "euler", "frames_per_video": 0}
+WAN_FILES = [
+    (WAN_TEXT_ENCODER, "models/text_encoders", "UMT5-XXL, huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged"),
+    (WAN21_VAE, "models/vae", "the Wan 2.1 VAE (also Wan 2.2 14B's), same repository"),
+]
+
+
+def wan_text_and_vae(prompt: str, first_id: int, x: int = 380) -> list:
+    """CLIPLoader (UMT5-XXL, type wan), positive / negative CLIPTextEncode, VAELoader: ids first_id .. + 3."""
+    return [
+        node(first_id, "CLIPLoader", (x, 100), (400, 110), title="UMT5-XXL text encoder", clip_name=WAN_TEXT_ENCODER,
+             type="wan", device="default"),
+        node(first_id + 1, "CLIPTextEncode", (x, 270), (400, 160), {"clip": (first_id, 0)}, "Positive prompt",
+             text=prompt),
+        node(first_id + 2, "CLIPTextEncode", (x, 490), (400, 130), {"clip": (first_id, 0)}, "Negative prompt",
+             text=NEGATIVE_TEXT),
+        node(first_id + 3, "VAELoader", (x, 680), (400, 80), vae_name=WAN21_VAE),
+    ]
+
+
+def wan_expert_pair(files: tuple, boundary: float) -> list:
+    """Nodes 1-5: the Wan 2.2 14B experts, ModelSamplingSD3 (shift 8) on each, TitanWanExperts joining them."""
+    return [
+        node(1, "UNETLoader", (20, 100), (320, 110), title="High-noise expert", unet_name=files[0],
+             weight_dtype="default"),
+        node(2, "UNETLoader", (20, 270), (320, 110), title="Low-noise expert", unet_name=files[1],
+             weight_dtype="default"),
+        node(3, "ModelSamplingSD3", (20, 440), (320, 80), {"model": (1, 0)}, shift=8.0),
+        node(4, "ModelSamplingSD3", (20, 580), (320, 80), {"model": (2, 0)}, shift=8.0),
+        node(5, "TitanWanExperts", (20, 720), (320, 110), {"high_noise_model": (3, 0), "low_noise_model": (4, 0)},
+             boundary=boundary),
+    ]
+
+
+def wan_sampler(node_id: int, links: dict, title: str, cfg: float) -> dict:
+    """A TitanGuideSampler as the official Wan templates sample (20 steps, euler, simple schedule)."""
+    return node(node_id, "TitanGuideSampler", (820, 100), (340, 640), links, title, seed=SEED, steps=STEPS, cfg=cfg,
+                scheduler="simple", denoise=1.0, **WAN_TITAN_KNOBS)
+
+
+def wan_outputs(first_id: int, sampler: int, vae: int, prefix: str) -> list:
+    """VAEDecode -> SaveAnimatedWEBP (16 fps), the loss plot and the report."""
+    return [
+        node(first_id, "VAEDecode", (1200, 100), (210, 50), {"samples": (sampler, 0), "vae": (vae, 0)}),
+        node(first_id + 1, "SaveAnimatedWEBP", (1440, 100), (340, 380), {"images": (first_id, 0)}, "Guided video",
+             filename_prefix=prefix, fps=WAN_FPS, lossless=False, quality=90, method="default"),
+        node(first_id + 2, "SaveImage", (1200, 540), (340, 300), {"images": (sampler, 2)}, "Loss per step",
+             filename_prefix=prefix + "_loss"),
+        node(first_id + 3, "PreviewAny", (1560, 540), (340, 300), {"source": (sampler, 1)}, "Guidance report"),
+    ]
+
+
+WAN_NOTE = ("Frames: Wan's VAE turns latent frame 0 into frame 0 and latent frame k into frames 4k-3..4k, so 81 "
+            "frames are 21 latent frames; 'sampled frames' counts latent frames, and 'frame indices' of a fixed "
+            "frame choice are video frames (mapped to the latent frames that make them). The decode inside the "
+            "objective runs the VAE's own causal chunks (exact); decode_chunk_frames must stay 0.")
+
+
+def wan22_t2v_dover() -> dict:
+    """Wan 2.2 14B text-to-video (high / low-noise experts) guided by DOVER's aesthetic score."""
+    nodes = wan_expert_pair(WAN22_T2V_EXPERTS, 0.875)
+    nodes += wan_text_and_vae("a lighthouse on a cliff at sunset, waves crashing, cinematic", 6)
+    nodes += [
+        node(10, "EmptyHunyuanLatentVideo", (380, 820), (320, 130), title="81 frames, 640x640", width=640,
+             height=640, length=81, batch_size=1),
+        node(11, "TitanDoverLoader", (20, 1050), (320, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
+        node(12, "TitanAestheticObjective", (20, 1200), (320, 180), {"dover": (11, 0)}, mode="fused", weight=1.0,
+             fragment_sampling="random", fragment_seed=0, technical_samples=1),
+        node(13, "TitanGradientGuess", (380, 1050), (320, 220), **GUESS_KNOBS),
+        wan_sampler(14, {"model": (5, 0), "positive": (7, 0), "negative": (8, 0), "latent_image": (10, 0),
+                         "vae": (9, 0), "objective": (12, 0), "guess": (13, 0)}, "TITAN-Guide: DOVER aesthetics", 3.5),
+        *wan_outputs(15, 14, 9, "titan/wan22_t2v_dover"),
+    ]
+    files = [(WAN22_T2V_EXPERTS[0], "models/diffusion_models", "huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged"),
+             (WAN22_T2V_EXPERTS[1], "models/diffusion_models", "same repository"), *WAN_FILES,
+             (DOVER_WEIGHTS, "models/dover", "github.com/VQAssessment/DOVER release DOVER.pth")]
+    text = weights_note("TITAN-Guide on Wan 2.2 14B text-to-video: aesthetic guidance with DOVER. ComfyUI's official "
+                        "template runs the high-noise expert for steps 0-10 and the low-noise one for 10-20 with two "
+                        "KSamplerAdvanced; TitanWanExperts makes one MODEL that picks the expert by noise level "
+                        "(boundary 0.875, Wan 2.2's own), so TITAN's look-ahead calls the right expert too.", files,
+                        WAN_NOTE)
+    return {"nodes": nodes + [note(19, (1200, 900), text, (700, 480))],
+            "groups": [group("Wan 2.2 14B text-to-video (expert pair)", (0, 0, 800, 990))]}
+
+
+def wan22_i2v_style() -> dict:
+    """Wan 2.2 14B image-to-video guided towards a reference image's style through CLIP."""
+    nodes = wan_expert_pair(WAN22_I2V_EXPERTS, 0.9)
+    nodes += wan_text_and_vae("the woman turns her head and smiles, gentle wind, film look", 6)
+    nodes += [
+        node(10, "LoadImage", (20, 1150), (320, 320), title="Start image", image=FIRST_KEYFRAME),
+        node(11, "WanImageToVideo", (380, 820), (320, 190),
+             {"positive": (7, 0), "negative": (8, 0), "vae": (9, 0), "start_image": (10, 0)},
+             width=640, height=640, length=81, batch_size=1),
+        node(12, "TitanClipStyleLoader", (380, 1150), (320, 150), clip_name=CLIP_STYLE_WEIGHTS,
+             architecture="auto", pretrained_tag="", dtype="fp32"),
+        node(13, "LoadImage", (820, 1080), (340, 320), title="Style reference", image=STYLE_IMAGE),
+        node(14, "TitanStyleObjective", (380, 1360), (340, 330), {"clip": (12, 0), "style_image": (13, 0)},
+             loss_kind="cosine", weight=1.0, text="", style_weight=1.0, text_weight=1.0, content_weight=0.0,
+             gram_layer=-2, frames_per_chunk=0),
+        node(15, "TitanGradientGuess", (820, 800), (340, 220), **GUESS_KNOBS),
+        wan_sampler(16, {"model": (5, 0), "positive": (11, 0), "negative": (11, 1), "latent_image": (11, 2),
+                         "vae": (9, 0), "objective": (14, 0), "guess": (15, 0)}, "TITAN-Guide: CLIP style", 3.5),
+        *wan_outputs(17, 16, 9, "titan/wan22_i2v_style"),
+    ]
+    files = [(WAN22_I2V_EXPERTS[0], "models/diffusion_models", "huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged"),
+             (WAN22_I2V_EXPERTS[1], "models/diffusion_models", "same repository"), *WAN_FILES,
+             (CLIP_STYLE_WEIGHTS, "models/clip_vision", "open_clip ViT-H-14 laion2b_s32b_b79k"),
+             (FIRST_KEYFRAME, "input", "the start image (WanImageToVideo keeps it as the first frame)"),
+             (STYLE_IMAGE, "input", "your style image; any size")]
+    text = weights_note("TITAN-Guide on Wan 2.2 14B image-to-video: style guidance through CLIP. WanImageToVideo's "
+                        "image conditioning stays on every model call; TitanWanExperts switches the experts by noise "
+                        "level (boundary 0.9, Wan 2.2's own for image-to-video).", files, WAN_NOTE)
+    return {"nodes": nodes + [note(21, (1200, 900), text, (700, 480))],
+            "groups": [group("Wan 2.2 14B image-to-video (expert pair)", (0, 0, 800, 1080))]}
+
+
+def wan21_frame_interpolation() -> dict:
+    """Wan 2.1 1.3B text-to-video pulled through a first and a last keyframe."""
+    nodes = [
+        node(1, "UNETLoader", (20, 100), (320, 110), unet_name=WAN21_1_3B, weight_dtype="default"),
+        node(2, "ModelSamplingSD3", (20, 270), (320, 80), {"model": (1, 0)}, shift=8.0),
+        *wan_text_and_vae("a flower blooming, time-lapse, studio light", 3),
+        node(7, "EmptyHunyuanLatentVideo", (380, 820), (320, 130), title="81 frames, 832x480", width=832,
+             height=480, length=81, batch_size=1),
+        node(8, "LoadImage", (20, 1050), (320, 300), title="First keyframe", image=FIRST_KEYFRAME),
+        node(9, "LoadImage", (380, 1050), (320, 300), title="Last keyframe", image=LAST_KEYFRAME),
+        node(10, "ImageBatch", (20, 1410), (210, 50), {"image1": (8, 0), "image2": (9, 0)}),
+        node(11, "ImageScale", (380, 1410), (320, 150), {"image": (10, 0)}, title="Keyframes to 832x480",
+             upscale_method="bilinear", width=832, height=480, crop="center"),
+        node(12, "TitanFrameInterpolationObjective", (820, 800), (340, 150), {"keyframes": (11, 0)},
+             frame_indices="0, -1", space="pixels", weight=1.0),
+        node(13, "TitanGradientGuess", (820, 1010), (340, 220), **GUESS_KNOBS),
+        wan_sampler(14, {"model": (2, 0), "positive": (4, 0), "negative": (5, 0), "latent_image": (7, 0),
+                         "vae": (6, 0), "objective": (12, 0), "guess": (13, 0)}, "TITAN-Guide: keyframes", 6.0),
+        *wan_outputs(15, 14, 6, "titan/wan21_frame_interpolation"),
+    ]
+    files = [(WAN21_1_3B, "models/diffusion_models", "huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged"),
+             *WAN_FILES, (FIRST_KEYFRAME, "input", "the first frame you want"),
+             (LAST_KEYFRAME, "input", "the last frame you want")]
+    text = weights_note("TITAN-Guide on Wan 2.1 1.3B text-to-video: frame interpolation through a first and a last "
+                        "keyframe (frames 0 and 80 of 81)", files, WAN_NOTE)
+    return {"nodes": nodes + [note(19, (1200, 900), text, (700, 480))],
+            "groups": [group("Wan 2.1 1.3B text-to-video", (0, 0, 800, 990))]}
+
+
 WORKFLOWS = {
     "aesthetic_dover_animatediff.json": aesthetic_dover_animatediff,
     "style_clip_animatediff.json": style_clip_animatediff,
@@ -382,6 +542,9 @@ WORKFLOWS = {
     "cogvideox_titan.json": cogvideox_titan,
     "sd15_image_titan.json": sd15_image_titan,
     "compare_same_seed.json": compare_same_seed,
+    "wan22_t2v_dover.json": wan22_t2v_dover,
+    "wan22_i2v_style.json": wan22_i2v_style,
+    "wan21_frame_interpolation.json": wan21_frame_interpolation,
 }
 
 

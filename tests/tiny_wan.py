@@ -1,0 +1,132 @@
+"""Tiny random-init Wan checkpoints in the official files' key layouts, for host tests.
+
+Built from ComfyUI's own classes (comfy.ldm.wan.model.WanModel, comfy.ldm.wan.vae.WanVAE,
+comfy.ldm.wan.vae2_2.WanVAE) on the meta device, filled deterministically and saved as safetensors with the
+keys of the official files (`wan2.1_t2v_1.3B_fp16.safetensors` in diffusion_models/, `wan_2.1_vae.safetensors`
+in vae/, ...), so ComfyUI's UNETLoader / VAELoader detect them as the real families:
+
+| file | what ComfyUI detects |
+|---|---|
+| tiny_wan21_t2v.safetensors | WAN21_T2V (16 latent channels; dim 128 = 1 head, 1 block) |
+| tiny_wan22_ti2v.safetensors | WAN22_T2V, the Wan 2.2 5B TI2V family (48 channels in and out) |
+| tiny_wan22_high.safetensors / tiny_wan22_low.safetensors | two WAN21_T2V experts (Wan 2.2 14B's pair has the Wan 2.1 architecture) |
+| tiny_wan21_vae.safetensors | the Wan 2.1 VAE (4x time, 8x space, 16 channels), 8 base channels |
+| tiny_wan22_vae.safetensors | the Wan 2.2 VAE (4x time, 16x space, 48 channels); ComfyUI builds it from a fixed config, so it is full size |
+
+The diffusion models' text projection takes 768-wide context (safetensors metadata `config`, which ComfyUI's
+model detection reads), so the tiny SD1.5 checkpoint's CLIP-L encodes prompts: UMT5-XXL has a fixed 5.7 B
+configuration that cannot be made tiny. Runs as a script (ComfyUI importable only in the subprocess).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny_checkpoints import _fill_random_, _norm_param_names, comfyui_version, read_metadata  # noqa: E402
+
+FORMAT_VERSION = "1"
+TEXT_DIM = 768  # CLIP-L's width (the tiny SD1.5 checkpoint's text encoder)
+WAN_DIM = 128  # ComfyUI detects num_heads = dim // 128
+# file name -> (folder, kind, seed offset)
+FILES = {
+    "tiny_wan21_t2v.safetensors": ("diffusion_models", "wan21", 0),
+    "tiny_wan22_ti2v.safetensors": ("diffusion_models", "wan22_5b", 1),
+    "tiny_wan22_high.safetensors": ("diffusion_models", "wan21", 2),
+    "tiny_wan22_low.safetensors": ("diffusion_models", "wan21", 3),
+    "tiny_wan21_vae.safetensors": ("vae", "vae21", 4),
+    "tiny_wan22_vae.safetensors": ("vae", "vae22", 5),
+}
+METADATA_KEY = "titan_guide_tiny_wan"
+
+
+def expected_metadata(name: str, seed: int, comfy_dir) -> dict:
+    identity = {"file": name, "seed": seed, "format": FORMAT_VERSION, "comfyui": comfyui_version(comfy_dir)}
+    return {METADATA_KEY: json.dumps(identity, sort_keys=True)}
+
+
+def build_tiny_wan_files(comfy_dir, cache_dir, seed: int = 0, python=None, timeout: float = 900) -> dict:
+    """Write (or reuse) every file of FILES under cache_dir; returns {name: path}."""
+    cache_dir = Path(cache_dir)
+    paths = {name: cache_dir / name for name in FILES}
+    stale = [name for name, path in paths.items()
+             if not path.is_file() or read_metadata(path).get(METADATA_KEY)
+             != expected_metadata(name, seed, comfy_dir)[METADATA_KEY]]
+    if stale:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        command = [python or sys.executable, os.path.abspath(__file__), "--comfy-dir", str(comfy_dir),
+                   "--out-dir", str(cache_dir), "--seed", str(seed), *stale]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"building tiny Wan files failed (exit {result.returncode}):\n{result.stdout}\n"
+                               f"{result.stderr}")
+    return paths
+
+
+def _module(kind: str):
+    import comfy.ldm.wan.model
+    import comfy.ldm.wan.vae
+    import comfy.ldm.wan.vae2_2
+    import comfy.ops
+    import torch
+
+    with torch.device("meta"):
+        if kind in ("wan21", "wan22_5b"):
+            channels = 48 if kind == "wan22_5b" else 16
+            return comfy.ldm.wan.model.WanModel(
+                model_type="t2v", in_dim=channels, out_dim=channels, dim=WAN_DIM, ffn_dim=256, num_heads=1,
+                num_layers=1, text_dim=TEXT_DIM, operations=comfy.ops.disable_weight_init)
+        if kind == "vae21":
+            return comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                                            temperal_downsample=[False, True, True])
+        # comfy/sd.py builds the Wan 2.2 VAE from this fixed config (only the key layout is read from the file)
+        return comfy.ldm.wan.vae2_2.WanVAE(dim=160, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                                           attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0)
+
+
+def _build(out_dir: Path, names, seed: int, comfy_dir) -> None:
+    import torch
+    from comfy.cli_args import args
+
+    args.cpu = True
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    for name in names:
+        folder, kind, offset = FILES[name]
+        module = _module(kind)
+        state = _fill_random_(module.state_dict(), _norm_param_names(module, ""), seed * 1000 + offset,
+                              torch.float32 if kind.startswith("wan") else torch.float16)
+        if kind.startswith("vae"):  # RMS_norm gammas (not torch norms): 1, as initialised
+            state = {k: torch.ones_like(v) if k.endswith("gamma") else v for k, v in state.items()}
+        else:  # Wan's own init of the modulation tables is small random; keep the adaLN path near identity
+            state = {k: v * 0.02 if "modulation" in k else v for k, v in state.items()}
+        metadata = expected_metadata(name, seed, comfy_dir)
+        if kind.startswith("wan"):
+            metadata["config"] = json.dumps({"transformer": {"text_dim": TEXT_DIM}})
+        tmp = out_dir / f"{name}.{os.getpid()}.partial"
+        save_file(state, str(tmp), metadata=metadata)
+        os.replace(tmp, out_dir / name)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comfy-dir", required=True)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("names", nargs="*", default=list(FILES))
+    options = parser.parse_args(argv)
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    sys.path.insert(0, os.path.abspath(options.comfy_dir))
+    sys.path.append(here)  # tiny_checkpoints' helpers were imported above; ComfyUI's modules come first
+    _build(Path(options.out_dir), options.names, options.seed, options.comfy_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
