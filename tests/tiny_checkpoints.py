@@ -49,6 +49,12 @@ TINY_SD15_UNET_CONFIG = {
     "use_temporal_attention": False,
 }
 
+# The real SD1.5 UNet (860 M parameters), for GPU runs at full size (benchmarks/host_gpu.py, --full).
+FULL_SD15_UNET_CONFIG = dict(TINY_SD15_UNET_CONFIG, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
+                             transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                             transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], num_heads=8,
+                             image_size=64)
+
 # ComfyUI's fixed SD1.x VAE config (comfy/sd.py, "default SD1.x/SD2.x VAE parameters").
 SD_VAE_DDCONFIG = {
     "double_z": True,
@@ -158,8 +164,8 @@ def _norm_param_names(module, prefix: str) -> set:
     return names
 
 
-def _build_in_this_process(out_path: Path, seed: int, comfy_dir) -> None:
-    """Build the checkpoint with ComfyUI importable in this process (script entry)."""
+def _build_in_this_process(out_path: Path, seed: int, comfy_dir, full: bool = False) -> None:
+    """Build the checkpoint with ComfyUI importable in this process (script entry); `full`: real SD1.5 UNet."""
     import torch
     from comfy.cli_args import args
 
@@ -170,7 +176,7 @@ def _build_in_this_process(out_path: Path, seed: int, comfy_dir) -> None:
     import comfy.supported_models
     from safetensors.torch import save_file
 
-    model_config = comfy.supported_models.SD15(TINY_SD15_UNET_CONFIG)
+    model_config = comfy.supported_models.SD15(FULL_SD15_UNET_CONFIG if full else TINY_SD15_UNET_CONFIG)
     model_config.set_inference_dtype(torch.float32, None)
     with torch.device("meta"):
         unet = model_config.get_model({}).diffusion_model
@@ -196,7 +202,11 @@ def _build_in_this_process(out_path: Path, seed: int, comfy_dir) -> None:
 
     # Unique partial name: concurrent test sessions may build the same cached file.
     tmp_path = out_path.with_name(f"{out_path.name}.{os.getpid()}.partial")
-    save_file(checkpoint, str(tmp_path), metadata=expected_metadata(seed, comfy_dir))
+    metadata = expected_metadata(seed, comfy_dir)
+    if full:  # never mistaken for the cached tiny file
+        metadata = {METADATA_KEY: json.dumps(dict(json.loads(metadata[METADATA_KEY]), kind="sd15_full"),
+                                             sort_keys=True)}
+    save_file(checkpoint, str(tmp_path), metadata=metadata)
     os.replace(tmp_path, out_path)
 
 
@@ -217,8 +227,10 @@ def builder_options(parser: argparse.ArgumentParser, argv=None) -> argparse.Name
 
 def main(argv=None) -> int:
     """Command-line entry: build one tiny SD1.5 checkpoint."""
-    options = builder_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]), argv)
-    _build_in_this_process(Path(options.out), options.seed, options.comfy_dir)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the real SD1.5 UNet size (GPU benchmarks)")
+    options = builder_options(parser, argv)
+    _build_in_this_process(Path(options.out), options.seed, options.comfy_dir, full=options.full)
     return 0
 
 

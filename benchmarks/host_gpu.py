@@ -1,0 +1,315 @@
+"""The shipped AnimateDiff + DOVER workflow in the real ComfyUI 0.33.0 host on a GPU, dynamic VRAM on and off.
+
+Full-size random-init weights built by the project's own builders, under the names the workflow expects:
+the SD1.5 checkpoint (tests/tiny_checkpoints.py --full: the real 860 M-parameter UNet, CLIP-L, VAE; fp16), the
+AnimateDiff v2 motion module (tests/tiny_motion_module.py: mm_sd_v15_v2's keys and shapes) and DOVER
+(objectives.dover.dover_full, DOVER.pth's layout). workflows/aesthetic_dover_animatediff.json is converted
+to a prompt with the host's /object_info (scripts/demo.py's workflow_to_api, as the frontend does) and run as
+these methods:
+  ksampler  the same graph with ComfyUI's KSampler in place of TitanGuideSampler (no guidance),
+  titan     as shipped (TITAN-Guide defaults: forward-mode, sampled-gradient guess on 2 frames),
+  freedom   as shipped plus a TitanGuidanceMethod node set to FreeDoM (backprop through the denoiser),
+each in a fresh host per (dynamic VRAM mode, method): `seconds_first` is the time from queueing to the outputs in
+that fresh host (models loaded from disk), `seconds_warm` the same graph again with the next seed (models already
+loaded). `peak_gb` is the peak GPU memory nvidia-smi reports (sampled every 50 ms while the prompt runs: the whole
+GPU, i.e. CUDA context, weights, allocator cache, activations; the machine runs nothing else); `report_peak_gb` is
+the pack's report line (on CUDA torch.cuda.max_memory_allocated during sampling, on the CPU the process peak RSS; with
+dynamic VRAM on, weights streamed by
+comfy-aimdo may not show there). `model_calls` is the report's count (KSampler: the steps, one CFG-batched call each).
+
+Each row: {"case", "method", "dynamic_vram", "peak_gb", "report_peak_gb", "seconds_warm", "seconds_first",
+"model_calls", "host"} (plus "error" if the row failed). `--dynamic-vram on|off` picks the mode(s) of ComfyUI
+0.33 (off = --disable-dynamic-vram; on is 0.33's default on CUDA); hosts without the flag (0.3.x) run `off` only.
+
+On the H200 (no internet): first, with internet, `bash benchmarks/host_gpu_prepare.sh` (wheels into .whl/, the lean
+ComfyUI 0.33.0 and ADE d8d163c archives into .gpu/), then run the command in docs/pending/host_gpu_command.txt,
+carrying [".whl", ".gpu"]. Methods run TITAN first, then KSampler, then FreeDoM, each with dynamic VRAM on, then
+off; the JSON is rewritten after every row and no row starts past --max-minutes (a prompt may overrun it by at most
+2 minutes, then it is recorded as an error), so a cut run still reports the rows it finished.
+
+`--smoke`: CPU, 4 frames of 32x32, 2 steps, dynamic VRAM off, tiny SD1.5 UNet: checks the whole path (weights
+in the real layouts, host, workflow conversion, the three methods, the JSON) with no figures worth reading;
+tests/host/test_host_gpu_smoke.py runs it in CI for the TITAN and KSampler rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+for extra in (REPO_ROOT / "tests", REPO_ROOT / "scripts", REPO_ROOT):
+    sys.path.insert(0, str(extra))
+
+from testing.comfy_host import ComfyHost  # noqa: E402
+
+WORKFLOW = REPO_ROOT / "workflows" / "aesthetic_dover_animatediff.json"
+CHECKPOINT, MOTION_MODULE, DOVER = "epicrealism_naturalSinRC1VAE.safetensors", "mm_sd_v15_v2.ckpt", "DOVER.pth"
+METHODS = ("titan", "ksampler", "freedom")  # run order: the TITAN rows first
+VRAM_FLAGS = {"on": [], "off": ["--disable-dynamic-vram"]}
+
+
+def build_weights(models: Path, comfyui: Path, smoke: bool, tiny_base: Path | None = None) -> None:
+    """Write the checkpoint, motion module and DOVER weights under models/<folder>/ (random init, full size)."""
+    import torch
+
+    import tiny_motion_module as tmm
+    from objectives.dover import dover_full
+
+    (models / "checkpoints").mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    target = models / "checkpoints" / CHECKPOINT
+    if smoke:  # tiny SD1.5, then the ADE-compatible tiny UNet with its CLIP and VAE
+        base = tiny_base or models.parent / "tiny_sd15.safetensors"
+        if not base.is_file():
+            subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "tiny_checkpoints.py"), "--comfy-dir",
+                            str(comfyui), "--out", str(base)], check=True,
+                           env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+        tmm.build_tiny_ade_sd15_checkpoint(comfyui, base, target, seed=0, python=sys.executable)
+    else:
+        subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "tiny_checkpoints.py"), "--comfy-dir",
+                        str(comfyui), "--out", str(target), "--full"],
+                       check=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    tmm.write_tiny_motion_module(models / "animatediff_models" / MOTION_MODULE, seed=0, version="v2")
+    (models / "dover").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(dover_full().state_dict(), models / "dover" / DOVER)
+    print(f"[host_gpu] weights built in {time.monotonic() - started:.0f} s (smoke={smoke})", flush=True)
+
+
+def empty_frontend(root: Path) -> Path:
+    """A stand-in frontend folder (--front-end-root): the benchmark talks to the API only."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "index.html").write_text("<!doctype html><title>titan-guide host_gpu</title>\n", encoding="utf-8")
+    return root
+
+
+def prompts(object_info: dict, frames: int, size: int, steps: int, seed: int, smoke: bool = False) -> dict:
+    """Method name -> API prompt of the shipped workflow (see the module docstring)."""
+    from demo import workflow_to_api
+
+    base = workflow_to_api(json.loads(WORKFLOW.read_text(encoding="utf-8")), object_info)
+    by_type = {}
+    for node_id, node in base.items():
+        by_type.setdefault(node["class_type"], []).append(node_id)
+    (latent,), (sampler,) = by_type["EmptyLatentImage"], by_type["TitanGuideSampler"]
+    base[latent]["inputs"].update(width=size, height=size, batch_size=frames)
+    base[sampler]["inputs"].update(steps=steps, seed=seed)
+    if base[sampler]["inputs"].get("frames_per_video"):  # the shipped value must divide the latent batch
+        base[sampler]["inputs"]["frames_per_video"] = frames
+    if smoke:  # the tiny ADE checkpoint's one level fits only the 320-wide temporal modules
+        _smoke_motion_blocks(base, by_type, object_info)
+    rows = {"titan": base}
+
+    # KSampler instead of TitanGuideSampler; nodes fed by its report / loss plot go.
+    stock = json.loads(json.dumps(base))
+    titan = stock[sampler]["inputs"]
+    stock[sampler] = {"class_type": "KSampler", "inputs": {
+        "model": titan["model"], "positive": titan["positive"], "negative": titan["negative"],
+        "latent_image": titan["latent_image"], "seed": seed, "steps": steps, "cfg": titan["cfg"],
+        "sampler_name": titan.get("sampler", "ddim"), "scheduler": titan["scheduler"], "denoise": titan["denoise"]}}
+    if stock[sampler]["inputs"]["sampler_name"] not in object_info["KSampler"]["input"]["required"]["sampler_name"][0]:
+        stock[sampler]["inputs"]["sampler_name"] = "ddim"
+    for node_id in [n for n, node in stock.items()
+                    if any(isinstance(v, list) and v[:1] == [sampler] and v[1] != 0 for v in node["inputs"].values())]:
+        del stock[node_id]
+    rows["ksampler"] = stock
+
+    # FreeDoM: the method node with its defaults, method=freedom, into the sampler's `method` input.
+    freedom = json.loads(json.dumps(base))
+    freedom["freedom_method"] = with_defaults(object_info, "TitanGuidanceMethod", method="freedom")
+    freedom[sampler]["inputs"]["method"] = ["freedom_method", 0]
+    rows["freedom"] = freedom
+    return rows
+
+
+def with_defaults(object_info: dict, class_type: str, **given) -> dict:
+    """An API node of `class_type`: its widgets' defaults, then `given`."""
+    spec = object_info[class_type]["input"]
+    inputs = {name: options[1]["default"] for group in ("required", "optional")
+              for name, options in spec.get(group, {}).items()
+              if len(options) > 1 and isinstance(options[1], dict) and "default" in options[1]}
+    return {"class_type": class_type, "inputs": dict(inputs, **given)}
+
+
+def _smoke_motion_blocks(prompt: dict, by_type: dict, object_info: dict) -> None:
+    """Smoke runs only: the temporal modules the tiny ADE checkpoint has no width for get effect 0 through ADE's
+    per-block keyframe (as tests/host/test_animatediff.py's ade_models does)."""
+    import tiny_motion_module as tmm
+
+    prompt["smoke_effect_off"] = with_defaults(object_info, "ADE_MultivalDynamic", float_val=0.0)
+    prompt["smoke_block_off"] = with_defaults(object_info, "ADE_ADBlockCombo", effect=["smoke_effect_off", 0])
+    prompt["smoke_per_block"] = with_defaults(object_info, "ADE_PerBlock_SD15_MidLevel",
+                                              **{name: ["smoke_block_off", 0] for name in tmm.INACTIVE_BLOCKS})
+    prompt["smoke_keyframe"] = with_defaults(object_info, "ADE_AnimateDiffKeyframe", start_percent=0.0,
+                                             per_block_replace=["smoke_per_block", 0])
+    for node_id in by_type["ADE_ApplyAnimateDiffModelSimple"]:
+        prompt[node_id]["inputs"]["ad_keyframes"] = ["smoke_keyframe", 0]
+
+
+class GpuMemorySampler:
+    """Peak `nvidia-smi` memory.used (MiB, GPU 0) while in the `with` block; None where nvidia-smi is absent."""
+
+    def __init__(self, period: float = 0.05):
+        self.period, self.peak, self._stop, self._thread = period, None, threading.Event(), None
+
+    def _read(self):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                                 capture_output=True, text=True, timeout=5)
+            return float(out.stdout.strip().splitlines()[0])
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            return None
+
+    def _loop(self):
+        while not self._stop.is_set():
+            value = self._read()
+            if value is not None:
+                self.peak = value if self.peak is None else max(self.peak, value)
+            self._stop.wait(self.period)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def report_value(outputs: dict, pattern: str):
+    """The first match of `pattern` (one group, a number) in the pack's report (a PreviewAny output), or None."""
+    for node_output in outputs.values():
+        for text in node_output.get("text", []):
+            match = re.search(pattern, str(text))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def run_prompt(host: ComfyHost, prompt: dict, timeout: float) -> dict:
+    """Queue one prompt; seconds to its outputs, peak GPU memory, the report's peak and model calls."""
+    with GpuMemorySampler() as memory:
+        started = time.monotonic()
+        outputs = host.run(prompt, timeout=timeout)
+        seconds = time.monotonic() - started
+    torch_peak_mib = report_value(outputs, r"peak memory: ([\d.]+) MiB")
+    calls = report_value(outputs, r"model calls: (\d+)")
+    return {"seconds": round(seconds, 2), "peak_gb": None if memory.peak is None else round(memory.peak / 1024, 2),
+            "report_peak_gb": None if torch_peak_mib is None else round(torch_peak_mib / 1024, 2),
+            "model_calls": None if calls is None else int(calls)}
+
+
+def host_version(comfyui: Path) -> str:
+    match = re.search(r"__version__\s*=\s*[\"']([^\"']+)", (comfyui / "comfyui_version.py").read_text(encoding="utf-8"))
+    return match.group(1) if match else "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comfyui", type=Path, default=REPO_ROOT / ".host" / "ComfyUI", help="ComfyUI 0.33.0 folder")
+    parser.add_argument("--packs", type=Path, default=REPO_ROOT / ".host" / "custom_nodes_vendor",
+                        help="folder holding ComfyUI-AnimateDiff-Evolved")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--dynamic-vram", nargs="+", choices=list(VRAM_FLAGS), default=list(VRAM_FLAGS),
+                        help="ComfyUI 0.33's dynamic VRAM: on (its CUDA default), off (--disable-dynamic-vram)")
+    parser.add_argument("--max-minutes", type=float, default=8.0, help="start no new row past this budget")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "host_gpu.json")
+    parser.add_argument("--smoke", action="store_true", help="CPU, 4 frames 32x32, 2 steps, tiny UNet, VRAM off")
+    parser.add_argument("--tiny-base", type=Path, help="--smoke: reuse this tiny SD1.5 checkpoint (tests' cache)")
+    options = parser.parse_args(argv)
+    if options.smoke:
+        options.frames, options.size, options.steps, options.dynamic_vram = 4, 32, 2, ["off"]
+    if not (options.comfyui / "main.py").is_file():
+        parser.error(f"{options.comfyui} is not a ComfyUI folder")
+    if not (options.packs / "ComfyUI-AnimateDiff-Evolved").is_dir():
+        parser.error(f"{options.packs} holds no ComfyUI-AnimateDiff-Evolved")
+    if min(options.frames, options.size, options.steps) < 1 or options.size % 8:
+        parser.error("frames and steps must be >= 1 and size a positive multiple of 8")
+    version = host_version(options.comfyui)
+    if version.startswith("0.3.") and "on" in options.dynamic_vram:
+        print(f"[host_gpu] ComfyUI {version} has no dynamic VRAM: running 'off' only", flush=True)
+        options.dynamic_vram = ["off"]
+    budget_end = time.monotonic() + 60 * options.max_minutes
+
+    work = Path(tempfile.mkdtemp(prefix="titan_host_gpu_"))
+    models = work / "models"
+    build_weights(models, options.comfyui, options.smoke, options.tiny_base)
+    pack_dir = work / "pack"
+    pack_dir.mkdir()
+    (pack_dir / "titan-guide").symlink_to(REPO_ROOT)
+    frontend = empty_frontend(work / "frontend")
+    case = f"{WORKFLOW.stem} {options.frames}x{options.size}x{options.size} {options.steps} steps"
+
+    results = {"host": version, "workflow": WORKFLOW.name, "device": None, "rows": []}
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    failed = False
+    for method in options.methods:
+        for vram in options.dynamic_vram:
+            row = {"case": case, "method": method, "dynamic_vram": vram, "host": version}
+            if time.monotonic() > budget_end:
+                results["rows"].append(dict(row, skipped="time budget"))
+                continue
+            extra = ["--front-end-root", str(frontend)] + ([] if version.startswith("0.3.") else VRAM_FLAGS[vram])
+            host = ComfyHost(work / f"host_{vram}_{method}", comfyui_dir=options.comfyui, python=sys.executable,
+                             custom_node_dirs=[pack_dir, options.packs], cpu=options.smoke, extra_args=extra)
+            host.prepare()
+            for folder in ("checkpoints", "animatediff_models", "dover"):
+                for weight in (models / folder).iterdir():
+                    (host.models_dir / folder / weight.name).symlink_to(weight)
+            try:
+                host.start()
+                stats = host.get_json("/system_stats")
+                results["device"] = results["device"] or stats.get("devices", [{}])[0].get("name")
+                left = lambda: max(60.0, budget_end - time.monotonic() + 120)  # noqa: E731
+                info = host.object_info()
+                first = run_prompt(host, prompts(info, options.frames, options.size, options.steps, 42,
+                                                 options.smoke)[method], timeout=left())
+                warm = run_prompt(host, prompts(info, options.frames, options.size, options.steps, 43,
+                                                options.smoke)[method], timeout=left())
+                peaks = [p for p in (first["peak_gb"], warm["peak_gb"]) if p is not None]
+                row.update(peak_gb=max(peaks) if peaks else None, report_peak_gb=warm["report_peak_gb"],
+                           seconds_warm=warm["seconds"], seconds_first=first["seconds"],
+                           model_calls=options.steps if method == "ksampler" else warm["model_calls"])
+                row["vram_log"] = [line.strip() for line in host.log_text().splitlines()
+                                   if "vram" in line.lower()][:6]  # what ComfyUI says about its VRAM mode
+            except Exception as error:  # one row failing (OOM, ...) is a result; the others still run
+                failed = True
+                row["error"] = f"{type(error).__name__}: {str(error)[:2000]}"
+                print(f"[host_gpu] {method}/{vram} failed: {str(error).splitlines()[0][:500]}", flush=True)
+                print(host.log_tail(60), flush=True)
+            finally:
+                host.stop()
+            results["rows"].append(row)
+            options.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            print(f"[host_gpu] {json.dumps(row)}", flush=True)
+    options.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nComfyUI {version} on {results['device']}: {case}")
+    print(f"{'method':9} {'dyn VRAM':8} {'first s':>8} {'warm s':>8} {'peak GB':>8} {'report GB':>9} {'calls':>6}")
+    for row in results["rows"]:
+        if "seconds_warm" not in row:
+            reason = (row.get("error") or row.get("skipped") or "").splitlines()[0][:200]
+            print(f"{row['method']:9} {row['dynamic_vram']:8} {reason}")
+            continue
+        print(f"{row['method']:9} {row['dynamic_vram']:8} {row['seconds_first']:8.1f} {row['seconds_warm']:8.1f} "
+              f"{row['peak_gb']!s:>8} {row['report_peak_gb']!s:>9} {row['model_calls']!s:>6}")
+    print(f"JSON: {options.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""benchmarks/host_gpu.py --smoke: the GPU benchmark's whole path on the CPU (weights in the real layouts, a real
+host per row, the shipped AnimateDiff workflow converted and run as TITAN, KSampler and FreeDoM, the JSON rows)."""
+
+import json
+import shutil
+import subprocess
+
+from testing.comfy_host import REPO_ROOT, default_python, find_comfyui_dir, VENDOR_PACKS_DIR
+
+ROW_KEYS = {"case", "method", "peak_gb", "seconds_warm", "seconds_first", "model_calls", "host"}
+
+
+def test_host_gpu_benchmark_smoke_runs_titan_and_ksampler(tmp_path, tiny_sd15_checkpoint):
+    """TITAN and KSampler rows (FreeDoM's row, backprop through full-size DOVER and the VAE, takes minutes on a
+    shared 2-core CPU: it runs on the GPU only)."""
+    out = tmp_path / "host_gpu.json"
+    command = [default_python(), str(REPO_ROOT / "benchmarks" / "host_gpu.py"), "--smoke", "--comfyui",
+               str(find_comfyui_dir()), "--packs", str(VENDOR_PACKS_DIR), "--tiny-base", str(tiny_sd15_checkpoint),
+               "--out", str(out), "--methods", "titan", "ksampler"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-4000:]
+    results = json.loads(out.read_text(encoding="utf-8"))
+    rows = results["rows"]
+    assert [row["method"] for row in rows] == ["titan", "ksampler"], rows
+    version = (find_comfyui_dir() / "comfyui_version.py").read_text(encoding="utf-8")
+    for row in rows:
+        assert ROW_KEYS <= set(row), row
+        assert row["host"] in version and row["dynamic_vram"] == "off"
+        assert row["seconds_first"] > 0 and row["seconds_warm"] > 0
+        if shutil.which("nvidia-smi") is None:
+            assert row["peak_gb"] is None  # no nvidia-smi: no GPU figure is made up
+        assert isinstance(row["model_calls"], int) and row["model_calls"] >= 1, row
+    titan, ksampler = rows
+    assert ksampler["model_calls"] == 2  # --smoke: two steps
+    assert titan["model_calls"] > ksampler["model_calls"]  # the forward-mode pass and look-ahead call the model too
+    assert "ComfyUI" in completed.stdout
