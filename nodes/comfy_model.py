@@ -5,6 +5,7 @@ model sampling's input scaling, and what ComfyUI's model management holds for th
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Callable, Sequence
 
 import torch
@@ -101,6 +102,33 @@ def is_flow(model_sampling: ModelSampling) -> bool:
     return isinstance(model_sampling, comfy.model_sampling.CONST)
 
 
+def resident_clone(patcher):
+    """A clone of a MODEL / VAE patcher for a guided run. Dynamic VRAM (ComfyUI 0.3x on CUDA) streams weights into
+    scratch buffers inside each layer call, which backprop and forward-mode passes cannot hold on to; as ComfyUI's own
+    torch.compile node does, guidance takes the host's non-dynamic copy (loaded once, then cached by the host)."""
+    if not getattr(patcher, "is_dynamic", lambda: False)():
+        return patcher.clone()
+    try:
+        if hasattr(patcher, "get_non_dynamic_delegate"):
+            return patcher.get_non_dynamic_delegate()
+        return patcher.clone(disable_dynamic=True)
+    except RuntimeError as error:
+        raise RuntimeError(f"{type(patcher.model).__name__} streams its weights (dynamic VRAM) and its loader left no "
+                           f"way to load it without ({error}); load it with a core loader or start ComfyUI with "
+                           "--disable-dynamic-vram to guide it") from error
+
+
+def resident_vae(vae):
+    """`vae` itself, or a shallow copy on a non-dynamic patcher (see resident_clone) when its weights stream."""
+    if not getattr(vae.patcher, "is_dynamic", lambda: False)():
+        return vae
+    resident = copy.copy(vae)
+    resident.patcher = resident_clone(vae.patcher)
+    resident.first_stage_model = resident.patcher.model
+    resident.vae_dtype = next(resident.first_stage_model.parameters()).dtype  # the reload may pick another dtype
+    return resident
+
+
 def managed_entry(patcher):
     """ComfyUI's LoadedModel entry holding `patcher` (or a clone of it), or None when it is not loaded."""
     for entry in model_management.current_loaded_models:
@@ -132,6 +160,10 @@ def load_run_models(guider: comfy.samplers.CFGGuider, guidance: list[tuple[str, 
     """Load the VAE and the objectives' networks where they are not (TitanGuideSamplerSelect's GUIDER comes from
     elsewhere; or they were offloaded since) in one `load_models_gpu` call, then free memory for the guidance
     activations from idle models only. Returns (role, patcher) of every model of the run, and those loaded here."""
+    if getattr(getattr(guider, "model_patcher", None), "is_dynamic", lambda: False)():
+        raise RuntimeError("the GUIDER's model streams its weights (ComfyUI's dynamic VRAM), which guidance cannot "
+                           "differentiate through: use TitanGuideSampler (it guides a resident copy) or start ComfyUI "
+                           "with --disable-dynamic-vram")
     sampling = [("diffusion model", guider.model_patcher)] if getattr(guider, "model_patcher", None) else []
     for extra in getattr(guider, "loaded_models", None) or ():  # controlnets etc. (and ours, listed once)
         if hasattr(extra, "model_size") and not any(extra is p or extra.is_clone(p) for _, p in guidance):

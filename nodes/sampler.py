@@ -11,6 +11,7 @@ from ..comfy_v3 import io
 
 from ..guidance_core.report import format_report, plot_losses
 from ..guidance_core.validation import denoise_schedule_length
+from .comfy_model import resident_clone, resident_vae
 from .run_harness import MAX_SCHEDULE_STEPS, GuidedSampler, checked_inputs
 from .sockets import (ADDITIONAL_MODELS_KEY, SENT_VALUE_INPUTS, TitanObjective, guess_and_method_inputs,
                       guidance_inputs, node_schema, report_outputs)
@@ -65,7 +66,7 @@ class TitanGuideSampler(io.ComfyNode):
                 guess=None, method=None, **knobs) -> io.NodeOutput:
         knobs = checked_inputs(cls, dict(knobs, seed=seed, steps=steps, cfg=cfg, denoise=denoise))
         seed, steps, cfg, denoise = knobs["seed"], knobs["steps"], knobs["cfg"], knobs["denoise"]
-        run = GuidedSampler(knobs, objective, vae, guess, method, seed=seed)
+        run = GuidedSampler(knobs, objective, resident_vae(vae), guess, method, seed=seed)
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         if denoise == 0.0:  # as the tooltip says (KSampler would divide by it)
@@ -75,7 +76,7 @@ class TitanGuideSampler(io.ComfyNode):
         sigmas = _schedule_sigmas(model, scheduler, steps, denoise)
         run.validate(samples.shape, len(sigmas) - 1, model.get_model_object("model_sampling"))
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
-        diffusion_model = model.clone()
+        diffusion_model = resident_clone(model)
         # The VAE and the objectives' networks run at every guided step: as additional models of the diffusion
         # model, ComfyUI's prepare_sampling loads them in one load_models_gpu call with it and plans memory for all.
         diffusion_model.set_additional_models(ADDITIONAL_MODELS_KEY, [p for _, p in run.comfy_models()])
@@ -108,7 +109,7 @@ class TitanGuideSamplerSelect(io.ComfyNode):
 
     @classmethod
     def execute(cls, objective, vae, guess=None, method=None, **knobs) -> io.NodeOutput:
-        run = GuidedSampler(checked_inputs(cls, knobs), objective, vae, guess, method)
+        run = GuidedSampler(checked_inputs(cls, knobs), objective, resident_vae(vae), guess, method)
         return io.NodeOutput(run.ksampler())
 
 
