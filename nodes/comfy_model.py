@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 import comfy.model_management as model_management
+import comfy.model_patcher
 import comfy.model_sampling
 import comfy.samplers
 import comfy.sd
@@ -102,11 +103,11 @@ def is_flow(model_sampling: ModelSampling) -> bool:
     return isinstance(model_sampling, comfy.model_sampling.CONST)
 
 
-def resident_clone(patcher):
+def resident_clone(patcher: comfy.model_patcher.ModelPatcher) -> comfy.model_patcher.ModelPatcher:
     """A clone of a MODEL / VAE patcher for a guided run. Dynamic VRAM (ComfyUI 0.3x on CUDA) streams weights into
     scratch buffers inside each layer call, which backprop and forward-mode passes cannot hold on to; as ComfyUI's own
     torch.compile node does, guidance takes the host's non-dynamic copy (loaded once, then cached by the host)."""
-    if not getattr(patcher, "is_dynamic", lambda: False)():
+    if not isinstance(patcher, getattr(comfy.model_patcher, "ModelPatcherDynamic", ())):  # 0.3.x has none
         return patcher.clone()
     try:
         if hasattr(patcher, "get_non_dynamic_delegate"):
@@ -118,9 +119,9 @@ def resident_clone(patcher):
                            "--disable-dynamic-vram to guide it") from error
 
 
-def resident_vae(vae):
+def resident_vae(vae: comfy.sd.VAE) -> comfy.sd.VAE:
     """`vae` itself, or a shallow copy on a non-dynamic patcher (see resident_clone) when its weights stream."""
-    if not getattr(vae.patcher, "is_dynamic", lambda: False)():
+    if not isinstance(vae.patcher, getattr(comfy.model_patcher, "ModelPatcherDynamic", ())):
         return vae
     resident = copy.copy(vae)
     resident.patcher = resident_clone(vae.patcher)

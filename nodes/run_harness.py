@@ -90,7 +90,8 @@ def guidance_session(record: RunRecord, device: torch.device, clones: InferenceT
                 yield step_callback
             finally:
                 record.warnings = [str(w.message) for w in caught]
-    except Exception as error:  # the warnings gathered so far go to the log and, for out of memory, the message
+    except BaseException as error:  # warnings so far go to the log (also on Cancel: 0.33's interrupt is a
+        # BaseException) and, for out of memory, into the message
         for message in dict.fromkeys(record.warnings):
             LOG.warning("TITAN-Guide (before the error): %s", message)
         if is_out_of_memory(error):  # a CUDA OutOfMemoryError or a failed CPU allocation: one message, one type
