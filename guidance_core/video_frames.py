@@ -1,7 +1,10 @@
 """Latent frames and pixel frames of video VAEs that compress time causally (Wan, LTX, HunyuanVideo, ...).
 
 Such a VAE decodes T latent frames of a video (B, C, T, h, w) to 1 + r (T - 1) frames: latent frame 0 to pixel
-frame 0, latent frame k >= 1 to pixel frames r (k - 1) + 1 .. r k (Wan, HunyuanVideo 1.5: r = 4; LTX: r = 8).
+frame 0, latent frame k >= 1 to pixel frames r (k - 1) + 1 .. r k (Wan: r = 4; LTX: r = 8). Two variants of the
+rule exist among ComfyUI's VAEs (`CausalTime.rule`): CogVideoX's VAE keeps the first frame alone only when it
+decodes an odd number of latent frames (an even number gives r frames each), and HunyuanVideo 1.5's VAE gives r
+frames for every latent frame (one frame when it decodes a single latent frame).
 It decodes in its own causal chunks (Wan 2.1: one latent frame, then two at a time; Wan 2.2: one at a time),
 carrying a cache of the causal convolutions' last inputs from chunk to chunk inside one call. Decoding a prefix
 of the latent frames gives exactly the prefix of the whole decode; decoding frames in separate calls without the
@@ -27,32 +30,64 @@ from torch import Tensor
 from .layout import Layout
 
 
+RULES = ("causal", "causal_odd", "uniform")
+
+
 @dataclass(frozen=True)
 class CausalTime:
-    """Time compression r of a causal video VAE: T latent frames <-> 1 + r (T - 1) pixel frames."""
+    """Time compression r of a causal video VAE and its rule for grouping decoded frames by latent frame:
+    'causal' (Wan, LTX): the first latent frame decodes to one frame, every later one to r;
+    'causal_odd' (CogVideoX): the same for an odd number of latent frames, r frames each for an even number;
+    'uniform' (HunyuanVideo 1.5): r frames each (a single latent frame: one frame, the last of its r)."""
 
     ratio: int
+    rule: str = "causal"
 
     def __post_init__(self):
         if self.ratio < 1:
             raise ValueError(f"time compression must be >= 1, got {self.ratio}")
+        if self.rule not in RULES:
+            raise ValueError(f"unknown frame rule {self.rule!r}; expected one of {RULES}")
+
+    def group_sizes(self, latent_frames: int) -> list[int]:
+        """Frames that each latent frame yields when `latent_frames` latent frames are decoded in one call."""
+        if latent_frames < 1:
+            return []
+        if latent_frames == 1:
+            return [1]
+        if self.rule == "causal" or (self.rule == "causal_odd" and latent_frames % 2):
+            return [1] + [self.ratio] * (latent_frames - 1)
+        return [self.ratio] * latent_frames
 
     def decoded_frames(self, latent_frames: int) -> int:
         """Pixel frames that `latent_frames` latent frames decode to."""
-        return 0 if latent_frames < 1 else 1 + self.ratio * (latent_frames - 1)
+        return sum(self.group_sizes(latent_frames))
 
     def latent_frames(self, pixel_frames: int) -> int:
         """Latent frames of a video of `pixel_frames` frames (as ComfyUI's empty video latents count them)."""
         return (pixel_frames - 1) // self.ratio + 1
 
+    def check_video(self, latent_frames: int, vae_name: str = "the VAE") -> None:
+        """A whole video must group its frames as `pixel_group` says: under 'causal_odd' an odd frame count."""
+        if self.rule == "causal_odd" and latent_frames > 1 and latent_frames % 2 == 0:
+            raise ValueError(f"{vae_name} decodes an even number of latent frames ({latent_frames}) without its "
+                             f"first-frame rule, to {self.decoded_frames(latent_frames)} frames that do not line "
+                             f"up with the frames of other lengths; use an odd number of latent frames: a length "
+                             f"of {self.decoded_frames(latent_frames - 1)} or {self.decoded_frames(latent_frames + 1)} "
+                             "frames (CogVideoX's own: 49)")
+
     def pixel_group(self, latent_index: int) -> range:
-        """The pixel frames latent frame `latent_index` produces in the whole video."""
+        """The pixel frames latent frame `latent_index` produces in a whole video of more than one latent frame."""
+        if self.rule == "uniform":
+            return range(self.ratio * latent_index, self.ratio * (latent_index + 1))
         if latent_index == 0:
             return range(0, 1)
         return range(self.ratio * (latent_index - 1) + 1, self.ratio * latent_index + 1)
 
     def latent_of_pixel(self, pixel_index: int) -> int:
         """The latent frame that produces pixel frame `pixel_index`."""
+        if self.rule == "uniform":
+            return pixel_index // self.ratio
         return 0 if pixel_index == 0 else (pixel_index - 1) // self.ratio + 1
 
     def latent_indices_for_pixels(self, pixel_indices: Sequence[int], latent_frames: int) -> tuple[int, ...]:
@@ -62,22 +97,31 @@ class CausalTime:
         bad = [int(p) for p in pixel_indices if not 0 <= int(p) < total]
         if bad:
             raise ValueError(f"frame indices {bad} map to no latent frame: the video has {total} decoded frames "
-                             f"(0..{total - 1}) from {latent_frames} latent frames (this VAE turns latent frame 0 "
-                             f"into frame 0 and latent frame k into frames {self.ratio}k-{self.ratio - 1}..{self.ratio}k);"
-                             " change 'frame indices'")
+                             f"(0..{total - 1}) from {latent_frames} latent frames (this VAE turns latent frame k "
+                             f"into frames {self._group_text(0)}, {self._group_text(1)}, ...); change 'frame indices'")
         if not len(pixel_indices):
             raise ValueError("no frame indices given")
         return tuple(sorted({self.latent_of_pixel(int(p)) for p in pixel_indices}))
 
-    def subset_pixel_indices(self, latent_indices: Sequence[int]) -> Tensor:
-        """Full-video pixel index of each frame that the latent frames `latent_indices` (increasing) decode to when
-        decoded on their own: the first yields one frame (the last of its group in the whole video), every other
-        one its whole group of r frames."""
-        out: list[int] = []
-        for position, j in enumerate(int(i) for i in latent_indices):
+    def _group_text(self, latent_index: int) -> str:
+        group = self.pixel_group(latent_index)
+        return f"{group[0]}" if len(group) == 1 else f"{group[0]}-{group[-1]}"
+
+    def subset_frames(self, latent_indices: Sequence[int]) -> tuple[list[int], Tensor]:
+        """(positions, labels) for the latent frames `latent_indices` (increasing) decoded on their own: which decoded
+        frames the objective sees and their full-video pixel indices. Each latent frame's frames are labelled with the
+        last frames of its whole-video group; frames beyond that group's size are left out, the last ones kept
+        (CogVideoX's latent frame 0 in an even subset yields r frames where the whole video has one)."""
+        positions: list[int] = []
+        labels: list[int] = []
+        start = 0
+        for size, j in zip(self.group_sizes(len(latent_indices)), (int(i) for i in latent_indices)):
             group = list(self.pixel_group(j))
-            out += group[-1:] if position == 0 else group
-        return torch.tensor(out, dtype=torch.long)
+            kept = min(size, len(group))
+            positions += range(start + size - kept, start + size)
+            labels += group[len(group) - kept:]
+            start += size
+        return positions, torch.tensor(labels, dtype=torch.long)
 
     def latent_frame_losses(self, pixel_losses: Tensor, pixel_indices: Sequence[int] | None = None) -> Tensor:
         """Per-latent-frame losses (B, T) from per-pixel-frame losses (B, T') of a mean-over-frames loss: latent
@@ -156,8 +200,9 @@ class CausalVideoLoss:
         pixels = parts[0] if len(parts) == 1 else torch.cat(parts)
         if pixels.shape[1] != self.time.decoded_frames(z.shape[2]):
             raise ValueError(f"the VAE decoded {z.shape[2]} latent frames to {pixels.shape[1]} frames, not "
-                             f"1 + {self.time.ratio} ({z.shape[2]} - 1) = {self.time.decoded_frames(z.shape[2])}: its "
-                             "frames cannot be matched to latent frames; guidance does not support this VAE yet")
+                             f"{self.time.decoded_frames(z.shape[2])} (time compression {self.time.ratio}, rule "
+                             f"'{self.time.rule}'): its frames cannot be matched to latent frames; guidance does not "
+                             "support this VAE yet")
         return pixels
 
     def __call__(self, x0: Tensor, frame_indices: Tensor | None = None, per_frame: bool = False) -> Tensor:
@@ -168,10 +213,10 @@ class CausalVideoLoss:
             total = None
             if self.pixel is not None:
                 pixels = self.decode(x0)
-                indices = None if frame_indices is None else self.time.subset_pixel_indices(frame_indices.tolist())
-                if indices is not None and len(indices) != pixels.shape[1]:
-                    raise ValueError(f"{x0.shape[2]} latent frames decoded to {pixels.shape[1]} frames, not "
-                                     f"{len(indices)}: the VAE does not compress time by {self.time.ratio}")
+                indices = None
+                if frame_indices is not None:  # a subset decoded on its own (decode checked its frame count)
+                    positions, indices = self.time.subset_frames(frame_indices.tolist())
+                    pixels = pixels if len(positions) == pixels.shape[1] else pixels[:, positions]
                 term = self.pixel.loss(pixels, None, per_frame=per_frame, frame_indices=indices)
                 total = self.time.latent_frame_losses(term, None if indices is None else indices.tolist()) \
                     if per_frame else term

@@ -41,10 +41,17 @@ class ComfyDenoiser:
     interrupt check before every call. Inside `forward_ad_scope()` (every JVP) the model options route attention
     to `attention_pytorch` (guidance_core's forward-AD SDPA); plain steps keep the user's attention."""
 
-    def __init__(self, model: Callable, extra_args: dict, clones: InferenceTensorClones):
+    def __init__(self, model: Callable, extra_args: dict, clones: InferenceTensorClones,
+                 model_sampling: ModelSampling | None = None):
         self.model, self.extra_args, self.clones = model, extra_args, clones
         self.forward_ad_depth = 0
         self.calls = 0
+        # Native CogVideoX (V_PREDICTION_DDPM) reads x in its training space x0 sqrt(a) + noise sqrt(1 - a); ComfyUI
+        # hands samplers x = x0 + sigma noise (KSampler feeds that to the model unscaled; VOIDSampler does not)
+        self.vp_input = isinstance(model_sampling, getattr(comfy.model_sampling, "V_PREDICTION_DDPM", ()))
+        if self.vp_input and extra_args.get("denoise_mask") is not None:
+            raise ValueError("a latent noise mask (e.g. SetLatentNoiseMask) is not supported with native CogVideoX "
+                             "(V_PREDICTION_DDPM) yet; remove the mask from the latent")
 
     def _guided_extra_args(self) -> dict:
         extra_args = dict(self.extra_args)
@@ -60,7 +67,8 @@ class ComfyDenoiser:
         self.calls += 1
         extra_args = self._guided_extra_args() if self.forward_ad_depth else self.extra_args
         with self.clones.scope():
-            return self.model(x, sigma * x.new_ones([x.shape[0]]), **extra_args)
+            x_in = x * (1 + sigma ** 2) ** -0.5 if self.vp_input else x
+            return self.model(x_in, sigma * x.new_ones([x.shape[0]]), **extra_args)
 
     @contextlib.contextmanager
     def forward_ad_scope(self):
@@ -90,9 +98,14 @@ ModelSampling = comfy.model_sampling.EPS | comfy.model_sampling.CONST  # a model
 
 
 def latent_scale_of(model_sampling: ModelSampling) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Update normalisation c(sigma) = the model's own input scaling: 1/sqrt(1+sigma^2) (EPS / V), 1 (flow)."""
+    """Update normalisation c(sigma) = the model's own input scaling: 1/sqrt(1+sigma^2) (EPS / V), 1 (flow); native
+    CogVideoX (V_PREDICTION_DDPM) feeds x = x0 + sigma noise to the model unscaled, so it gets 1/sqrt(1+sigma^2)."""
+    unscaled_ve = isinstance(model_sampling, getattr(comfy.model_sampling, "V_PREDICTION_DDPM", ()))
+
     def scale(sigma: torch.Tensor) -> torch.Tensor:
         sigma = torch.as_tensor(sigma)
+        if unscaled_ve:
+            return (1 + sigma.reshape(()) ** 2) ** -0.5
         ones = torch.ones((1, 1), dtype=sigma.dtype, device=sigma.device)
         return model_sampling.calculate_input(sigma.reshape(1), ones).reshape(())
     return scale

@@ -1,5 +1,5 @@
-"""ComfyUI's native video models (latents (B, C, T, h, w): Wan 2.1 / 2.2, and any model whose VAE compresses time
-causally the same way) in the guided samplers, and the Wan 2.2 14B expert pair as one MODEL.
+"""ComfyUI's native video models (latents (B, C, T, h, w): Wan 2.1 / 2.2, CogVideoX, and any model whose VAE
+compresses time causally the same way) in the guided samplers, and the Wan 2.2 14B expert pair as one MODEL.
 
 The VAE's time compression comes from comfy.sd.VAE itself (`upscale_index_formula`, set by ComfyUI for each
 video VAE it detects); guidance_core.video_frames does the frame arithmetic and the loss.
@@ -22,6 +22,9 @@ from ..guidance_core.video_frames import CausalTime, CausalVideoLoss
 from .sockets import node_schema
 
 
+FRAME_RULES = {"AutoencoderKLCogVideoX": "causal_odd"}  # VAE class -> CausalTime rule (default 'causal')
+
+
 def causal_time(vae: comfy.sd.VAE, shape) -> CausalTime:
     """The causal time compression of `vae` for a 5-D latent of `shape`; a clear error for a VAE that does not
     decode such latents (an image VAE given a video latent)."""
@@ -34,7 +37,9 @@ def causal_time(vae: comfy.sd.VAE, shape) -> CausalTime:
     if shape[1] != vae.latent_channels:
         raise ValueError(f"the latent has {shape[1]} channels but the VAE decodes {vae.latent_channels}: connect the "
                          "VAE that belongs to the model (Wan 2.1 / 14B: 16 channels, Wan 2.2 5B: 48)")
-    time = CausalTime(int(formula[0]))
+    name = type(vae.first_stage_model).__name__
+    time = CausalTime(int(formula[0]), FRAME_RULES.get(name, "causal"))
+    time.check_video(shape[2], name)
     if vae.upscale_ratio[0](shape[2]) != time.decoded_frames(shape[2]):
         raise ValueError(f"{type(vae.first_stage_model).__name__} decodes {shape[2]} latent frames to "
                          f"{vae.upscale_ratio[0](shape[2])} frames, not 1 + {time.ratio} (T - 1): not a causal "

@@ -162,7 +162,7 @@ class GuidedSampler:
         self.objective.to(self.vae.device, x.device)
         record.loaded_models = comfy_model.describe_loaded_models(run_models, loaded_late)
         clones = InferenceTensorClones()
-        denoiser = comfy_model.ComfyDenoiser(model, extra_args, clones)
+        denoiser = comfy_model.ComfyDenoiser(model, extra_args, clones, base_model.model_sampling)
         video = x.dim() == 5
         if video:
             loss = native_video.video_loss(self.vae, base_model, self.objective,

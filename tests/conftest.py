@@ -57,6 +57,24 @@ def comfy_host(tmp_path_factory, comfyui_dir, tiny_sd15_checkpoint):
     host.stop()
 
 
+@pytest.fixture(scope="session")
+def video_host(comfy_host, comfyui_dir):
+    """The session host with the tiny native video model files (tests/tiny_video_models.py: Wan, CogVideoX) in its
+    diffusion_models/ and vae/ folders."""
+    from tiny_video_models import FILES, build_tiny_video_files
+
+    paths = build_tiny_video_files(comfyui_dir, HOST_DIR / "test-cache" / "wan", python=default_python())
+    for name, path in paths.items():
+        folder = comfy_host.models_dir / FILES[name][0]
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / name).exists():
+            try:
+                os.symlink(path, folder / name)
+            except OSError:
+                shutil.copyfile(path, folder / name)
+    return comfy_host
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Attach the server log tail to failed tests that used the comfy_host fixture."""

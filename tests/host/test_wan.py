@@ -1,16 +1,13 @@
 """Wan 2.1 / 2.2 (ComfyUI's native comfy/ldm/wan) with TitanGuideSampler, through the real host on the CPU.
 
-Tiny random-init files in the official key layouts (tests/tiny_wan.py, built from ComfyUI's own classes) go into
-the host's diffusion_models/ and vae/ folders and load through the official workflow's nodes: UNETLoader,
-ModelSamplingSD3 (shift 8), VAELoader, EmptyHunyuanLatentVideo / Wan22ImageToVideoLatent, VAEDecode. Prompts
-are encoded by the tiny SD1.5 checkpoint's CLIP-L (the tiny Wan files take 768-wide context; see tiny_wan.py).
+Tiny random-init files in the official key layouts (tests/tiny_video_models.py, built from ComfyUI's own classes)
+go into the host's diffusion_models/ and vae/ folders (the video_host fixture) and load through the official
+workflow's nodes: UNETLoader, ModelSamplingSD3 (shift 8), VAELoader, EmptyHunyuanLatentVideo /
+Wan22ImageToVideoLatent, VAEDecode. Prompts are encoded by the tiny SD1.5 checkpoint's CLIP-L (the tiny Wan files
+take 768-wide context; see tiny_video_models.py).
 """
 
 from __future__ import annotations
-
-import os
-import re
-import shutil
 
 import numpy as np
 import pytest
@@ -20,9 +17,8 @@ from safetensors.torch import load_file
 
 import graphs
 from objectives.color import ColorLoss
-from testing.comfy_host import ComfyExecutionError, HOST_DIR
+from testing.comfy_host import ComfyExecutionError
 from tiny_checkpoints import TINY_SD15_FILENAME
-from tiny_wan import FILES, build_tiny_wan_files
 
 GUESSES = {
     "random": {"kind": "random", "k": 2},
@@ -34,23 +30,6 @@ GUESSES = {
 }
 
 METHODS = ("exact_gradient", "freedom")
-
-
-@pytest.fixture(scope="module")
-def wan_host(comfy_host, comfyui_dir):
-    """The session host with the tiny Wan files in its diffusion_models/ and vae/ folders."""
-    from testing.comfy_host import default_python
-
-    paths = build_tiny_wan_files(comfyui_dir, HOST_DIR / "test-cache" / "wan", python=default_python())
-    for name, path in paths.items():
-        folder = comfy_host.models_dir / FILES[name][0]
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / name).exists():
-            try:
-                os.symlink(path, folder / name)
-            except OSError:
-                shutil.copyfile(path, folder / name)
-    return comfy_host
 
 
 def wan_sources(prompt: graphs.Prompt, unet: str, vae: str, *, width=32, height=32, length=9, five_b=False,
@@ -92,7 +71,7 @@ def report(outputs, name) -> str:
     return outputs[f"{name}_report"]["text"][0]
 
 
-def test_wan21_every_guess_lowers_the_objective_frames_and_mapping(wan_host):
+def test_wan21_every_guess_lowers_the_objective_frames_and_mapping(video_host):
     """Wan 2.1 T2V: for every guess type (and the backprop baselines exact gradient and FreeDoM, which need
     ComfyUI's differentiable RoPE) the guided video is redder than the unguided one at the same seed; the decode
     gives 9 frames from 3 latent frames; the mixed guess's pixel frames 0 and 8 map to latent frames 0, 2."""
@@ -104,23 +83,23 @@ def test_wan21_every_guess_lowers_the_objective_frames_and_mapping(wan_host):
     for name in METHODS:
         add_sampler(prompt, name, sources, objective, method={"method": name, "freedom_rho": 20.0}, strength=0.15)
     add_sampler(prompt, "plain", sources, objective, guidance_end=0.0)
-    outputs = wan_host.run(prompt.build(), timeout=1500)
+    outputs = video_host.run(prompt.build(), timeout=1500)
 
-    plain_video = video_of(wan_host, outputs, "plain_save_images")
+    plain_video = video_of(video_host, outputs, "plain_save_images")
     assert plain_video.shape == (1, 9, 3, 32, 32)  # VAEDecode: 1 + 4 (3 - 1) frames
     color = ColorLoss()
     unguided = float(color(plain_video))
     for name in (*GUESSES, *METHODS):
         text = report(outputs, name)
         assert "3 latent frame(s) -> 9 frame(s) per video in one VAE call" in text, text
-        guided = float(color(video_of(wan_host, outputs, f"{name}_save_images")))
+        guided = float(color(video_of(video_host, outputs, f"{name}_save_images")))
         assert guided < unguided - 1e-3, (name, guided, unguided, text)
     assert "frames [0, 8]" in report(outputs, "mixed")  # as typed: decoded frames
-    latent = load_file(str(wan_host.output_files({"x": outputs["plain_save_latent"]}, key="latents")[0]))
+    latent = load_file(str(video_host.output_files({"x": outputs["plain_save_latent"]}, key="latents")[0]))
     assert latent["latent_tensor"].shape == (1, 16, 3, 4, 4)
 
 
-def test_wan21_keyframes_through_a_sampled_subset_of_latent_frames(wan_host):
+def test_wan21_keyframes_through_a_sampled_subset_of_latent_frames(video_host):
     """Frame interpolation toward red keyframes at video frames 0 and 8 (of 9), sampled-gradient guess on latent
     frames 0 and 2 decoded on their own: the objective gets their frames' full-video indices, and the guided
     keyframes end closer to the target than unguided ones."""
@@ -132,11 +111,11 @@ def test_wan21_keyframes_through_a_sampled_subset_of_latent_frames(wan_host):
     for name, end in (("keyed", 1.0), ("plain", 0.0)):
         add_sampler(prompt, name, sources, graphs.link("keys"), strength=0.15, guidance_end=end,
                     guess={"kind": "sampled_gradient", "sampled_frames": 2})
-    outputs = wan_host.run(prompt.build(), timeout=900)
+    outputs = video_host.run(prompt.build(), timeout=900)
     target = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
 
     def key_error(name):
-        video = video_of(wan_host, outputs, f"{name}_save_images")[0]
+        video = video_of(video_host, outputs, f"{name}_save_images")[0]
         return float(((video[[0, 8]] - target) ** 2).mean())
 
     assert "sampled_gradient (2 even frames, tile)" in report(outputs, "keyed")
@@ -150,7 +129,7 @@ def test_wan21_keyframes_through_a_sampled_subset_of_latent_frames(wan_host):
     ({"vae": "sd15"}, "does not decode video latents"),
     ({"frames_per_video": 3}, "already holds one video per batch row: set it to 0"),
 ])
-def test_wan_bad_input_gives_a_clear_error(wan_host, overrides, message):
+def test_wan_bad_input_gives_a_clear_error(video_host, overrides, message):
     prompt = graphs.Prompt()
     sources = wan_sources(prompt, "tiny_wan21_t2v.safetensors", "tiny_wan21_vae.safetensors")
     if overrides.pop("vae", None):
@@ -158,10 +137,10 @@ def test_wan_bad_input_gives_a_clear_error(wan_host, overrides, message):
     objective = graphs.add_color_objective(prompt)
     add_sampler(prompt, "bad", sources, objective, save_images=False, **overrides)
     with pytest.raises(ComfyExecutionError, match=message):
-        wan_host.run(prompt.build(), timeout=300)
+        video_host.run(prompt.build(), timeout=300)
 
 
-def test_wan22_5b_guided_below_unguided_with_its_48_channel_vae(wan_host):
+def test_wan22_5b_guided_below_unguided_with_its_48_channel_vae(video_host):
     """Wan 2.2 TI2V 5B layout (48 channels, the Wan 2.2 VAE at 16x space), image-to-video from a start image:
     guided redder than unguided, the start image's latent frame kept."""
     prompt = graphs.Prompt()
@@ -174,15 +153,15 @@ def test_wan22_5b_guided_below_unguided_with_its_48_channel_vae(wan_host):
     add_sampler(prompt, "guided", sources, objective, guess={"kind": "sampled_gradient", "sampled_frames": 2},
                 strength=0.15)
     add_sampler(prompt, "plain", sources, objective, guidance_end=0.0)
-    outputs = wan_host.run(prompt.build(), timeout=1500)
-    plain = video_of(wan_host, outputs, "plain_save_images")
+    outputs = video_host.run(prompt.build(), timeout=1500)
+    plain = video_of(video_host, outputs, "plain_save_images")
     assert plain.shape == (1, 5, 3, 32, 32)
     assert "2 latent frame(s) -> 5 frame(s)" in report(outputs, "guided")
     color = ColorLoss()
-    assert float(color(video_of(wan_host, outputs, "guided_save_images"))) < float(color(plain)) - 1e-3
+    assert float(color(video_of(video_host, outputs, "guided_save_images"))) < float(color(plain)) - 1e-3
 
     def latent(node):
-        (path,) = wan_host.output_files({node: outputs[node]}, key="latents")
+        (path,) = video_host.output_files({node: outputs[node]}, key="latents")
         return load_file(str(path))["latent_tensor"]
 
     start, guided = latent("input_save"), latent("guided_save_latent")
@@ -192,7 +171,7 @@ def test_wan22_5b_guided_below_unguided_with_its_48_channel_vae(wan_host):
     assert not torch.allclose(guided[:, :, 1], latent("plain_save_latent")[:, :, 1], atol=1e-3)
 
 
-def test_wan22_expert_pair_switches_by_noise_level_like_the_official_two_samplers(wan_host):
+def test_wan22_expert_pair_switches_by_noise_level_like_the_official_two_samplers(video_host):
     """TitanWanExperts: unguided, it reproduces the official workflow (KSamplerAdvanced on the high-noise expert
     for the first steps, then on the low-noise expert) when the boundary lies between those steps' sigmas; with
     the boundary at 0 / above 1 it is the high / low expert alone; guided, it lowers the objective."""
@@ -226,10 +205,10 @@ def test_wan22_expert_pair_switches_by_noise_level_like_the_official_two_sampler
                scheduler="normal", positive=high["positive"], negative=high["negative"],
                latent_image=high["latent"], denoise=1.0)
     prompt.add("ksh_save", "SaveLatent", samples=graphs.link("ksh"), filename_prefix="wan/high_only")
-    outputs = wan_host.run(prompt.build(), timeout=1500)
+    outputs = video_host.run(prompt.build(), timeout=1500)
 
     def latent(node):
-        (path,) = wan_host.output_files({node: outputs[node]}, key="latents")
+        (path,) = video_host.output_files({node: outputs[node]}, key="latents")
         return load_file(str(path))["latent_tensor"]
 
     official, pair = latent("ks_save"), latent("pair_save_latent")
@@ -238,12 +217,12 @@ def test_wan22_expert_pair_switches_by_noise_level_like_the_official_two_sampler
     assert not torch.allclose(latent("all_low_save_latent"), latent("all_high_save_latent"), atol=1e-3)
     assert not torch.allclose(pair, latent("all_high_save_latent"), atol=1e-3)
     color = ColorLoss()
-    guided = float(color(video_of(wan_host, outputs, "guided_save_images")))
-    plain = float(color(video_of(wan_host, outputs, "pair_plain_save_images")))
+    guided = float(color(video_of(video_host, outputs, "guided_save_images")))
+    plain = float(color(video_of(video_host, outputs, "pair_plain_save_images")))
     assert guided < plain - 1e-3, (guided, plain)
 
 
-def test_wan_through_sampler_custom_advanced_matches_the_sampler_node(wan_host):
+def test_wan_through_sampler_custom_advanced_matches_the_sampler_node(video_host):
     """TitanGuideSamplerSelect in SamplerCustomAdvanced (CFGGuider on the Wan model, the expert pair's MODEL too)
     gives the same guided latent as TitanGuideSampler at the same seed."""
     prompt = graphs.Prompt()
@@ -262,10 +241,10 @@ def test_wan_through_sampler_custom_advanced_matches_the_sampler_node(wan_host):
     prompt.add("custom_save", "SaveLatent", samples=graphs.link("custom", 0), filename_prefix="wan/select_custom")
     graphs.add_titan_sampler(prompt, "plain", sources, objective, seed=5, steps=3, **{**knobs, "guidance_end": 0.0})
     graphs.add_outputs(prompt, "plain", "wan/select_plain", sources["vae"], report=False)
-    outputs = wan_host.run(prompt.build(), timeout=900)
+    outputs = video_host.run(prompt.build(), timeout=900)
 
     def latent(node):
-        (path,) = wan_host.output_files({node: outputs[node]}, key="latents")
+        (path,) = video_host.output_files({node: outputs[node]}, key="latents")
         return load_file(str(path))["latent_tensor"]
 
     node, custom = latent("node_save_latent"), latent("custom_save")

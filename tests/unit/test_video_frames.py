@@ -20,8 +20,8 @@ def test_frame_mapping_arithmetic():
     assert time.latent_indices_for_pixels([80], 21) == (20,)
     with pytest.raises(ValueError, match=r"frame indices \[9\] map to no latent frame: the video has 9 decoded"):
         time.latent_indices_for_pixels([0, 9], 3)
-    assert time.subset_pixel_indices([1, 2]).tolist() == [4, 5, 6, 7, 8]  # a lone decode: 1 + 4 frames
-    assert time.subset_pixel_indices([0, 2]).tolist() == [0, 5, 6, 7, 8]
+    assert time.subset_frames([1, 2])[1].tolist() == [4, 5, 6, 7, 8]  # a lone decode: 1 + 4 frames
+    assert time.subset_frames([0, 2])[1].tolist() == [0, 5, 6, 7, 8]
     losses = torch.arange(9, dtype=torch.float64)[None]
     per_latent = time.latent_frame_losses(losses)
     assert per_latent.tolist() == [[0.0, 10 / 9, 26 / 9]] and torch.isclose(per_latent.sum(), losses.mean())
@@ -68,8 +68,61 @@ def test_causal_video_loss_whole_subset_and_per_frame():
     # first_stage_model.decode on ComfyUI 0.33.0 gave 12 frames for 3 latent frames)
     padded = CausalVideoLoss(lambda z: torch.cat([causal_decode(z)] * 2, dim=1)[:, :4 * z.shape[2]], objective,
                              CausalTime(4))
-    with pytest.raises(ValueError, match="decoded 3 latent frames to 12 frames, not 1 \\+ 4"):
+    with pytest.raises(ValueError, match="decoded 3 latent frames to 12 frames, not 9"):
         padded(x0)
+
+
+def rule_decode(time: CausalTime):
+    """(n, C, T, h, w) -> frames grouped as `time.group_sizes(T)` says, each frame a function of its own latent frame
+    only (as under CogVideoX's nearest-neighbour time upsampling), so per-latent-frame losses can be checked."""
+    def decode(z):
+        owners = [k for k, size in enumerate(time.group_sizes(z.shape[2])) for _ in range(size)]
+        steps = [torch.sigmoid(z[:, :3, k] * (1 + 0.1 * i)) for i, k in enumerate(owners)]
+        return torch.stack(steps, dim=1)
+    return decode
+
+
+def test_frame_rules_of_cogvideox_and_hunyuanvideo15():
+    cog, hunyuan = CausalTime(4, "causal_odd"), CausalTime(4, "uniform")
+    assert [cog.decoded_frames(t) for t in (1, 2, 3, 4, 13)] == [1, 8, 9, 16, 49]  # CogVideoX's Upsample3D
+    assert [hunyuan.decoded_frames(t) for t in (1, 2, 3)] == [1, 8, 12]  # HunyuanVideo 1.5 (vae_refiner.Decoder)
+    assert list(hunyuan.pixel_group(2)) == [8, 9, 10, 11] and hunyuan.latent_of_pixel(11) == 2
+    assert hunyuan.latent_indices_for_pixels([0, 11], 3) == (0, 2)
+    with pytest.raises(ValueError, match=r"into frames 0-3, 4-7, \.\.\."):
+        hunyuan.latent_indices_for_pixels([12], 3)
+    # an even subset of CogVideoX latent frames decodes to 4 frames each; of latent frame 0's the last stands for
+    # frame 0 (the whole video has one frame there)
+    positions, labels = cog.subset_frames([0, 2])
+    assert positions == [3, 4, 5, 6, 7] and labels.tolist() == [0, 5, 6, 7, 8]
+    assert cog.subset_frames([1, 2, 3])[1].tolist() == [4, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert cog.subset_frames([0, 1, 2])[1].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    assert hunyuan.subset_frames([2])[1].tolist() == [11]
+    assert hunyuan.subset_frames([0, 2])[1].tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
+    cog.check_video(13)
+    with pytest.raises(ValueError, match=r"even number of latent frames \(12\).*length of 41 or 49 frames"):
+        cog.check_video(12)
+    with pytest.raises(ValueError, match="unknown frame rule"):
+        CausalTime(4, "odd")
+    objective = ObjectiveSet.single(ManagedObjective(ColorLoss()), "colour")
+    x0 = torch.randn(2, 16, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for time in (cog, hunyuan):
+        loss = CausalVideoLoss(rule_decode(time), objective, time)
+        loss.prepare(3)
+        pixels = rule_decode(time)(x0)
+        frame_losses = torch.stack([ColorLoss()(pixels[:, i:i + 1]) for i in range(pixels.shape[1])], dim=1)
+        owners = [time.latent_of_pixel(p) for p in range(pixels.shape[1])]
+        expected = torch.stack([frame_losses[:, [i for i, o in enumerate(owners) if o == k]].sum(dim=1)
+                                for k in range(3)], dim=1) / pixels.shape[1]
+        assert torch.allclose(loss(x0, per_frame=True), expected)
+        subset = x0[:, :, [0, 2]]  # decoded on its own: 8 frames under both rules
+        sub_pixels = rule_decode(time)(subset)
+        positions, _ = time.subset_frames([0, 2])
+        assert sub_pixels.shape[1] == 8
+        per_latent = loss(subset, frame_indices=torch.tensor([0, 2]), per_frame=True)
+        seen = torch.stack([ColorLoss()(sub_pixels[:, i:i + 1]) for i in positions], dim=1)
+        first = len(positions) - 4  # latent frame 2's four frames come last
+        assert torch.allclose(per_latent, torch.stack([seen[:, :first].sum(1), seen[:, first:].sum(1)], 1)
+                              / len(positions))
 
 
 def test_sampled_gradient_guess_on_video_latents():

@@ -1,7 +1,9 @@
-"""Tiny random-init Wan checkpoints in the official files' key layouts, for host tests.
+"""Tiny random-init checkpoints of ComfyUI's native video models (Wan, CogVideoX) in the official files' key
+layouts, for host tests.
 
 Built from ComfyUI's own classes (comfy.ldm.wan.model.WanModel, comfy.ldm.wan.vae.WanVAE,
-comfy.ldm.wan.vae2_2.WanVAE) on the meta device, filled deterministically and saved as safetensors with the
+comfy.ldm.wan.vae2_2.WanVAE, comfy.ldm.cogvideo.model.CogVideoXTransformer3DModel,
+comfy.ldm.cogvideo.vae.AutoencoderKLCogVideoX) on the meta device, filled deterministically and saved as safetensors with the
 keys of the official files (`wan2.1_t2v_1.3B_fp16.safetensors` in diffusion_models/, `wan_2.1_vae.safetensors`
 in vae/, ...), so ComfyUI's UNETLoader / VAELoader detect them as the real families:
 
@@ -12,10 +14,12 @@ in vae/, ...), so ComfyUI's UNETLoader / VAELoader detect them as the real famil
 | tiny_wan22_high.safetensors / tiny_wan22_low.safetensors | two WAN21_T2V experts (Wan 2.2 14B's pair has the Wan 2.1 architecture) |
 | tiny_wan21_vae.safetensors | the Wan 2.1 VAE (4x time, 8x space, 16 channels), 8 base channels |
 | tiny_wan22_vae.safetensors | the Wan 2.2 VAE (4x time, 16x space, 48 channels); ComfyUI builds it from a fixed config, so it is full size |
+| tiny_cogvideox_t2v.safetensors | CogVideoX_T2V (V_PREDICTION_DDPM; 2 heads x 64 = dim 128, 1 block, rotary positions as CogVideoX 5B) |
+| tiny_cogvideox_vae.safetensors | the CogVideoX VAE (4x time, 8x space, 16 channels); built by ComfyUI from a fixed config: full size (216 M) |
 
-The diffusion models' text projection takes 768-wide context (safetensors metadata `config`, which ComfyUI's
-model detection reads), so the tiny SD1.5 checkpoint's CLIP-L encodes prompts: UMT5-XXL has a fixed 5.7 B
-configuration that cannot be made tiny. Runs as a script (ComfyUI importable only in the subprocess).
+The diffusion models' text projection takes 768-wide context (Wan: safetensors metadata `config`, which ComfyUI's
+model detection reads; CogVideoX: the shape of patch_embed.text_proj), so the tiny SD1.5 checkpoint's CLIP-L encodes prompts: UMT5-XXL has a fixed 5.7 B
+configuration that cannot be made tiny (as T5-XXL for CogVideoX). Runs as a script (ComfyUI importable only in the subprocess).
 """
 
 import argparse
@@ -39,8 +43,10 @@ FILES = {
     "tiny_wan22_low.safetensors": ("diffusion_models", "wan21", 3),
     "tiny_wan21_vae.safetensors": ("vae", "vae21", 4),
     "tiny_wan22_vae.safetensors": ("vae", "vae22", 5),
+    "tiny_cogvideox_t2v.safetensors": ("diffusion_models", "cogvideox", 6),
+    "tiny_cogvideox_vae.safetensors": ("vae", "cogvideox_vae", 7),
 }
-METADATA_KEY = "titan_guide_tiny_wan"
+METADATA_KEY = "titan_guide_tiny_wan"  # the key of the first files (Wan); kept so caches stay valid
 
 
 def expected_metadata(name: str, seed: int, comfy_dir) -> dict:
@@ -48,7 +54,7 @@ def expected_metadata(name: str, seed: int, comfy_dir) -> dict:
     return {METADATA_KEY: json.dumps(identity, sort_keys=True)}
 
 
-def build_tiny_wan_files(comfy_dir, cache_dir, seed: int = 0, python=None, timeout: float = 900) -> dict:
+def build_tiny_video_files(comfy_dir, cache_dir, seed: int = 0, python=None, timeout: float = 900) -> dict:
     """Write (or reuse) every file of FILES under cache_dir; returns {name: path}."""
     cache_dir = Path(cache_dir)
     paths = {name: cache_dir / name for name in FILES}
@@ -61,7 +67,7 @@ def build_tiny_wan_files(comfy_dir, cache_dir, seed: int = 0, python=None, timeo
                    "--out-dir", str(cache_dir), "--seed", str(seed), *stale]
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
-            raise RuntimeError(f"building tiny Wan files failed (exit {result.returncode}):\n{result.stdout}\n"
+            raise RuntimeError(f"building tiny video model files failed (exit {result.returncode}):\n{result.stdout}\n"
                                f"{result.stderr}")
     return paths
 
@@ -79,6 +85,15 @@ def _module(kind: str):
             return comfy.ldm.wan.model.WanModel(
                 model_type="t2v", in_dim=channels, out_dim=channels, dim=WAN_DIM, ffn_dim=256, num_heads=1,
                 num_layers=1, text_dim=TEXT_DIM, operations=comfy.ops.disable_weight_init)
+        if kind.startswith("cogvideox"):  # ComfyUI >= 0.3x (native CogVideoX, spring 2026)
+            import comfy.ldm.cogvideo.model
+            import comfy.ldm.cogvideo.vae
+        if kind == "cogvideox":  # ComfyUI detects heads = dim // 64 and rotary positions (no pos_embedding key)
+            return comfy.ldm.cogvideo.model.CogVideoXTransformer3DModel(
+                num_attention_heads=2, attention_head_dim=64, time_embed_dim=64, text_embed_dim=TEXT_DIM,
+                num_layers=1, use_rotary_positional_embeddings=True, operations=comfy.ops.disable_weight_init)
+        if kind == "cogvideox_vae":  # comfy/sd.py builds it with this default config
+            return comfy.ldm.cogvideo.vae.AutoencoderKLCogVideoX(latent_channels=16)
         if kind == "vae21":
             return comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
                                             temperal_downsample=[False, True, True])
@@ -100,11 +115,14 @@ def _build(out_dir: Path, names, seed: int, comfy_dir) -> None:
         folder, kind, offset = FILES[name]
         module = _module(kind)
         state = _fill_random_(module.state_dict(), _norm_param_names(module, ""), seed * 1000 + offset,
-                              torch.float32 if kind.startswith("wan") else torch.float16)
+                              torch.float16 if "vae" in kind else torch.float32)
         if kind.startswith("vae"):  # RMS_norm gammas (not torch norms): 1, as initialised
             state = {k: torch.ones_like(v) if k.endswith("gamma") else v for k, v in state.items()}
-        else:  # Wan's own init of the modulation tables is small random; keep the adaLN path near identity
+        elif kind in ("wan21", "wan22_5b"):  # Wan's own init of the modulation tables is small random: adaLN near identity
             state = {k: v * 0.02 if "modulation" in k else v for k, v in state.items()}
+        elif kind == "cogvideox":  # the same for CogVideoX's adaLN-zero tables
+            state = {k: v * 0.02 if k.startswith(("blocks.", "norm_out")) and ".linear." in k and "norm" in k else v
+                     for k, v in state.items()}
         metadata = expected_metadata(name, seed, comfy_dir)
         if kind.startswith("wan"):
             metadata["config"] = json.dumps({"transformer": {"text_dim": TEXT_DIM}})
