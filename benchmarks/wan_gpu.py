@@ -90,13 +90,17 @@ def write_files(folder: Path, config: dict, vae_kind: str, dtype) -> tuple[str, 
 
 
 def call(mappings: dict, node_type: str, **inputs):
-    """Run one node through its own class (V1: FUNCTION, V3: execute); returns its outputs tuple."""
+    """Run one node through its own class (V1: FUNCTION, V3: execute) under inference mode, as ComfyUI's executor
+    runs nodes (VAEDecode's in-place output scaling needs it); returns its outputs tuple."""
+    import torch
+
     cls = mappings[node_type]
-    if hasattr(cls, "define_schema"):  # widgets not given take their declared defaults, as the UI would
-        defaults = {i.id: i.default for i in cls.define_schema().inputs
-                    if getattr(i, "default", None) is not None and i.id not in inputs}
-        return tuple(cls.execute(**defaults, **inputs).args)
-    return getattr(cls(), cls.FUNCTION)(**inputs)
+    with torch.inference_mode():
+        if hasattr(cls, "define_schema"):  # widgets not given take their declared defaults, as the UI would
+            defaults = {i.id: i.default for i in cls.define_schema().inputs
+                        if getattr(i, "default", None) is not None and i.id not in inputs}
+            return tuple(cls.execute(**defaults, **inputs).args)
+        return getattr(cls(), cls.FUNCTION)(**inputs)
 
 
 def main(argv=None) -> int:

@@ -202,7 +202,12 @@ def _chunked_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, m
 
 def forward_ad_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                     enable_gqa=False):
-    """`F.scaled_dot_product_attention` with a forward derivative: a fused JVP kernel or chunked MATH, by shape."""
+    """`F.scaled_dot_product_attention` with a forward derivative: a fused JVP kernel or chunked MATH, by shape.
+    Mixed input dtypes (seen inside a JVP of fp16 Wan 2.1 on a GPU: a float32 query against half keys) are brought
+    to their common dtype, as elementwise ops promote; PyTorch's SDPA would refuse them."""
+    if not query.dtype == key.dtype == value.dtype:
+        common = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+        query, key, value = (t.to(common) for t in (query, key, value))
     route = attention_route(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
     if route == "triton" and triton_attention.sdpa_supported(query, key, value, attn_mask, dropout_p, is_causal,
                                                               scale, enable_gqa) is not None:

@@ -254,3 +254,20 @@ def test_lean_rule_with_tangents_on_weights_and_bias():
     ref_linear = torch.func.jvp(lambda c, d: torch.nn.functional.linear(x[..., :3], c, d), (lw, lb),
                                 (torch.ones_like(lw), tb[:1].expand(5)))
     assert torch.allclose(linear[1], ref_linear[1], rtol=1e-12)
+
+
+def test_mixed_input_dtypes_are_promoted_and_their_jvp_is_exact():
+    """A float32 query against float16 keys / values (PyTorch's SDPA refuses the mix; seen inside a JVP of fp16 Wan
+    2.1 on a GPU): the router computes in the common dtype, and the JVP equals float64 autograd's to float32 accuracy."""
+    q, k, v = _qkv((1, 2, 40, 8), keys=24)
+    tq, tk, tv = _qkv((1, 2, 40, 8), keys=24, seed=1)
+    k16, v16, tk16, tv16 = (t.to(torch.float16) for t in (k, v, tk, tv))
+    with pytest.raises(RuntimeError):
+        F.scaled_dot_product_attention(q.float(), k16, v16)
+    value, derivative = torch.func.jvp(lambda a, b, c: attention.forward_ad_sdpa(a, b, c),
+                                       (q.float(), k16, v16), (tq.float(), tk16, tv16))
+    assert value.dtype == derivative.dtype == torch.float32
+    kd, vd, tkd, tvd = (t.double() for t in (k16, v16, tk16, tv16))
+    ref_value, ref_derivative = torch.func.jvp(_explicit, (q, kd, vd), (tq, tkd, tvd))
+    assert torch.allclose(value.double(), ref_value, atol=1e-5)
+    assert torch.allclose(derivative.double(), ref_derivative, atol=1e-4)
