@@ -534,6 +534,58 @@ def wan21_frame_interpolation() -> dict:
             "groups": [group("Wan 2.1 1.3B text-to-video", (0, 0, 800, 990))]}
 
 
+COGVIDEOX_NATIVE_UNET = "cogvideox_5b.safetensors"
+COGVIDEOX_VAE = "cogvideox_vae.safetensors"
+
+
+def cogvideox_native_style() -> dict:
+    """CogVideoX 5B on ComfyUI's native nodes (no wrapper) guided towards a reference image's style through CLIP."""
+    nodes = [
+        node(1, "UNETLoader", (20, 100), (320, 110), title="CogVideoX 5B (native layout)",
+             unet_name=COGVIDEOX_NATIVE_UNET, weight_dtype="default"),
+        node(2, "CLIPLoader", (380, 100), (400, 110), title="T5-XXL text encoder", clip_name=T5_ENCODER,
+             type="cogvideox", device="default"),
+        node(3, "CLIPTextEncode", (380, 270), (400, 160), {"clip": (2, 0)}, "Positive prompt",
+             text="a paper boat drifting down a rain-soaked street, reflections, cinematic"),
+        node(4, "CLIPTextEncode", (380, 490), (400, 130), {"clip": (2, 0)}, "Negative prompt", text=NEGATIVE_TEXT),
+        node(5, "VAELoader", (380, 680), (400, 80), vae_name=COGVIDEOX_VAE),
+        node(6, "EmptyHunyuanLatentVideo", (20, 270), (320, 130), title="49 frames, 720x480", width=720, height=480,
+             length=49, batch_size=1),
+        node(7, "TitanClipStyleLoader", (20, 1050), (320, 150), clip_name=CLIP_STYLE_WEIGHTS, architecture="auto",
+             pretrained_tag="", dtype="fp32"),
+        node(8, "LoadImage", (20, 1260), (320, 320), title="Style reference", image=STYLE_IMAGE),
+        node(9, "TitanStyleObjective", (380, 1050), (340, 330), {"clip": (7, 0), "style_image": (8, 0)},
+             loss_kind="cosine", weight=1.0, text="", style_weight=1.0, text_weight=1.0, content_weight=0.0,
+             gram_layer=-2, frames_per_chunk=0),
+        node(10, "TitanGradientGuess", (380, 1440), (320, 220), **GUESS_KNOBS),
+        node(11, "TitanGuideSampler", (820, 100), (340, 640),
+             {"model": (1, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (6, 0), "vae": (5, 0),
+              "objective": (9, 0), "guess": (10, 0)}, "TITAN-Guide: CLIP style", seed=SEED, steps=30, cfg=6.0,
+             scheduler="simple", denoise=1.0, **WAN_TITAN_KNOBS),
+        node(12, "VAEDecode", (1200, 100), (210, 50), {"samples": (11, 0), "vae": (5, 0)}),
+        node(13, "SaveAnimatedWEBP", (1440, 100), (340, 380), {"images": (12, 0)}, "Guided video",
+             filename_prefix="titan/cogvideox_native_style", fps=FPS, lossless=False, quality=90, method="default"),
+        node(14, "SaveImage", (1200, 540), (340, 300), {"images": (11, 2)}, "Loss per step",
+             filename_prefix="titan/cogvideox_native_style_loss"),
+        node(15, "PreviewAny", (1560, 540), (340, 300), {"source": (11, 1)}, "Guidance report"),
+    ]
+    files = [(COGVIDEOX_NATIVE_UNET, "models/diffusion_models", "THUDM/CogVideoX-5b's transformer converted by "
+              "scripts/convert_cogvideox.py (the CogVideoXWrapper downloads it to models/CogVideo/CogVideoX-5b)"),
+             (T5_ENCODER, "models/text_encoders", "huggingface.co/comfyanonymous/flux_text_encoders"),
+             (COGVIDEOX_VAE, "models/vae", "huggingface.co/Comfy-Org/void-model (vae/), or CogVideoX-5b's "
+              "vae/diffusion_pytorch_model.safetensors as is"),
+             (CLIP_STYLE_WEIGHTS, "models/clip_vision", "open_clip ViT-H-14 laion2b_s32b_b79k"),
+             (STYLE_IMAGE, "input", "your style image; any size")]
+    text = weights_note(
+        "TITAN-Guide on native CogVideoX 5B (ComfyUI's own CogVideoX, V_PREDICTION_DDPM): style guidance through "
+        "CLIP. TitanGuideSampler feeds the model its training-space input, as ComfyUI's VOIDSampler does (a plain "
+        "KSampler does not for this model).", files,
+        "Frames: CogVideoX's VAE turns 13 latent frames into 49 frames (latent frame 0 into frame 0, latent frame k "
+        "into frames 4k-3..4k) only for odd latent counts: keep the length at 4k+1 with k even (49, 33, 17).")
+    return {"nodes": nodes + [note(19, (1200, 900), text, (700, 480))],
+            "groups": [group("CogVideoX 5B, native nodes", (0, 0, 800, 790))]}
+
+
 WORKFLOWS = {
     "aesthetic_dover_animatediff.json": aesthetic_dover_animatediff,
     "style_clip_animatediff.json": style_clip_animatediff,
@@ -545,6 +597,7 @@ WORKFLOWS = {
     "wan22_t2v_dover.json": wan22_t2v_dover,
     "wan22_i2v_style.json": wan22_i2v_style,
     "wan21_frame_interpolation.json": wan21_frame_interpolation,
+    "cogvideox_native_style.json": cogvideox_native_style,
 }
 
 
