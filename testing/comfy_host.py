@@ -44,6 +44,15 @@ def selected_host() -> str:
 
 
 HOST_VERSION = selected_host()
+# Shipped workflows that need a newer host than the floor: what each uses that 0.3.64 lacks.
+NEEDS_NEWER_HOST = {"0.3.64": {"cogvideox_native_style.json": "native CogVideoX (CLIPLoader type 'cogvideox', "
+                                                              "comfy/ldm/cogvideo), ComfyUI 2026"}}
+
+
+def workflow_files(version: str = HOST_VERSION) -> list[Path]:
+    """The shipped workflows/*.json a host of `version` can load (all of them on the default host)."""
+    newer = NEEDS_NEWER_HOST.get(version, {})
+    return [p for p in sorted((REPO_ROOT / "workflows").glob("*.json")) if p.name not in newer]
 HOST_DIR = REPO_ROOT / HOST_DIRS[HOST_VERSION]
 HOST_SITE_DIR = HOST_DIR / "site"
 PACK_NAME = "titan-guide"

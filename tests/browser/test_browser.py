@@ -31,13 +31,13 @@ from playwright.sync_api import sync_playwright
 from browser import (APP_READY_JS, FRONTEND_SETTINGS, IMAGES_LOADED_JS, LOAD_WORKFLOW_JS, NODE_WIDGETS_JS,
                      SCREENSHOT_DIR, SETUP_JS, TOOLTIP_TEXT_JS, VIEWPORT, WIDGET_POINT_JS, PageLog, find_chromium,
                      publish_screenshot, update_screenshots_requested, wait_until)
-from testing.comfy_host import DEFAULT_HOST, HOST_DIRS, HOST_VERSION, REPO_ROOT
+from testing.comfy_host import DEFAULT_HOST, HOST_DIRS, HOST_VERSION, REPO_ROOT, workflow_files
 from test_workflows import file_combo_values, write_placeholder
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import demo  # noqa: E402
 
-WORKFLOW_FILES = sorted((REPO_ROOT / "workflows").glob("*.json"))
+WORKFLOW_FILES = workflow_files()  # on the floor host: those whose nodes and values it has
 DEMO_WORKFLOW = REPO_ROOT / "workflows" / "demo_embedded.json"
 FRONTEND_ONLY_NODE_TYPES = ("Note", "MarkdownNote")
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")

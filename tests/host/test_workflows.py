@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from testing.comfy_host import DEFAULT_HOST, REPO_ROOT, ComfyHost
+from testing.comfy_host import DEFAULT_HOST, REPO_ROOT, ComfyHost, workflow_files
 from tiny_checkpoints import comfyui_version
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -28,7 +28,7 @@ import demo  # noqa: E402
 import workflows as generator  # noqa: E402
 
 GENERATED_ON = DEFAULT_HOST  # scripts/workflows.py runs on the default host
-WORKFLOW_FILES = sorted((REPO_ROOT / "workflows").glob("*.json"))
+WORKFLOW_FILES = workflow_files()  # on the floor host: those whose nodes and values it has
 EXPECTED_FILES = set(generator.WORKFLOWS) | {"demo_embedded.json"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "widgets_values"}
@@ -145,7 +145,7 @@ def check_widget(node: dict, name: str, spec, value) -> None:
 
 
 def test_every_expected_workflow_is_there_and_generated_from_the_tables(object_info, comfyui_dir):
-    assert {path.name for path in WORKFLOW_FILES} == EXPECTED_FILES
+    assert {path.name for path in workflow_files(DEFAULT_HOST)} == EXPECTED_FILES
     version = comfyui_version(comfyui_dir)
     if version != GENERATED_ON:
         # /object_info differs between hosts (0.33 names V3 outputs by id, gives SaveImage an output)
