@@ -21,8 +21,8 @@ from .. import guidance_core as core
 from ..guidance_core import video_frames
 from ..guidance_core.inference_tensors import InferenceTensorClones
 from ..guidance_core.report import RunRecord, format_report, peak_memory
-from ..guidance_core.validation import (SENT_VALUES, Widget, check_widgets, is_out_of_memory,
-                                        out_of_memory_message)
+from ..guidance_core.validation import (SENT_VALUES, Widget, check_widgets, in_place_backprop_message,
+                                        is_in_place_backprop_error, is_out_of_memory, out_of_memory_message)
 from ..guidance_core.run_config import (GuessSpec, GuidanceSettings, MethodSpec, check_method, check_run,
                                         guess_and_method, guidance_seed)
 from ..objectives.combination import ObjectiveSet
@@ -96,6 +96,8 @@ def guidance_session(record: RunRecord, device: torch.device, clones: InferenceT
             LOG.warning("TITAN-Guide (before the error): %s", message)
         if is_out_of_memory(error):  # a CUDA OutOfMemoryError or a failed CPU allocation: one message, one type
             raise torch.OutOfMemoryError(out_of_memory_message(record.method, what, error, record.warnings)) from error
+        if is_in_place_backprop_error(error):
+            raise RuntimeError(in_place_backprop_message(record.method, error)) from error
         raise
     finally:
         clones.clear()

@@ -16,8 +16,10 @@ in vae/, ...), so ComfyUI's UNETLoader / VAELoader detect them as the real famil
 | tiny_wan22_vae.safetensors | the Wan 2.2 VAE (4x time, 16x space, 48 channels); ComfyUI builds it from a fixed config, so it is full size |
 | tiny_cogvideox_t2v.safetensors | CogVideoX_T2V (V_PREDICTION_DDPM; 2 heads x 64 = dim 128, 1 block, rotary positions as CogVideoX 5B) |
 | tiny_cogvideox_vae.safetensors | the CogVideoX VAE (4x time, 8x space, 16 channels); built by ComfyUI from a fixed config: full size (216 M) |
+| tiny_ltxv.safetensors | LTXV (LTX-Video; 128 latent channels; 32 heads x 4 = dim 128, 1 block) |
+| tiny_ltxv_vae.safetensors | LTX's VideoVAE (8x time, 32x space, 128 channels), 8 base channels: its config rides in the file's metadata (`config` -> `vae`), which comfy/sd.py reads |
 
-The diffusion models' text projection takes 768-wide context (Wan: safetensors metadata `config`, which ComfyUI's
+The diffusion models' text projection takes 768-wide context (Wan, LTXV: safetensors metadata `config`, which ComfyUI's
 model detection reads; CogVideoX: the shape of patch_embed.text_proj), so the tiny SD1.5 checkpoint's CLIP-L encodes prompts: UMT5-XXL has a fixed 5.7 B
 configuration that cannot be made tiny (as T5-XXL for CogVideoX). Runs as a script (ComfyUI importable only in the subprocess).
 """
@@ -45,7 +47,20 @@ FILES = {
     "tiny_wan22_vae.safetensors": ("vae", "vae22", 5),
     "tiny_cogvideox_t2v.safetensors": ("diffusion_models", "cogvideox", 6),
     "tiny_cogvideox_vae.safetensors": ("vae", "cogvideox_vae", 7),
+    "tiny_ltxv.safetensors": ("diffusion_models", "ltxv", 8),
+    "tiny_ltxv_vae.safetensors": ("vae", "ltxv_vae", 9),
 }
+# LTX's VideoVAE with the block layout of ComfyUI's version-0 default (three 2x2x2 'compress_all' blocks and a
+# patch size of 4: 8x time, 32x space) at 8 channels instead of 128; ComfyUI reads it from the file's metadata
+LTXV_VAE_CONFIG = {"_class_name": "CausalVideoAutoencoder", "dims": 3, "in_channels": 3, "out_channels": 3,
+                   "latent_channels": 128, "encoder_base_channels": 8, "decoder_base_channels": 32,
+                   "blocks": [["res_x", 1], ["compress_all", 1], ["compress_all", 1], ["compress_all", 1],
+                              ["res_x", 1]],
+                   "scaling_factor": 1.0, "norm_layer": "pixel_norm", "patch_size": 4, "latent_log_var": "uniform",
+                   "use_quant_conv": False, "causal_decoder": False}
+# ComfyUI detects LTXV's heads as 32 and the head width from attn2.to_k; the caption projection's input width comes
+# from metadata (LTXV's own: 4096, T5-XXL)
+LTXV_TRANSFORMER_CONFIG = {"caption_channels": TEXT_DIM}
 METADATA_KEY = "titan_guide_tiny_wan"  # the key of the first files (Wan); kept so caches stay valid
 
 
@@ -94,6 +109,14 @@ def _module(kind: str):
                 num_layers=1, use_rotary_positional_embeddings=True, operations=comfy.ops.disable_weight_init)
         if kind == "cogvideox_vae":  # comfy/sd.py builds it with this default config
             return comfy.ldm.cogvideo.vae.AutoencoderKLCogVideoX(latent_channels=16)
+        if kind == "ltxv":
+            import comfy.ldm.lightricks.model
+            return comfy.ldm.lightricks.model.LTXVModel(
+                in_channels=128, cross_attention_dim=128, attention_head_dim=4, num_attention_heads=32,
+                caption_channels=TEXT_DIM, num_layers=1, operations=comfy.ops.disable_weight_init)
+        if kind == "ltxv_vae":
+            import comfy.ldm.lightricks.vae.causal_video_autoencoder
+            return comfy.ldm.lightricks.vae.causal_video_autoencoder.VideoVAE(config=LTXV_VAE_CONFIG)
         if kind == "vae21":
             return comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
                                             temperal_downsample=[False, True, True])
@@ -116,16 +139,26 @@ def _build(out_dir: Path, names, seed: int, comfy_dir) -> None:
         module = _module(kind)
         state = _fill_random_(module.state_dict(), _norm_param_names(module, ""), seed * 1000 + offset,
                               torch.float16 if "vae" in kind else torch.float32)
+        if kind == "ltxv_vae":  # latent statistics: identity (the real file's are per-channel means and stds)
+            state["per_channel_statistics.std-of-means"] = torch.ones(128, dtype=torch.float16)
+            state["per_channel_statistics.mean-of-means"] = torch.zeros(128, dtype=torch.float16)
         if kind.startswith("vae"):  # RMS_norm gammas (not torch norms): 1, as initialised
             state = {k: torch.ones_like(v) if k.endswith("gamma") else v for k, v in state.items()}
         elif kind in ("wan21", "wan22_5b"):  # Wan's own init of the modulation tables is small random: adaLN near identity
             state = {k: v * 0.02 if "modulation" in k else v for k, v in state.items()}
+        elif kind == "ltxv":  # the same for LTX's adaLN tables
+            state = {k: v * 0.02 if "scale_shift_table" in k or "adaln_single.linear" in k else v
+                     for k, v in state.items()}
         elif kind == "cogvideox":  # the same for CogVideoX's adaLN-zero tables
             state = {k: v * 0.02 if k.startswith(("blocks.", "norm_out")) and ".linear." in k and "norm" in k else v
                      for k, v in state.items()}
         metadata = expected_metadata(name, seed, comfy_dir)
         if kind.startswith("wan"):
             metadata["config"] = json.dumps({"transformer": {"text_dim": TEXT_DIM}})
+        elif kind == "ltxv":
+            metadata["config"] = json.dumps({"transformer": LTXV_TRANSFORMER_CONFIG})
+        elif kind == "ltxv_vae":
+            metadata["config"] = json.dumps({"vae": LTXV_VAE_CONFIG})
         tmp = out_dir / f"{name}.{os.getpid()}.partial"
         save_file(state, str(tmp), metadata=metadata)
         os.replace(tmp, out_dir / name)
