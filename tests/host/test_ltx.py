@@ -23,7 +23,7 @@ from objectives.color import ColorLoss
 from test_wan import add_sampler, report, video_of
 from testing.comfy_host import HOST_DIR, ComfyExecutionError, ComfyHost, default_custom_node_dirs, default_python
 from tiny_checkpoints import TINY_SD15_FILENAME
-from tiny_video_models import FILES, build_tiny_video_files
+from tiny_video_models import FILES, LTX_NAMES, build_tiny_video_files
 
 TEST_NODES = Path(__file__).resolve().parents[1] / "host_nodes"
 
@@ -33,12 +33,13 @@ SIZE = 64  # pixels: a 2 x 2 latent (LTX's VAE pads by reflection, which needs a
 @pytest.fixture(scope="module")
 def ltx_host(tmp_path_factory, comfyui_dir, tiny_sd15_checkpoint):
     """A ComfyUI server with this pack, the vendored packs and tests/host_nodes, the tiny SD1.5 checkpoint and the
-    tiny native video files."""
+    tiny LTX files."""
     host = ComfyHost(tmp_path_factory.mktemp("ltx_host"), comfyui_dir=comfyui_dir,
                      custom_node_dirs=[*default_custom_node_dirs(), TEST_NODES])
     host.prepare()
     links = {host.models_dir / "checkpoints" / TINY_SD15_FILENAME: tiny_sd15_checkpoint}
-    paths = build_tiny_video_files(comfyui_dir, HOST_DIR / "test-cache" / "wan", python=default_python())
+    paths = build_tiny_video_files(comfyui_dir, HOST_DIR / "test-cache" / "wan", python=default_python(),
+                                   names=LTX_NAMES)
     links.update({host.models_dir / FILES[name][0] / name: path for name, path in paths.items()})
     for link, target in links.items():
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,8 @@ def saved_latent(host, outputs, node) -> torch.Tensor:
 
 def test_ltxv_guided_below_unguided_and_unguided_equals_comfyui_samplers(ltx_host):
     """Sampled-gradient guess on decoded frames 0 and 16 (latent frames 0 and 2 of 3), alone and mixed with a random
-    direction: the guided videos are redder than the unguided one at the same seed. The decode has 1 + 8 (3 - 1) = 17 frames (VAEDecode).
+    direction: the guided videos are redder than the unguided one at the same seed. The decode has 1 + 8 (3 - 1) = 17
+    frames (VAEDecode).
     Unguided, TitanGuideSampler gives KSampler's latent (euler, normal), and TitanGuideSamplerSelect gives the
     official template's SamplerCustom latent (euler, LTXVScheduler): the model path is ComfyUI's own."""
     prompt = graphs.Prompt()
@@ -164,6 +166,97 @@ def test_ltxv_bad_input_gives_a_clear_error(ltx_host, overrides, message):
     sources = ltxv_sources(prompt)
     if overrides.pop("vae", None):
         sources["vae"] = graphs.link("ckpt", 2)
+    add_sampler(prompt, "bad", sources, graphs.add_color_objective(prompt), save_images=False, **overrides)
+    with pytest.raises(ComfyExecutionError, match=message):
+        ltx_host.run(prompt.build(), timeout=300)
+
+
+def ltx2_sources(prompt: graphs.Prompt, *, length=17) -> dict:
+    """Core nodes of the LTX-2 graph (video and audio latents joined by LTXVConcatAVLatent); returns the links
+    TitanGuideSampler takes."""
+    prompt.add("ckpt", "CheckpointLoaderSimple", ckpt_name=TINY_SD15_FILENAME)
+    prompt.add("positive_text", "CLIPTextEncode", text="a red car", clip=graphs.link("ckpt", 1))
+    prompt.add("negative_text", "CLIPTextEncode", text="", clip=graphs.link("ckpt", 1))
+    prompt.add("unet", "UNETLoader", unet_name="tiny_ltx2_av.safetensors", weight_dtype="default")
+    prompt.add("vae", "VAELoader", vae_name="tiny_ltxv_vae.safetensors")
+    prompt.add("audio_vae", "LTXVAudioVAELoader", ckpt_name="tiny_ltx2_audio_vae.safetensors")
+    prompt.add("video_latent", "EmptyLTXVLatentVideo", width=SIZE, height=SIZE, length=length, batch_size=1)
+    prompt.add("audio_latent", "LTXVEmptyLatentAudio", frames_number=length, frame_rate=25.0, batch_size=1,
+               audio_vae=graphs.link("audio_vae"))
+    prompt.add("latent", "LTXVConcatAVLatent", video_latent=graphs.link("video_latent"),
+               audio_latent=graphs.link("audio_latent"))
+    prompt.add("conditioning", "LTXVConditioning", positive=graphs.link("positive_text"),
+               negative=graphs.link("negative_text"), frame_rate=25.0)
+    return {"model": graphs.link("unet"), "positive": graphs.link("conditioning", 0),
+            "negative": graphs.link("conditioning", 1), "latent": graphs.link("latent"), "vae": graphs.link("vae")}
+
+
+def add_av_outputs(prompt: graphs.Prompt, name: str, samples: list, vae: list, images: bool = True) -> None:
+    """LTXVSeparateAVLatent, then the video decoded (VAEDecode) and both latents saved."""
+    prompt.add(f"{name}_split", "LTXVSeparateAVLatent", av_latent=samples)
+    for index, stream in enumerate(("video", "audio")):
+        prompt.add(f"{name}_{stream}", "SaveLatent", samples=graphs.link(f"{name}_split", index),
+                   filename_prefix=f"ltx2/{name}_{stream}")
+    if images:
+        prompt.add(f"{name}_decode", "VAEDecode", samples=graphs.link(f"{name}_split", 0), vae=vae)
+        prompt.add(f"{name}_save_images", "SaveImage", images=graphs.link(f"{name}_decode"),
+                   filename_prefix=f"ltx2/{name}_frames")
+
+
+def test_ltx2_guides_the_video_of_its_audio_video_latent(ltx_host):
+    """LTX-2 (LTXAV): TitanGuideSampler receives the audio+video latent packed into one tensor by ComfyUI's sampler
+    and guides its video part (sampled-gradient on decoded frames 0 and 16, and mixed): the guided videos are redder
+    than the unguided one; the audio latent is sampled with it (same shape, finite). Unguided, both latents equal
+    KSampler's (euler) at the same seed: every model call is ComfyUI's joint audio+video call."""
+    prompt = graphs.Prompt()
+    sources = ltx2_sources(prompt)
+    objective = graphs.add_color_objective(prompt)
+    runs = {"sampled": {"kind": "sampled_gradient", "frame_choice": "fixed", "frame_indices": "0, 16"},
+            "mixed": {"kind": "mixed", "frame_choice": "fixed", "frame_indices": "0, 16", "random_weight": 0.3},
+            "plain": None}
+    for name, guess in runs.items():
+        graphs.add_titan_sampler(prompt, name, sources, objective, seed=5, steps=3, lookahead=0, strength=0.3,
+                                 guess=graphs.add_guess(prompt, f"{name}_guess", **guess) if guess else None,
+                                 **({"guidance_end": 0.0} if guess is None else {}))
+        prompt.add(f"{name}_report", "PreviewAny", source=graphs.link(name, 1))
+        add_av_outputs(prompt, name, graphs.link(name, 0), sources["vae"])
+    prompt.add("ksampler", "KSampler", model=sources["model"], seed=5, steps=3, cfg=1.0, sampler_name="euler",
+               scheduler="normal", positive=sources["positive"], negative=sources["negative"],
+               latent_image=sources["latent"], denoise=1.0)
+    add_av_outputs(prompt, "ksampler", graphs.link("ksampler"), sources["vae"], images=False)
+    outputs = ltx_host.run(prompt.build(), timeout=1500)
+
+    plain = video_of(ltx_host, outputs, "plain_save_images")
+    assert plain.shape == (1, 17, 3, SIZE, SIZE)
+    color = ColorLoss()
+    for name in ("sampled", "mixed"):
+        text = report(outputs, name)
+        assert "3 latent frame(s) -> 17 frame(s) per video in one VAE call" in text, text
+        guided = float(color(video_of(ltx_host, outputs, f"{name}_save_images")))
+        assert guided < float(color(plain)) - 1e-3, (name, guided, float(color(plain)), text)
+    assert "frames [0, 16]" in report(outputs, "sampled")
+
+    latents = {(name, stream): saved_latent(ltx_host, outputs, f"{name}_{stream}")
+               for name in ("sampled", "plain", "ksampler") for stream in ("video", "audio")}
+    assert latents["plain", "video"].shape == (1, 128, 3, 2, 2)
+    assert latents["plain", "audio"].shape == (1, 8, 17, 16)  # 17 frames at 25 fps: 17 audio latents of 16 bins
+    for stream in ("video", "audio"):
+        ours, theirs = latents["plain", stream], latents["ksampler", stream]
+        assert torch.allclose(ours, theirs, atol=1e-4), (stream, float((ours - theirs).abs().max()))
+    assert torch.isfinite(latents["sampled", "audio"]).all()
+    # no guidance update touches the audio, but it is denoised with the guided video (joint attention): it follows
+    assert not torch.equal(latents["sampled", "audio"], latents["plain", "audio"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"guess": {"kind": "sampled_gradient", "frame_choice": "fixed", "frame_indices": "0, 17"}},
+     r"frame indices \[17\] map to no latent frame: the video has 17 decoded frames"),
+    ({"method": {"method": "freedom"}}, r"FreeDoM cannot guide one part of a packed latent yet \(video "
+                                        r"\(1, 128, 3, 2, 2\), audio \(1, 8, 17, 16\)\); use the TITAN"),
+])
+def test_ltx2_bad_input_gives_a_clear_error(ltx_host, overrides, message):
+    prompt = graphs.Prompt()
+    sources = ltx2_sources(prompt)
     add_sampler(prompt, "bad", sources, graphs.add_color_objective(prompt), save_images=False, **overrides)
     with pytest.raises(ComfyExecutionError, match=message):
         ltx_host.run(prompt.build(), timeout=300)
