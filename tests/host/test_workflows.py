@@ -192,7 +192,10 @@ def test_workflow_is_valid_ui_format_for_the_host(path, object_info):
         entry = target_inputs[target_slot]
         assert entry["link"] == link_id, f"link {link_id}: target input {entry['name']!r} names {entry['link']}"
         declared = dict(input_specs(object_info[nodes[target]["type"]]))[entry["name"]][0]
-        assert declared in (link_type, "*"), f"link {link_id}: {link_type} into {entry['name']!r} ({declared})"
+        # a multi-type input ("FLOAT,INT": LTXVEmptyLatentAudio's frame_rate) takes each of its types, as ComfyUI's
+        # validate_node_input splits them
+        assert declared == "*" or link_type in str(declared).split(","), \
+            f"link {link_id}: {link_type} into {entry['name']!r} ({declared})"
     for node in workflow["nodes"]:
         for entry in node["inputs"]:
             if entry.get("link") is not None:
