@@ -90,6 +90,10 @@ METADATA_KEY = "titan_guide_tiny_wan"  # the key of the first files (Wan); kept 
 
 def expected_metadata(name: str, seed: int, comfy_dir) -> dict:
     identity = {"file": name, "seed": seed, "format": FORMAT_VERSION, "comfyui": comfyui_version(comfy_dir)}
+    if name in LTX_NAMES:  # their configs live in this file: a changed config rebuilds them
+        identity["config"] = {"tiny_ltxv.safetensors": LTXV_TRANSFORMER_CONFIG, "tiny_ltxv_vae.safetensors":
+                              LTXV_VAE_CONFIG, "tiny_ltx2_av.safetensors": LTX2_TRANSFORMER_CONFIG,
+                              "tiny_ltx2_audio_vae.safetensors": LTX2_AUDIO_CONFIG}[name]
     return {METADATA_KEY: json.dumps(identity, sort_keys=True)}
 
 

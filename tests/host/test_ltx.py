@@ -171,9 +171,10 @@ def test_ltxv_bad_input_gives_a_clear_error(ltx_host, overrides, message):
         ltx_host.run(prompt.build(), timeout=300)
 
 
-def ltx2_sources(prompt: graphs.Prompt, *, length=17) -> dict:
-    """Core nodes of the LTX-2 graph (video and audio latents joined by LTXVConcatAVLatent); returns the links
-    TitanGuideSampler takes."""
+def ltx2_sources(prompt: graphs.Prompt, *, length=17, start_image=False) -> dict:
+    """Core nodes of the LTX-2 graph (video and audio latents joined by LTXVConcatAVLatent; with `start_image`, the
+    template's image-to-video: LTXVImgToVideoInplace on the video latent); returns the links TitanGuideSampler
+    takes."""
     prompt.add("ckpt", "CheckpointLoaderSimple", ckpt_name=TINY_SD15_FILENAME)
     prompt.add("positive_text", "CLIPTextEncode", text="a red car", clip=graphs.link("ckpt", 1))
     prompt.add("negative_text", "CLIPTextEncode", text="", clip=graphs.link("ckpt", 1))
@@ -181,10 +182,15 @@ def ltx2_sources(prompt: graphs.Prompt, *, length=17) -> dict:
     prompt.add("vae", "VAELoader", vae_name="tiny_ltxv_vae.safetensors")
     prompt.add("audio_vae", "LTXVAudioVAELoader", ckpt_name="tiny_ltx2_audio_vae.safetensors")
     prompt.add("video_latent", "EmptyLTXVLatentVideo", width=SIZE, height=SIZE, length=length, batch_size=1)
+    video_latent = graphs.link("video_latent")
+    if start_image:
+        prompt.add("start", "EmptyImage", width=SIZE, height=SIZE, batch_size=1, color=0x2080C0)
+        prompt.add("i2v", "LTXVImgToVideoInplace", vae=graphs.link("vae"), image=graphs.link("start"),
+                   latent=video_latent, strength=1.0, bypass=False)
+        video_latent = graphs.link("i2v")
     prompt.add("audio_latent", "LTXVEmptyLatentAudio", frames_number=length, frame_rate=25.0, batch_size=1,
                audio_vae=graphs.link("audio_vae"))
-    prompt.add("latent", "LTXVConcatAVLatent", video_latent=graphs.link("video_latent"),
-               audio_latent=graphs.link("audio_latent"))
+    prompt.add("latent", "LTXVConcatAVLatent", video_latent=video_latent, audio_latent=graphs.link("audio_latent"))
     prompt.add("conditioning", "LTXVConditioning", positive=graphs.link("positive_text"),
                negative=graphs.link("negative_text"), frame_rate=25.0)
     return {"model": graphs.link("unet"), "positive": graphs.link("conditioning", 0),
@@ -246,6 +252,41 @@ def test_ltx2_guides_the_video_of_its_audio_video_latent(ltx_host):
     assert torch.isfinite(latents["sampled", "audio"]).all()
     # no guidance update touches the audio, but it is denoised with the guided video (joint attention): it follows
     assert not torch.equal(latents["sampled", "audio"], latents["plain", "audio"])
+
+
+def test_ltx2_image_to_video_and_sampler_custom_advanced(ltx_host):
+    """LTX-2 image-to-video as the template builds it (LTXVImgToVideoInplace on the video latent, then
+    LTXVConcatAVLatent, whose nested noise mask keeps the start frame): under guidance the start frame's latent stays
+    as encoded and the other frames move. TitanGuideSamplerSelect in SamplerCustomAdvanced (CFGGuider, as the LTX-2
+    template samples) gives TitanGuideSampler's guided latents at the same seed."""
+    prompt = graphs.Prompt()
+    sources = ltx2_sources(prompt, length=9, start_image=True)
+    prompt.add("input_save", "SaveLatent", samples=graphs.link("i2v"), filename_prefix="ltx2/i2v_input")
+    objective = graphs.add_color_objective(prompt)
+    knobs = {**graphs.PROMPT_KNOBS, "lookahead": 0, "strength": 0.3}
+    guess = graphs.add_guess(prompt, "guess", kind="sampled_gradient", sampled_frames=2)
+    for name, end in (("guided", 1.0), ("plain", 0.0)):
+        graphs.add_titan_sampler(prompt, name, sources, objective, seed=5, steps=3, guess=guess,
+                                 **{**knobs, "guidance_end": end})
+        add_av_outputs(prompt, name, graphs.link(name, 0), sources["vae"], images=False)
+    prompt.add("noise", "RandomNoise", noise_seed=5)
+    prompt.add("scheduler", "BasicScheduler", model=sources["model"], scheduler="normal", steps=3, denoise=1.0)
+    prompt.add("guider", "CFGGuider", model=sources["model"], positive=sources["positive"],
+               negative=sources["negative"], cfg=1.0)
+    prompt.add("titan", "TitanGuideSamplerSelect", objective=objective, vae=sources["vae"], guess=guess, **knobs)
+    prompt.add("custom", "SamplerCustomAdvanced", noise=graphs.link("noise"), guider=graphs.link("guider"),
+               sampler=graphs.link("titan"), sigmas=graphs.link("scheduler"), latent_image=sources["latent"])
+    add_av_outputs(prompt, "custom", graphs.link("custom", 0), sources["vae"], images=False)
+    outputs = ltx_host.run(prompt.build(), timeout=1500)
+
+    start = saved_latent(ltx_host, outputs, "input_save")
+    guided, plain = (saved_latent(ltx_host, outputs, f"{n}_video") for n in ("guided", "plain"))
+    assert guided.shape == start.shape == (1, 128, 2, 2, 2)
+    assert torch.allclose(guided[:, :, 0], start[:, :, 0], atol=1e-4), float((guided - start)[:, :, 0].abs().max())
+    assert not torch.allclose(guided[:, :, 1], plain[:, :, 1], atol=1e-3)
+    for stream in ("video", "audio"):
+        node, custom = (saved_latent(ltx_host, outputs, f"{n}_{stream}") for n in ("guided", "custom"))
+        assert torch.allclose(node, custom, atol=1e-4), (stream, float((node - custom).abs().max()))
 
 
 @pytest.mark.parametrize("overrides, message", [
