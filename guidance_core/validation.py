@@ -177,6 +177,6 @@ def is_in_place_backprop_error(error: BaseException) -> bool:
 def in_place_backprop_message(method: str, error: BaseException) -> str:
     """What to do when a backprop method meets a model whose code is not differentiable in reverse mode."""
     return (f"the {method} method backpropagates through the diffusion model, and this model's code updates tensors "
-            f"in place after using them (ComfyUI's LTX transformer blocks: x += attn(x)), which backpropagation "
+            f"in place after using them (as ComfyUI's LTX transformer blocks do: x += attn(x)), which backpropagation "
             f"cannot differentiate. Use the 'titan' method: its forward-mode gradients go through in-place updates. "
             f"({error})")
