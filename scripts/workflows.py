@@ -620,8 +620,8 @@ def ltx2_t2v_dover() -> dict:
         node(6, "LTXVAudioVAELoader", (20, 430), (320, 80), ckpt_name=LTX2_CHECKPOINT),
         node(7, "EmptyLTXVLatentVideo", (20, 570), (320, 130), title="97 frames, 768x512", width=768, height=512,
              length=97, batch_size=1),
-        node(8, "LTXVEmptyLatentAudio", (20, 760), (320, 130), {"audio_vae": (6, 0), "frame_rate": (22, 0)},
-             frames_number=97, batch_size=1),
+        node(8, "LTXVEmptyLatentAudio", (20, 760), (320, 130), {"audio_vae": (6, 0)}, frames_number=97,
+             frame_rate=LTX_FPS, batch_size=1),
         node(9, "LTXVConcatAVLatent", (380, 650), (320, 60), {"video_latent": (7, 0), "audio_latent": (8, 0)}),
         node(10, "TitanDoverLoader", (20, 950), (320, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
         node(11, "TitanAestheticObjective", (20, 1100), (320, 180), {"dover": (10, 0)}, mode="fused", weight=1.0,
@@ -634,8 +634,7 @@ def ltx2_t2v_dover() -> dict:
         node(14, "LTXVSeparateAVLatent", (820, 800), (320, 60), {"av_latent": (13, 0)}),
         *ltx_outputs(15, 13, (14, 0), (1, 2), "titan/ltx2_t2v_dover"),
         node(19, "LTXVAudioVAEDecode", (820, 920), (320, 60), {"samples": (14, 1), "audio_vae": (6, 0)}),
-        node(20, "SaveAudio", (820, 1040), (320, 120), {"audio": (19, 0)}, "Audio (sampled unguided)",
-             filename_prefix="titan/ltx2_t2v_dover_audio"),
+        node(20, "PreviewAudio", (820, 1040), (320, 120), {"audio": (19, 0)}, "Audio (sampled unguided)"),
     ]
     files = [(LTX2_CHECKPOINT, "models/checkpoints", "huggingface.co/Lightricks/LTX-2 (model, video and audio VAE)"),
              (LTX2_TEXT_ENCODER, "models/text_encoders", "huggingface.co/Comfy-Org/ltx-2 split_files/text_encoders"),
@@ -645,7 +644,6 @@ def ltx2_t2v_dover() -> dict:
                         "guides the video part only, while every model call (plain steps and the look-ahead) stays "
                         "ComfyUI's joint audio+video call, so the audio follows the guided video unguided.", files,
                         LTX_NOTE)
-    nodes.append(node(22, "PrimitiveFloat", (380, 760), (320, 80), title="Frame rate (audio length)", value=LTX_FPS))
     return {"nodes": nodes + [note(21, (1200, 900), text, (700, 480))],
             "groups": [group("LTX-2 19B text-to-audio+video", (0, 0, 800, 1300))]}
 
@@ -677,8 +675,10 @@ def input_specs(info: dict) -> list:
 
 
 def is_widget_spec(spec: list) -> bool:
-    """True for inputs the frontend shows as widgets (numbers, strings, booleans, combos)."""
-    return isinstance(spec[0], list) or spec[0] in WIDGET_KINDS
+    """True for inputs the frontend shows as widgets (numbers, strings, booleans, combos), multi-type inputs with a
+    widget included ("FLOAT,INT" with widgetType FLOAT: LTXVEmptyLatentAudio's frame_rate)."""
+    return (isinstance(spec[0], list) or spec[0] in WIDGET_KINDS
+            or spec_options(spec).get("widgetType") in WIDGET_KINDS)
 
 
 def spec_options(spec: list) -> dict:
