@@ -1,5 +1,5 @@
 """guidance_core: TITAN-Guide's forward-gradient guidance engine in plain PyTorch (never imports ComfyUI)."""
-from . import baselines
+from . import baselines, packed
 from .forward_ad import (GraphedJvp, attention_route, chunked_math_sdpa, forward_ad_scope, forward_ad_sdpa,
                          register_attention_context)
 from .forward_ad.attention import forward_ad_attention

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .denoiser import Denoiser, vp_input_scale
 from .layout import Layout
+from .packed import WholeLatent
 from .steps import STEPS, ancestral_step, derived_seed, heun_step
 from .validation import check_latent, finite
 
@@ -36,6 +37,9 @@ class SamplingContext:
     noise_generator: torch.Generator | None = None  # ancestral step noise; default: derived from `generator`
     state: dict = field(default_factory=dict)  # what a method keeps across the steps of this run (an optimiser)
     sampler_knob: str = "'cfg'"  # the widget that makes an unguided sampler step non-finite (named in the error)
+    # the part of x guidance acts on (packed.PackedPart: the video of LTX-2's packed audio+video latent); `layout`
+    # and `loss` describe that part, the denoiser and the steps the whole x
+    part: object = field(default_factory=WholeLatent)
 
     def __post_init__(self):
         # Step noise gets its own stream, so guidance's random draws (tangents, frame choices) do not shift it:
@@ -85,7 +89,10 @@ def sample(denoise: Denoiser, x: Tensor, sigmas: Tensor, method=None, **context)
         raise ValueError(f"unknown sampler step {ctx.step!r}; choose one of {STEPS}")
     if ctx.step == "heun" and ctx.eta:
         raise ValueError("eta > 0 (stochastic steps) is only available with the euler / ddim step")
-    ctx.layout.check(x)
+    if not ctx.part.whole and method is not None and not getattr(method, "guides_parts", False):
+        raise ValueError(f"{type(method).__name__} cannot guide one part of a packed latent yet "
+                         f"({ctx.part.describe()}); use the TITAN or exact-gradient method")
+    ctx.layout.check(ctx.part.get(x))
     check_latent(x, "the input latent", "check the node that made it (or the input image / video it encodes)")
     knob = getattr(method, "knob", "'strength'")  # the widget that scales the method's updates
     if method is not None and hasattr(method, "sample"):

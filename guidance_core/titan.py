@@ -23,16 +23,25 @@ from .update import apply_update, clip_per_sample, guided_steps, make_optimizer,
 
 @dataclass(frozen=True)
 class Traverse:
-    """f(z) = loss(decode(unroll(z))) along fixed look-ahead sigmas: the function guidance differentiates."""
+    """f(z) = loss(decode(unroll(z))) along fixed look-ahead sigmas: the function guidance differentiates.
+
+    With `base` (a packed latent, ctx.part not whole) z is the guided part of `base`: the unroll runs on the whole
+    latent with z in place of that part, the loss reads that part of the estimate."""
 
     ctx: SamplingContext
     sigmas: Tensor
     per_frame: bool = False
     checkpointed: bool = False
+    base: Tensor | None = None
 
     def __call__(self, z: Tensor) -> Tensor:
-        x0 = unroll(self.ctx.denoise, z, self.sigmas, self.ctx.step, self.checkpointed)
-        return self.ctx.loss(x0, per_frame=self.per_frame)
+        x = z if self.base is None else self.ctx.part.put(self.base, z)
+        x0 = unroll(self.ctx.denoise, x, self.sigmas, self.ctx.step, self.checkpointed)
+        return self.ctx.loss(self.ctx.part.get(x0), per_frame=self.per_frame)
+
+    def at(self, x: Tensor) -> "Traverse":
+        """The traverse as a function of the guided part of the latent `x` (itself when the part is the whole)."""
+        return self if self.ctx.part.whole else replace(self, base=x)
 
     def with_sigmas(self, sigmas: Tensor) -> "Traverse":
         """The same traverse reading its sigmas from `sigmas` (a CUDA graph's static buffer)."""
@@ -56,6 +65,7 @@ class LookaheadGuidance:
     """
 
     knob = "'strength'"  # the widget that scales its updates (named when an update turns the latent non-finite)
+    guides_parts = True  # guides one part of a packed latent (ctx.part), the rest passing through
 
     lookahead: int | str = 1
     strength: float = 0.06
@@ -90,7 +100,8 @@ class LookaheadGuidance:
         return False
 
     def estimate(self, f, x: Tensor, i: int, ctx: SamplingContext) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(loss, gradient estimate, directional derivatives or None) of f at x."""
+        """(loss, gradient estimate, directional derivatives or None) of f at ctx.part.get(x): `x` is the whole
+        latent, `f` a function of its guided part."""
         raise NotImplementedError
 
     def guide(self, x: Tensor, i: int, ctx: SamplingContext) -> tuple[Tensor, dict | None]:
@@ -101,11 +112,13 @@ class LookaheadGuidance:
         weight = float(strength_schedule(self.schedule, len(window))[i - window.start])
         rule = ctx.run_state(self, lambda: make_optimizer(self.optimizer, self.strength, ctx.layout))
         rule.begin_step()
-        f, k = self.objective(i, ctx)
+        traverse, k = self.objective(i, ctx)
+        part = ctx.part
         scale = ctx.latent_scale(ctx.sigmas[i])
         report = {"step": i, "sigma": float(ctx.sigmas[i]), "lookahead": k, "loss": [], "grad_norm": [],
                   "skipped": None}
         for _ in range(self.iterations):
+            f = traverse.at(x)
             loss, grad, derivatives = self.estimate(f, x, i, ctx)
             grad = clip_per_sample(grad, self.max_grad_norm, ctx.layout)
             report["loss"].append(float(loss.float().mean()))
@@ -117,8 +130,8 @@ class LookaheadGuidance:
                 warnings.warn(f"guidance step {i}: non-finite loss or gradient, update skipped")
                 break
             if ctx.observer is not None:
-                ctx.observer(i=i, x=x, gradient=grad, f=f, method=self)
-            x = apply_update(x, grad, rule, self.strength * weight, scale)
+                ctx.observer(i=i, x=part.get(x), gradient=grad, f=f, method=self)
+            x = part.put(x, apply_update(part.get(x), grad, rule, self.strength * weight, scale))
         return ctx.plain_step(x, i), report
 
 
@@ -145,7 +158,12 @@ class Titan(LookaheadGuidance):
         with torch.no_grad():
             denoised = ctx.denoise(x, sigma) if needs_denoised else None
         memory = ctx.run_state(self.guess, dict)
-        tangents = self.guess(GuessContext(x, sigma, denoised, ctx.loss, ctx.layout, ctx.generator, memory))
+        part = ctx.part
+        if self.graphs is not None and not part.whole:  # a captured graph would keep the first step's other parts
+            raise ValueError("cuda_graph cannot replay guidance of one part of a packed latent; turn it off")
+        x = part.get(x)
+        tangents = self.guess(GuessContext(x, sigma, None if denoised is None else part.get(denoised), ctx.loss,
+                                           ctx.layout, ctx.generator, memory))
         est = forward_gradient(f, x, tangents, ctx.layout, self.estimator, self.delta, jvp=self.graphs)
         if hasattr(self.guess, "after_estimate") and torch.isfinite(est.gradient).all():
             self.guess.after_estimate(memory, est.gradient, ctx.layout)

@@ -167,3 +167,16 @@ def warnings_text(messages) -> str:
     """' Warnings before the error: a; b.' for the messages (each once), or ''."""
     unique = list(dict.fromkeys(messages))
     return f" Warnings before the error: {'; '.join(unique)}." if unique else ""
+
+
+def is_in_place_backprop_error(error: BaseException) -> bool:
+    """Autograd's refusal to backpropagate through a tensor that the model's code changed in place after using it."""
+    return isinstance(error, RuntimeError) and "modified by an inplace operation" in str(error)
+
+
+def in_place_backprop_message(method: str, error: BaseException) -> str:
+    """What to do when a backprop method meets a model whose code is not differentiable in reverse mode."""
+    return (f"the {method} method backpropagates through the diffusion model, and this model's code updates tensors "
+            f"in place after using them (as ComfyUI's LTX transformer blocks do: x += attn(x)), which backpropagation "
+            f"cannot differentiate. Use the 'titan' method: its forward-mode gradients go through in-place updates. "
+            f"({error})")

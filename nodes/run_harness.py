@@ -21,8 +21,8 @@ from .. import guidance_core as core
 from ..guidance_core import video_frames
 from ..guidance_core.inference_tensors import InferenceTensorClones
 from ..guidance_core.report import RunRecord, format_report, peak_memory
-from ..guidance_core.validation import (SENT_VALUES, Widget, check_widgets, is_out_of_memory,
-                                        out_of_memory_message)
+from ..guidance_core.validation import (SENT_VALUES, Widget, check_widgets, in_place_backprop_message,
+                                        is_in_place_backprop_error, is_out_of_memory, out_of_memory_message)
 from ..guidance_core.run_config import (GuessSpec, GuidanceSettings, MethodSpec, check_method, check_run,
                                         guess_and_method, guidance_seed)
 from ..objectives.combination import ObjectiveSet
@@ -96,6 +96,8 @@ def guidance_session(record: RunRecord, device: torch.device, clones: InferenceT
             LOG.warning("TITAN-Guide (before the error): %s", message)
         if is_out_of_memory(error):  # a CUDA OutOfMemoryError or a failed CPU allocation: one message, one type
             raise torch.OutOfMemoryError(out_of_memory_message(record.method, what, error, record.warnings)) from error
+        if is_in_place_backprop_error(error):
+            raise RuntimeError(in_place_backprop_message(record.method, error)) from error
         raise
     finally:
         clones.clear()
@@ -148,7 +150,10 @@ class GuidedSampler:
         guider = model.inner_model
         base_model = guider.inner_model
         steps = len(sigmas) - 1
-        layout, frames = self.validate(x.shape, steps, base_model.model_sampling)
+        # LTX-2: ComfyUI packs its video and audio latents into one x and records their shapes on the model
+        part = core.packed.video_part(getattr(base_model, "latent_shapes", None))
+        shape = x.shape if part.whole else part.shape
+        layout, frames = self.validate(shape, steps, base_model.model_sampling)
         seed = self.seed if self.seed is not None else int(extra_args.get("seed") or 0)
         s = self.settings
         record = self.record = RunRecord.of_run(self.objective, self.guess, self.method, layout.samples, frames,
@@ -156,17 +161,17 @@ class GuidedSampler:
         if steps < 1:
             return x
 
-        decoded_rows = layout.samples * min(s.decode_chunk_frames, frames) if s.decode_chunk_frames else x.shape[0]
-        decode_memory = self.vae.memory_used_decode((decoded_rows, *x.shape[1:]), self.vae.vae_dtype)
+        decoded_rows = layout.samples * min(s.decode_chunk_frames, frames) if s.decode_chunk_frames else shape[0]
+        decode_memory = self.vae.memory_used_decode((decoded_rows, *shape[1:]), self.vae.vae_dtype)
         run_models, loaded_late = comfy_model.load_run_models(guider, self.comfy_models(), self.vae, decode_memory)
         self.objective.to(self.vae.device, x.device)
         record.loaded_models = comfy_model.describe_loaded_models(run_models, loaded_late)
         clones = InferenceTensorClones()
         denoiser = comfy_model.ComfyDenoiser(model, extra_args, clones, base_model.model_sampling)
-        video = x.dim() == 5
+        video = len(shape) == 5
         if video:
             loss = native_video.video_loss(self.vae, base_model, self.objective,
-                                           native_video.causal_time(self.vae, x.shape), clones)
+                                           native_video.causal_time(self.vae, shape), clones)
         else:
             loss = core.DecodedLoss(comfy_model.vae_decoder(self.vae, base_model, clones), self.objective, layout,
                                     s.decode_chunk_frames, self.method.checkpointed,
@@ -179,10 +184,10 @@ class GuidedSampler:
             with native_video.vae_attention_scope(self.vae) if video else \
                     comfy_model.vae_forward_ad_attention(self.vae.first_stage_model), \
                     native_video.differentiable_ops() if video else contextlib.nullcontext():
-                record.decode_chunk = native_video.plan_decode(loss, self.vae, x, s.decode_chunk_frames) if video \
-                    else loss.plan_chunk(x, frames, s.decode_chunk_frames)
+                record.decode_chunk = native_video.plan_decode(loss, self.vae, part.get(x), s.decode_chunk_frames) \
+                    if video else loss.plan_chunk(x, frames, s.decode_chunk_frames)
                 result = core.sample(denoiser, x.clone(), sigmas.clone(), method, loss=loss, layout=layout,
-                                     step=s.sampler, eta=s.eta, generator=generator,
+                                     step=s.sampler, eta=s.eta, generator=generator, part=part,
                                      latent_scale=comfy_model.latent_scale_of(base_model.model_sampling),
                                      callback=step_callback)
             record.model_calls = denoiser.calls

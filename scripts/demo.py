@@ -143,7 +143,9 @@ SEED_WIDGETS = {("TitanGuideSampler", "seed")}
 # prompt and the server ignores it) and one "upload" button (Comfy.UploadImage for an image/video upload combo,
 # Comfy.UploadAudio for an audio_upload combo). A LoadImage saved by the UI has widgets_values [file, "image"], a
 # LoadAudio [file, null, ""].
-AUDIO_UI_NODE_TYPES = ("LoadAudio", "SaveAudio", "PreviewAudio", "SaveAudioMP3", "SaveAudioOpus")
+# Only LoadAudio's audio widget is saved: PreviewAudio and SaveAudio save no value for theirs (0.33.0's frontend,
+# the browser test of ltx2_t2v_dover.json)
+AUDIO_UI_NODE_TYPES = ("LoadAudio",)
 MEDIA_UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload")
 
 
@@ -239,7 +241,9 @@ def workflow_to_api(workflow: dict, object_info: dict) -> dict:
         for name in names:
             kind = specs[name][0]
             options = specs[name][1] if len(specs[name]) > 1 else {}
-            is_widget = isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+            widget_kinds = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")  # or a multi-type input's widget type
+            is_widget = isinstance(kind, list) or kind in widget_kinds or \
+                options.get("widgetType") in widget_kinds
             if name in connected:
                 link = connected[name]
                 inputs[name] = [str(link[1]), link[2]]

@@ -44,6 +44,10 @@ WAN22_T2V_EXPERTS = ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
                      "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors")
 WAN22_I2V_EXPERTS = ("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
                      "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors")
+# LTX (native comfy/ldm/lightricks), the files of ComfyUI's official LTX-Video and LTX-2 templates.
+LTXV_CHECKPOINT = "ltx-video-2b-v0.9.5.safetensors"
+LTX2_CHECKPOINT = "ltx-2-19b-dev-fp8.safetensors"
+LTX2_TEXT_ENCODER = "gemma_3_12B_it_fp4_mixed.safetensors"
 # Files the workflows read from ComfyUI/input.
 STYLE_IMAGE = "style_reference.png"
 TARGET_AUDIO = "target_audio.wav"
@@ -60,6 +64,8 @@ FILE_INPUTS = {
     ("CLIPLoader", "clip_name"): "text_encoders",
     ("UNETLoader", "unet_name"): "diffusion_models",
     ("VAELoader", "vae_name"): "vae",
+    ("LTXAVTextEncoderLoader", "text_encoder"): "text_encoders",
+    ("LTXVAudioVAELoader", "ckpt_name"): "checkpoints",
     ("LoadImage", "image"): "input",
     ("LoadAudio", "audio"): "input",
 }
@@ -586,6 +592,114 @@ def cogvideox_native_style() -> dict:
             "groups": [group("CogVideoX 5B, native nodes", (0, 0, 800, 790))]}
 
 
+# ---------------------------------------------------------------------------------------------------------
+# LTX (native in ComfyUI 0.33): the official templates' loaders and conditioning, TitanGuideSampler instead of
+# SamplerCustom(Advanced)
+# ---------------------------------------------------------------------------------------------------------
+LTX_FPS = 25.0
+LTX_TITAN_KNOBS = {**WAN_TITAN_KNOBS}
+LTX_NOTE = ("Frames: LTX's VAE turns latent frame 0 into frame 0 and latent frame k into frames 8k-7..8k, so 97 "
+            "frames are 13 latent frames; 'frame indices' of a fixed frame choice are video frames. The decode inside "
+            "the objective runs the VAE's own causal chunks (exact); decode_chunk_frames must stay 0. Use the 'titan' "
+            "method: ComfyUI's LTX blocks update activations in place, which the backprop baselines cannot "
+            "differentiate. For the templates' LTXVScheduler, put TitanGuideSamplerSelect into SamplerCustomAdvanced.")
+
+
+def ltx_outputs(first_id: int, sampler: int, samples: tuple, vae: tuple, prefix: str, x: int = 1200) -> list:
+    """VAEDecode of `samples` -> SaveAnimatedWEBP (25 fps), the loss plot and the report of node `sampler`."""
+    return [
+        node(first_id, "VAEDecode", (x, 100), (210, 50), {"samples": samples, "vae": vae}),
+        node(first_id + 1, "SaveAnimatedWEBP", (x + 240, 100), (340, 380), {"images": (first_id, 0)}, "Guided video",
+             filename_prefix=prefix, fps=LTX_FPS, lossless=False, quality=90, method="default"),
+        node(first_id + 2, "SaveImage", (x, 540), (340, 300), {"images": (sampler, 2)}, "Loss per step",
+             filename_prefix=prefix + "_loss"),
+        node(first_id + 3, "PreviewAny", (x + 360, 540), (340, 300), {"source": (sampler, 1)}, "Guidance report"),
+    ]
+
+
+def ltxv_i2v_style() -> dict:
+    """LTX-Video 2B image-to-video guided towards a reference image's style through CLIP."""
+    nodes = [
+        node(1, "CheckpointLoaderSimple", (20, 100), (320, 100), ckpt_name=LTXV_CHECKPOINT),
+        node(2, "CLIPLoader", (20, 260), (320, 110), title="T5-XXL text encoder", clip_name=T5_ENCODER, type="ltxv",
+             device="default"),
+        node(3, "CLIPTextEncode", (380, 100), (400, 160), {"clip": (2, 0)}, "Positive prompt",
+             text="a red fox walking through fresh snow, steam rising from its breath, soft winter light"),
+        node(4, "CLIPTextEncode", (380, 320), (400, 130), {"clip": (2, 0)}, "Negative prompt",
+             text="low quality, worst quality, deformed, distorted, motion smear, motion artifacts"),
+        node(5, "LoadImage", (20, 430), (320, 320), title="Start image", image=FIRST_KEYFRAME),
+        node(6, "LTXVImgToVideo", (380, 510), (320, 190), {"positive": (3, 0), "negative": (4, 0), "vae": (1, 2),
+                                                            "image": (5, 0)},
+             width=768, height=512, length=97, batch_size=1, strength=1.0),
+        node(7, "LTXVConditioning", (380, 760), (320, 80), {"positive": (6, 0), "negative": (6, 1)},
+             frame_rate=LTX_FPS),
+        node(8, "TitanClipStyleLoader", (20, 820), (320, 150), clip_name=CLIP_STYLE_WEIGHTS, architecture="auto",
+             pretrained_tag="", dtype="fp32"),
+        node(9, "LoadImage", (20, 1030), (320, 320), title="Style reference", image=STYLE_IMAGE),
+        node(10, "TitanStyleObjective", (380, 900), (340, 330), {"clip": (8, 0), "style_image": (9, 0)},
+             loss_kind="cosine", weight=1.0, text="", style_weight=1.0, text_weight=1.0, content_weight=0.0,
+             gram_layer=-2, frames_per_chunk=0),
+        node(11, "TitanGradientGuess", (820, 800), (340, 220), **GUESS_KNOBS),
+        node(12, "TitanGuideSampler", (820, 100), (340, 640),
+             {"model": (1, 0), "positive": (7, 0), "negative": (7, 1), "latent_image": (6, 2), "vae": (1, 2),
+              "objective": (10, 0), "guess": (11, 0)}, "TITAN-Guide: CLIP style", seed=SEED, steps=30, cfg=3.0,
+             scheduler="normal", denoise=1.0, **LTX_TITAN_KNOBS),
+        *ltx_outputs(13, 12, (12, 0), (1, 2), "titan/ltxv_i2v_style"),
+    ]
+    files = [(LTXV_CHECKPOINT, "models/checkpoints", "huggingface.co/Lightricks/LTX-Video (model and VAE)"),
+             (T5_ENCODER, "models/text_encoders", "huggingface.co/comfyanonymous/flux_text_encoders"),
+             (CLIP_STYLE_WEIGHTS, "models/clip_vision", "open_clip ViT-H-14 laion2b_s32b_b79k"),
+             (FIRST_KEYFRAME, "input", "the start image (LTXVImgToVideo keeps it as the first frame at strength 1)"),
+             (STYLE_IMAGE, "input", "your style image; any size")]
+    text = weights_note("TITAN-Guide on LTX-Video image-to-video: style guidance through CLIP. LTXVImgToVideo's "
+                        "start-frame latent and noise mask stay in place on every model call.", files, LTX_NOTE)
+    return {"nodes": nodes + [note(17, (1200, 900), text, (700, 480))],
+            "groups": [group("LTX-Video 2B image-to-video", (0, 0, 800, 1370))]}
+
+
+def ltx2_t2v_dover() -> dict:
+    """LTX-2 text-to-audio+video: the video guided by DOVER's aesthetic score, the audio sampled with it."""
+    nodes = [
+        node(1, "CheckpointLoaderSimple", (20, 100), (320, 100), ckpt_name=LTX2_CHECKPOINT),
+        node(2, "LTXAVTextEncoderLoader", (20, 260), (320, 110), title="Gemma 3 text encoder",
+             text_encoder=LTX2_TEXT_ENCODER, ckpt_name=LTX2_CHECKPOINT, device="default"),
+        node(3, "CLIPTextEncode", (380, 100), (400, 160), {"clip": (2, 0)}, "Positive prompt",
+             text="waves breaking on a rocky shore at sunset, seagulls calling, the roar of the surf"),
+        node(4, "CLIPTextEncode", (380, 320), (400, 130), {"clip": (2, 0)}, "Negative prompt",
+             text="blurry, low quality, still frame, watermark, overlay, titles, subtitles"),
+        node(5, "LTXVConditioning", (380, 510), (320, 80), {"positive": (3, 0), "negative": (4, 0)},
+             frame_rate=LTX_FPS),
+        node(6, "LTXVAudioVAELoader", (20, 430), (320, 80), ckpt_name=LTX2_CHECKPOINT),
+        node(7, "EmptyLTXVLatentVideo", (20, 570), (320, 130), title="97 frames, 768x512", width=768, height=512,
+             length=97, batch_size=1),
+        node(8, "LTXVEmptyLatentAudio", (20, 760), (320, 130), {"audio_vae": (6, 0)}, frames_number=97,
+             frame_rate=LTX_FPS, batch_size=1),
+        node(9, "LTXVConcatAVLatent", (380, 650), (320, 60), {"video_latent": (7, 0), "audio_latent": (8, 0)}),
+        node(10, "TitanDoverLoader", (20, 950), (320, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
+        node(11, "TitanAestheticObjective", (20, 1100), (320, 180), {"dover": (10, 0)}, mode="fused", weight=1.0,
+             fragment_sampling="random", fragment_seed=0, technical_samples=1),
+        node(12, "TitanGradientGuess", (380, 950), (320, 220), **GUESS_KNOBS),
+        node(13, "TitanGuideSampler", (820, 100), (340, 640),
+             {"model": (1, 0), "positive": (5, 0), "negative": (5, 1), "latent_image": (9, 0), "vae": (1, 2),
+              "objective": (11, 0), "guess": (12, 0)}, "TITAN-Guide: DOVER aesthetics (video)", seed=SEED,
+             steps=STEPS, cfg=4.0, scheduler="normal", denoise=1.0, **LTX_TITAN_KNOBS),
+        node(14, "LTXVSeparateAVLatent", (820, 800), (320, 60), {"av_latent": (13, 0)}),
+        *ltx_outputs(15, 13, (14, 0), (1, 2), "titan/ltx2_t2v_dover"),
+        node(19, "LTXVAudioVAEDecode", (820, 920), (320, 60), {"samples": (14, 1), "audio_vae": (6, 0)}),
+        node(20, "PreviewAudio", (820, 1040), (320, 120), {"audio": (19, 0)}, "Audio (sampled unguided)"),
+    ]
+    files = [(LTX2_CHECKPOINT, "models/checkpoints", "huggingface.co/Lightricks/LTX-2 (model, video and audio VAE)"),
+             (LTX2_TEXT_ENCODER, "models/text_encoders", "huggingface.co/Comfy-Org/ltx-2 split_files/text_encoders"),
+             (DOVER_WEIGHTS, "models/dover", "github.com/VQAssessment/DOVER release DOVER.pth")]
+    text = weights_note("TITAN-Guide on LTX-2 text-to-audio+video: aesthetic guidance of the video with DOVER. "
+                        "ComfyUI samples LTX-2's video and audio latents packed into one tensor; TitanGuideSampler "
+                        "guides the video part only, while every model call (plain steps and the look-ahead) stays "
+                        "ComfyUI's joint audio+video call, so the audio follows the guided video unguided.", files,
+                        LTX_NOTE)
+    return {"nodes": nodes + [note(21, (1200, 900), text, (700, 480))],
+            "groups": [group("LTX-2 19B text-to-audio+video", (0, 0, 800, 1300))]}
+
+
 WORKFLOWS = {
     "aesthetic_dover_animatediff.json": aesthetic_dover_animatediff,
     "style_clip_animatediff.json": style_clip_animatediff,
@@ -598,6 +712,8 @@ WORKFLOWS = {
     "wan22_i2v_style.json": wan22_i2v_style,
     "wan21_frame_interpolation.json": wan21_frame_interpolation,
     "cogvideox_native_style.json": cogvideox_native_style,
+    "ltxv_i2v_style.json": ltxv_i2v_style,
+    "ltx2_t2v_dover.json": ltx2_t2v_dover,
 }
 
 
@@ -612,8 +728,10 @@ def input_specs(info: dict) -> list:
 
 
 def is_widget_spec(spec: list) -> bool:
-    """True for inputs the frontend shows as widgets (numbers, strings, booleans, combos)."""
-    return isinstance(spec[0], list) or spec[0] in WIDGET_KINDS
+    """True for inputs the frontend shows as widgets (numbers, strings, booleans, combos), multi-type inputs with a
+    widget included ("FLOAT,INT" with widgetType FLOAT: LTXVEmptyLatentAudio's frame_rate)."""
+    return (isinstance(spec[0], list) or spec[0] in WIDGET_KINDS
+            or spec_options(spec).get("widgetType") in WIDGET_KINDS)
 
 
 def spec_options(spec: list) -> dict:

@@ -61,9 +61,10 @@ def comfy_host(tmp_path_factory, comfyui_dir, tiny_sd15_checkpoint):
 def video_host(comfy_host, comfyui_dir):
     """The session host with the tiny native video model files (tests/tiny_video_models.py: Wan, CogVideoX) in its
     diffusion_models/ and vae/ folders."""
-    from tiny_video_models import FILES, build_tiny_video_files
+    from tiny_video_models import FILES, LTX_NAMES, build_tiny_video_files
 
-    paths = build_tiny_video_files(comfyui_dir, HOST_DIR / "test-cache" / "wan", python=default_python())
+    paths = build_tiny_video_files(comfyui_dir, HOST_DIR / "test-cache" / "wan", python=default_python(),
+                                   names=[name for name in FILES if name not in LTX_NAMES])
     for name, path in paths.items():
         folder = comfy_host.models_dir / FILES[name][0]
         folder.mkdir(parents=True, exist_ok=True)

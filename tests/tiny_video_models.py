@@ -1,9 +1,10 @@
-"""Tiny random-init checkpoints of ComfyUI's native video models (Wan, CogVideoX) in the official files' key
-layouts, for host tests.
+"""Tiny random-init checkpoints of ComfyUI's native video models (Wan, CogVideoX, LTX-Video, LTX-2) in the official
+files' key layouts, for host tests.
 
 Built from ComfyUI's own classes (comfy.ldm.wan.model.WanModel, comfy.ldm.wan.vae.WanVAE,
 comfy.ldm.wan.vae2_2.WanVAE, comfy.ldm.cogvideo.model.CogVideoXTransformer3DModel,
-comfy.ldm.cogvideo.vae.AutoencoderKLCogVideoX) on the meta device, filled deterministically and saved as safetensors with the
+comfy.ldm.cogvideo.vae.AutoencoderKLCogVideoX, comfy.ldm.lightricks: LTXVModel, LTXAVModel, VideoVAE, AudioVAE) on the
+meta device, filled deterministically and saved as safetensors with the
 keys of the official files (`wan2.1_t2v_1.3B_fp16.safetensors` in diffusion_models/, `wan_2.1_vae.safetensors`
 in vae/, ...), so ComfyUI's UNETLoader / VAELoader detect them as the real families:
 
@@ -16,10 +17,15 @@ in vae/, ...), so ComfyUI's UNETLoader / VAELoader detect them as the real famil
 | tiny_wan22_vae.safetensors | the Wan 2.2 VAE (4x time, 16x space, 48 channels); ComfyUI builds it from a fixed config, so it is full size |
 | tiny_cogvideox_t2v.safetensors | CogVideoX_T2V (V_PREDICTION_DDPM; 2 heads x 64 = dim 128, 1 block, rotary positions as CogVideoX 5B) |
 | tiny_cogvideox_vae.safetensors | the CogVideoX VAE (4x time, 8x space, 16 channels); built by ComfyUI from a fixed config: full size (216 M) |
+| tiny_ltxv.safetensors | LTXV (LTX-Video; 128 latent channels; 32 heads x 4 = dim 128, 1 block) |
+| tiny_ltxv_vae.safetensors | LTX's VideoVAE (8x time, 32x space, 128 channels; LTXV and LTX-2), 32 decoder / 8 encoder base channels: its config rides in the file's metadata (`config` -> `vae`), which comfy/sd.py reads |
+| tiny_ltx2_av.safetensors | LTXAV (LTX-2 audio+video; 128 video channels, audio 8 x 16 mel bins; video 32 heads x 4, audio 2 heads x 32, 1 block, 1-layer text connectors 12 heads x 64) |
+| tiny_ltx2_audio_vae.safetensors (checkpoints/) | LTX-2's audio VAE and vocoder (8 base channels), config in metadata as ComfyUI's LTXVAudioVAELoader reads it |
 
-The diffusion models' text projection takes 768-wide context (Wan: safetensors metadata `config`, which ComfyUI's
-model detection reads; CogVideoX: the shape of patch_embed.text_proj), so the tiny SD1.5 checkpoint's CLIP-L encodes prompts: UMT5-XXL has a fixed 5.7 B
-configuration that cannot be made tiny (as T5-XXL for CogVideoX). Runs as a script (ComfyUI importable only in the subprocess).
+The diffusion models' text projection takes 768-wide context (Wan, LTXV, LTX-2: safetensors metadata `config`, which
+ComfyUI's model detection reads; CogVideoX: the shape of patch_embed.text_proj), so the tiny SD1.5 checkpoint's CLIP-L
+encodes prompts: UMT5-XXL has a fixed 5.7 B configuration that cannot be made tiny (as T5-XXL for CogVideoX and LTXV,
+Gemma 3 12B for LTX-2). Runs as a script (ComfyUI importable only in the subprocess).
 """
 
 import argparse
@@ -45,19 +51,57 @@ FILES = {
     "tiny_wan22_vae.safetensors": ("vae", "vae22", 5),
     "tiny_cogvideox_t2v.safetensors": ("diffusion_models", "cogvideox", 6),
     "tiny_cogvideox_vae.safetensors": ("vae", "cogvideox_vae", 7),
+    "tiny_ltxv.safetensors": ("diffusion_models", "ltxv", 8),
+    "tiny_ltxv_vae.safetensors": ("vae", "ltxv_vae", 9),
+    "tiny_ltx2_av.safetensors": ("diffusion_models", "ltx2", 10),
+    "tiny_ltx2_audio_vae.safetensors": ("checkpoints", "ltx2_audio_vae", 11),
 }
+# LTX's VideoVAE with the block layout of ComfyUI's version-0 default (three 2x2x2 'compress_all' blocks and a
+# patch size of 4: 8x time, 32x space) at 8 channels instead of 128; ComfyUI reads it from the file's metadata
+LTXV_VAE_CONFIG = {"_class_name": "CausalVideoAutoencoder", "dims": 3, "in_channels": 3, "out_channels": 3,
+                   "latent_channels": 128, "encoder_base_channels": 8, "decoder_base_channels": 32,
+                   "blocks": [["res_x", 1], ["compress_all", 1], ["compress_all", 1], ["compress_all", 1],
+                              ["res_x", 1]],
+                   "scaling_factor": 1.0, "norm_layer": "pixel_norm", "patch_size": 4, "latent_log_var": "uniform",
+                   "use_quant_conv": False, "causal_decoder": False}
+# ComfyUI detects LTXV's heads as 32 and the head width from attn2.to_k; the caption projection's input width comes
+# from metadata (LTXV's own: 4096, T5-XXL)
+LTXV_TRANSFORMER_CONFIG = {"caption_channels": TEXT_DIM}
+# LTX-2: the text connectors (12 heads x 64 = CLIP-L's 768) and the audio stream come from metadata too; ComfyUI
+# detects the video heads (32) and width from attn2.to_k as for LTXV
+LTX2_TRANSFORMER_CONFIG = {"caption_channels": TEXT_DIM, "audio_cross_attention_dim": 64,
+                           "audio_attention_head_dim": 32, "audio_num_attention_heads": 2,
+                           "connector_attention_head_dim": 64, "connector_num_attention_heads": 12,
+                           "connector_num_layers": 1}
+# LTX-2's audio VAE (mel 64 bins -> 16 latent bins, 8 latent channels, 4x time) and HiFi-GAN vocoder at 8 channels
+LTX2_AUDIO_CONFIG = {
+    "audio_vae": {"model": {"params": {"sampling_rate": 16000, "ddconfig": {
+        "double_z": True, "mel_bins": 64, "z_channels": 8, "resolution": 256, "downsample_time": False,
+        "in_channels": 2, "out_ch": 2, "ch": 8, "ch_mult": [1, 2, 4], "num_res_blocks": 1, "attn_resolutions": [],
+        "dropout": 0.0, "mid_block_add_attention": False, "norm_type": "pixel", "causality_axis": "height"}}},
+        "preprocessing": {"stft": {"filter_length": 1024, "hop_length": 160}}},
+    "vocoder": {"resblock_kernel_sizes": [3], "upsample_rates": [5, 4, 2, 2, 2],
+                "upsample_kernel_sizes": [16, 16, 8, 4, 4], "resblock_dilation_sizes": [[1, 3, 5]],
+                "upsample_initial_channel": 32, "stereo": True, "output_sample_rate": 24000}}
+LTX_NAMES = ("tiny_ltxv.safetensors", "tiny_ltxv_vae.safetensors", "tiny_ltx2_av.safetensors",
+             "tiny_ltx2_audio_vae.safetensors")  # built for tests/host/test_ltx.py's own host only
 METADATA_KEY = "titan_guide_tiny_wan"  # the key of the first files (Wan); kept so caches stay valid
 
 
 def expected_metadata(name: str, seed: int, comfy_dir) -> dict:
     identity = {"file": name, "seed": seed, "format": FORMAT_VERSION, "comfyui": comfyui_version(comfy_dir)}
+    if name in LTX_NAMES:  # their configs live in this file: a changed config rebuilds them
+        identity["config"] = {"tiny_ltxv.safetensors": LTXV_TRANSFORMER_CONFIG, "tiny_ltxv_vae.safetensors":
+                              LTXV_VAE_CONFIG, "tiny_ltx2_av.safetensors": LTX2_TRANSFORMER_CONFIG,
+                              "tiny_ltx2_audio_vae.safetensors": LTX2_AUDIO_CONFIG}[name]
     return {METADATA_KEY: json.dumps(identity, sort_keys=True)}
 
 
-def build_tiny_video_files(comfy_dir, cache_dir, seed: int = 0, python=None, timeout: float = 900) -> dict:
-    """Write (or reuse) every file of FILES under cache_dir; returns {name: path}."""
+def build_tiny_video_files(comfy_dir, cache_dir, seed: int = 0, python=None, timeout: float = 900,
+                           names=None) -> dict:
+    """Write (or reuse) the files `names` of FILES (default: all) under cache_dir; returns {name: path}."""
     cache_dir = Path(cache_dir)
-    paths = {name: cache_dir / name for name in FILES}
+    paths = {name: cache_dir / name for name in (FILES if names is None else names)}
     stale = [name for name, path in paths.items()
              if not path.is_file() or read_metadata(path).get(METADATA_KEY)
              != expected_metadata(name, seed, comfy_dir)[METADATA_KEY]]
@@ -94,6 +138,23 @@ def _module(kind: str):
                 num_layers=1, use_rotary_positional_embeddings=True, operations=comfy.ops.disable_weight_init)
         if kind == "cogvideox_vae":  # comfy/sd.py builds it with this default config
             return comfy.ldm.cogvideo.vae.AutoencoderKLCogVideoX(latent_channels=16)
+        if kind == "ltxv":
+            import comfy.ldm.lightricks.model
+            return comfy.ldm.lightricks.model.LTXVModel(
+                in_channels=128, cross_attention_dim=128, attention_head_dim=4, num_attention_heads=32,
+                caption_channels=TEXT_DIM, num_layers=1, operations=comfy.ops.disable_weight_init)
+        if kind == "ltx2":
+            import comfy.ldm.lightricks.av_model
+            return comfy.ldm.lightricks.av_model.LTXAVModel(
+                in_channels=128, audio_in_channels=128, cross_attention_dim=128, attention_head_dim=4,
+                num_attention_heads=32, num_layers=1, **LTX2_TRANSFORMER_CONFIG,
+                operations=comfy.ops.disable_weight_init)
+        if kind == "ltx2_audio_vae":
+            import comfy.ldm.lightricks.vae.audio_vae
+            return comfy.ldm.lightricks.vae.audio_vae.AudioVAE(metadata={"config": json.dumps(LTX2_AUDIO_CONFIG)})
+        if kind == "ltxv_vae":
+            import comfy.ldm.lightricks.vae.causal_video_autoencoder
+            return comfy.ldm.lightricks.vae.causal_video_autoencoder.VideoVAE(config=LTXV_VAE_CONFIG)
         if kind == "vae21":
             return comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
                                             temperal_downsample=[False, True, True])
@@ -116,16 +177,35 @@ def _build(out_dir: Path, names, seed: int, comfy_dir) -> None:
         module = _module(kind)
         state = _fill_random_(module.state_dict(), _norm_param_names(module, ""), seed * 1000 + offset,
                               torch.float16 if "vae" in kind else torch.float32)
+        if kind == "ltx2_audio_vae":  # ComfyUI's loader reads the autoencoder under 'audio_vae.'; statistics: identity
+            state = {("audio_vae." + k[len("autoencoder."):] if k.startswith("autoencoder.") else k): v
+                     for k, v in state.items()}
+            stats = [k for k in state if "per_channel_statistics" in k]
+            state.update({k: (torch.ones_like if "std" in k else torch.zeros_like)(state[k]) for k in stats})
+        if kind == "ltxv_vae":  # latent statistics: identity (the real file's are per-channel means and stds)
+            state["per_channel_statistics.std-of-means"] = torch.ones(128, dtype=torch.float16)
+            state["per_channel_statistics.mean-of-means"] = torch.zeros(128, dtype=torch.float16)
         if kind.startswith("vae"):  # RMS_norm gammas (not torch norms): 1, as initialised
             state = {k: torch.ones_like(v) if k.endswith("gamma") else v for k, v in state.items()}
         elif kind in ("wan21", "wan22_5b"):  # Wan's own init of the modulation tables is small random: adaLN near identity
             state = {k: v * 0.02 if "modulation" in k else v for k, v in state.items()}
+        elif kind in ("ltxv", "ltx2"):  # the same for LTX's adaLN tables
+            state = {k: v * 0.02 if "scale_shift_table" in k or "adaln_single.linear" in k else v
+                     for k, v in state.items()}
         elif kind == "cogvideox":  # the same for CogVideoX's adaLN-zero tables
             state = {k: v * 0.02 if k.startswith(("blocks.", "norm_out")) and ".linear." in k and "norm" in k else v
                      for k, v in state.items()}
         metadata = expected_metadata(name, seed, comfy_dir)
         if kind.startswith("wan"):
             metadata["config"] = json.dumps({"transformer": {"text_dim": TEXT_DIM}})
+        elif kind == "ltxv":
+            metadata["config"] = json.dumps({"transformer": LTXV_TRANSFORMER_CONFIG})
+        elif kind == "ltxv_vae":
+            metadata["config"] = json.dumps({"vae": LTXV_VAE_CONFIG})
+        elif kind == "ltx2":
+            metadata["config"] = json.dumps({"transformer": LTX2_TRANSFORMER_CONFIG})
+        elif kind == "ltx2_audio_vae":
+            metadata["config"] = json.dumps(LTX2_AUDIO_CONFIG)
         tmp = out_dir / f"{name}.{os.getpid()}.partial"
         save_file(state, str(tmp), metadata=metadata)
         os.replace(tmp, out_dir / name)

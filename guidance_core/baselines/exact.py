@@ -24,5 +24,5 @@ class ExactGradient(LookaheadGuidance):
 
     def estimate(self, f, x, i, ctx):
         with torch.inference_mode(False):
-            loss, grad = exact_gradient(f, x)
+            loss, grad = exact_gradient(f, ctx.part.get(x))
         return loss, grad, None

@@ -154,7 +154,8 @@ def declared_widgets(info: dict) -> list:
     specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
     names = list(order.get("required", [])) + list(order.get("optional", []))
     return [(name, specs[name]) for name in names
-            if isinstance(specs[name][0], list) or specs[name][0] in WIDGET_KINDS]
+            if isinstance(specs[name][0], list) or specs[name][0] in WIDGET_KINDS
+            or spec_options(specs[name]).get("widgetType") in WIDGET_KINDS]  # a multi-type input's widget
 
 
 def spec_options(spec: list) -> dict:

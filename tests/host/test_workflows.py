@@ -106,7 +106,9 @@ def widget_pairs(node: dict, info: dict) -> list:
     values = list(node["widgets_values"])
     pairs = []
     for name, spec in input_specs(info):
-        if name in linked or not (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES):
+        options = spec[1] if len(spec) > 1 else {}
+        if name in linked or not (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
+                                  or options.get("widgetType") in WIDGET_TYPES):  # a multi-type input's widget
             continue
         assert values, f"node {node['id']} ({node['type']}): no widget value left for {name!r}"
         pairs.append((name, spec, values.pop(0)))
@@ -124,8 +126,10 @@ def check_widget(node: dict, name: str, spec, value) -> None:
     if spec is None:
         assert value in CONTROL_VALUES, where
         return
-    kind = spec[0]
     options = spec[1] if len(spec) > 1 else {}
+    kind = spec[0]
+    if not (isinstance(kind, list) or kind in WIDGET_TYPES):  # a multi-type input ("FLOAT,INT"): its widget's type
+        kind = options.get("widgetType", kind)
     if isinstance(kind, list) or kind == "COMBO":
         choices = kind if isinstance(kind, list) else options.get("options", [])
         assert value in choices, f"{where}: not one of the host's options {choices[:20]}"
@@ -192,7 +196,10 @@ def test_workflow_is_valid_ui_format_for_the_host(path, object_info):
         entry = target_inputs[target_slot]
         assert entry["link"] == link_id, f"link {link_id}: target input {entry['name']!r} names {entry['link']}"
         declared = dict(input_specs(object_info[nodes[target]["type"]]))[entry["name"]][0]
-        assert declared in (link_type, "*"), f"link {link_id}: {link_type} into {entry['name']!r} ({declared})"
+        # a multi-type input ("FLOAT,INT": LTXVEmptyLatentAudio's frame_rate) takes each of its types, as ComfyUI's
+        # validate_node_input splits them
+        assert declared == "*" or link_type in str(declared).split(","), \
+            f"link {link_id}: {link_type} into {entry['name']!r} ({declared})"
     for node in workflow["nodes"]:
         for entry in node["inputs"]:
             if entry.get("link") is not None:
