@@ -25,6 +25,15 @@ from .sockets import node_schema
 FRAME_RULES = {"AutoencoderKLCogVideoX": "causal_odd"}  # VAE class -> CausalTime rule (default 'causal')
 
 
+def frame_rule(vae: comfy.sd.VAE) -> str:
+    """The CausalTime rule of `vae`'s decode. HunyuanVideo 1.5's VAE and HunyuanImage 2.1's refiner VAE are both a
+    generic AutoencodingEngine around vae_refiner.Decoder, told apart by its config: the video VAE (refiner_vae on)
+    keeps the first frame alone, the refiner's (off) gives 4 frames per latent frame."""
+    if getattr(getattr(vae.first_stage_model, "decoder", None), "refiner_vae", True) is False:
+        return "uniform"
+    return FRAME_RULES.get(type(vae.first_stage_model).__name__, "causal")
+
+
 def causal_time(vae: comfy.sd.VAE, shape) -> CausalTime:
     """The causal time compression of `vae` for a 5-D latent of `shape`; a clear error for a VAE that does not
     decode such latents (an image VAE given a video latent)."""
@@ -36,11 +45,13 @@ def causal_time(vae: comfy.sd.VAE, shape) -> CausalTime:
                          "wan2.2_vae.safetensors for Wan 2.2 5B)")
     if shape[1] != vae.latent_channels:
         raise ValueError(f"the latent has {shape[1]} channels but the VAE decodes {vae.latent_channels}: connect the "
-                         "VAE that belongs to the model (Wan 2.1 / 14B: 16 channels, Wan 2.2 5B: 48)")
+                         "VAE that belongs to the model (Wan 2.1 / 14B: 16 channels, Wan 2.2 5B: 48, "
+                         "HunyuanVideo 1.5: 32)")
     name = type(vae.first_stage_model).__name__
-    time = CausalTime(int(formula[0]), FRAME_RULES.get(name, "causal"))
+    time = CausalTime(int(formula[0]), frame_rule(vae))
     time.check_video(shape[2], name)
-    if vae.upscale_ratio[0](shape[2]) != time.decoded_frames(shape[2]):
+    # ComfyUI's formula says 1 + 4 (T - 1) for the 'uniform' refiner VAE too; its decode (VAEDecode's frames) rules
+    if time.rule != "uniform" and vae.upscale_ratio[0](shape[2]) != time.decoded_frames(shape[2]):
         raise ValueError(f"{type(vae.first_stage_model).__name__} decodes {shape[2]} latent frames to "
                          f"{vae.upscale_ratio[0](shape[2])} frames, not 1 + {time.ratio} (T - 1): not a causal "
                          "video VAE these nodes support")
