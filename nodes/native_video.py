@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+import comfy.ldm.hunyuan_video.model
 import comfy.model_management as model_management
 import comfy.sd
 from ..comfy_v3 import io
@@ -76,6 +77,33 @@ def vae_attention_scope(vae: comfy.sd.VAE):
     ComfyUI's AttnBlock) uses explicit SDPA attention, which has forward derivatives (restored afterwards)."""
     blocks = [m for m in vae.first_stage_model.modules() if "optimized_attention" in m.__dict__]
     return attributes_replaced(blocks, "optimized_attention", spatial_attention)
+
+
+def model_call_scope(base_model) -> Callable[[], contextlib.AbstractContextManager]:
+    """Scope of every diffusion-model call of a guided run. HunyuanVideo's (flux-style) blocks add to a tensor in
+    place after a norm saved it for backward, which autograd refuses in backprop (FreeDoM, exact gradient, ...): there
+    it saves copies of such activations (more memory in backprop only; plain and forward-mode calls save nothing)."""
+    if not isinstance(base_model.diffusion_model, comfy.ldm.hunyuan_video.model.HunyuanVideo):
+        return contextlib.nullcontext
+    return lambda: torch.autograd.graph.saved_tensors_hooks(
+        lambda saved: saved if saved.grad_fn is None else saved.clone(), lambda saved: saved)
+
+
+@contextlib.contextmanager
+def module_moves_skipped(diffusion_model: torch.nn.Module, device):
+    """HunyuanVideo 1.5's forward moves `cond_type_embedding` with `.to(txt.device)`, and nn.Module.to inside
+    torch.func.jvp (every forward-gradient pass) kills the process (PyTorch 2.9: segfault in Module._apply). In this
+    scope the embedding is on `device` (moved once, as that call would) and its `to` does nothing; restored after."""
+    embedding = getattr(diffusion_model, "cond_type_embedding", None)
+    if not isinstance(diffusion_model, comfy.ldm.hunyuan_video.model.HunyuanVideo) or embedding is None:
+        yield
+        return
+    embedding.to(device)
+    embedding.to = lambda *args, **kwargs: embedding
+    try:
+        yield
+    finally:
+        del embedding.to
 
 
 @contextlib.contextmanager
