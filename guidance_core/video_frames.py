@@ -1,10 +1,11 @@
 """Latent frames and pixel frames of video VAEs that compress time causally (Wan, LTX, HunyuanVideo, ...).
 
 Such a VAE decodes T latent frames of a video (B, C, T, h, w) to 1 + r (T - 1) frames: latent frame 0 to pixel
-frame 0, latent frame k >= 1 to pixel frames r (k - 1) + 1 .. r k (Wan: r = 4; LTX: r = 8). Two variants of the
-rule exist among ComfyUI's VAEs (`CausalTime.rule`): CogVideoX's VAE keeps the first frame alone only when it
-decodes an odd number of latent frames (an even number gives r frames each), and HunyuanVideo 1.5's VAE gives r
-frames for every latent frame (one frame when it decodes a single latent frame).
+frame 0, latent frame k >= 1 to pixel frames r (k - 1) + 1 .. r k (Wan, HunyuanVideo 1.5: r = 4; LTX: r = 8). Two
+variants of the rule exist among ComfyUI's VAEs (`CausalTime.rule`): CogVideoX's VAE keeps the first frame alone
+only when it decodes an odd number of latent frames (an even number gives r frames each), and HunyuanImage 2.1's
+refiner VAE (ComfyUI's vae_refiner decoder with refiner_vae off; HunyuanVideo 1.5's VAE has it on) gives r frames
+for every latent frame (one frame when it decodes a single latent frame).
 It decodes in its own causal chunks (Wan 2.1: one latent frame, then two at a time; Wan 2.2: one at a time),
 carrying a cache of the causal convolutions' last inputs from chunk to chunk inside one call. Decoding a prefix
 of the latent frames gives exactly the prefix of the whole decode; decoding frames in separate calls without the
@@ -36,9 +37,9 @@ RULES = ("causal", "causal_odd", "uniform")
 @dataclass(frozen=True)
 class CausalTime:
     """Time compression r of a causal video VAE and its rule for grouping decoded frames by latent frame:
-    'causal' (Wan, LTX): the first latent frame decodes to one frame, every later one to r;
+    'causal' (Wan, LTX, HunyuanVideo 1.5): the first latent frame decodes to one frame, every later one to r;
     'causal_odd' (CogVideoX): the same for an odd number of latent frames, r frames each for an even number;
-    'uniform' (HunyuanVideo 1.5): r frames each (a single latent frame: one frame, the last of its r)."""
+    'uniform' (HunyuanImage 2.1's refiner VAE): r frames each (a single latent frame: one frame, the last of its r)."""
 
     ratio: int
     rule: str = "causal"

@@ -39,11 +39,12 @@ def vae_forward_ad_attention(vae_model: torch.nn.Module):
 class ComfyDenoiser:
     """`denoise(x, sigma) -> x0` through ComfyUI's sampler model (CFG, patches, wrappers, inpainting mask), with an
     interrupt check before every call. Inside `forward_ad_scope()` (every JVP) the model options route attention
-    to `attention_pytorch` (guidance_core's forward-AD SDPA); plain steps keep the user's attention."""
+    to `attention_pytorch` (guidance_core's forward-AD SDPA); plain steps keep the user's attention. `call_scope`
+    is entered around every call (native_video.model_call_scope)."""
 
     def __init__(self, model: Callable, extra_args: dict, clones: InferenceTensorClones,
-                 model_sampling: ModelSampling | None = None):
-        self.model, self.extra_args, self.clones = model, extra_args, clones
+                 model_sampling: ModelSampling | None = None, call_scope: Callable = contextlib.nullcontext):
+        self.model, self.extra_args, self.clones, self.call_scope = model, extra_args, clones, call_scope
         self.forward_ad_depth = 0
         self.calls = 0
         # Native CogVideoX (V_PREDICTION_DDPM) reads x in its training space x0 sqrt(a) + noise sqrt(1 - a); ComfyUI
@@ -66,7 +67,7 @@ class ComfyDenoiser:
         model_management.throw_exception_if_processing_interrupted()
         self.calls += 1
         extra_args = self._guided_extra_args() if self.forward_ad_depth else self.extra_args
-        with self.clones.scope():
+        with self.clones.scope(), self.call_scope():
             x_in = x * (1 + sigma ** 2) ** -0.5 if self.vp_input else x
             return self.model(x_in, sigma * x.new_ones([x.shape[0]]), **extra_args)
 

@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+import comfy.ldm.hunyuan_video.model
 import comfy.model_management as model_management
 import comfy.sd
 from ..comfy_v3 import io
@@ -25,6 +26,15 @@ from .sockets import node_schema
 FRAME_RULES = {"AutoencoderKLCogVideoX": "causal_odd"}  # VAE class -> CausalTime rule (default 'causal')
 
 
+def frame_rule(vae: comfy.sd.VAE) -> str:
+    """The CausalTime rule of `vae`'s decode. HunyuanVideo 1.5's VAE and HunyuanImage 2.1's refiner VAE are both a
+    generic AutoencodingEngine around vae_refiner.Decoder, told apart by its config: the video VAE (refiner_vae on)
+    keeps the first frame alone, the refiner's (off) gives 4 frames per latent frame."""
+    if getattr(getattr(vae.first_stage_model, "decoder", None), "refiner_vae", True) is False:
+        return "uniform"
+    return FRAME_RULES.get(type(vae.first_stage_model).__name__, "causal")
+
+
 def causal_time(vae: comfy.sd.VAE, shape) -> CausalTime:
     """The causal time compression of `vae` for a 5-D latent of `shape`; a clear error for a VAE that does not
     decode such latents (an image VAE given a video latent)."""
@@ -36,11 +46,13 @@ def causal_time(vae: comfy.sd.VAE, shape) -> CausalTime:
                          "wan2.2_vae.safetensors for Wan 2.2 5B)")
     if shape[1] != vae.latent_channels:
         raise ValueError(f"the latent has {shape[1]} channels but the VAE decodes {vae.latent_channels}: connect the "
-                         "VAE that belongs to the model (Wan 2.1 / 14B: 16 channels, Wan 2.2 5B: 48)")
+                         "VAE that belongs to the model (Wan 2.1 / 14B: 16 channels, Wan 2.2 5B: 48, "
+                         "HunyuanVideo 1.5: 32)")
     name = type(vae.first_stage_model).__name__
-    time = CausalTime(int(formula[0]), FRAME_RULES.get(name, "causal"))
+    time = CausalTime(int(formula[0]), frame_rule(vae))
     time.check_video(shape[2], name)
-    if vae.upscale_ratio[0](shape[2]) != time.decoded_frames(shape[2]):
+    # ComfyUI's formula says 1 + 4 (T - 1) for the 'uniform' refiner VAE too; its decode (VAEDecode's frames) rules
+    if time.rule != "uniform" and vae.upscale_ratio[0](shape[2]) != time.decoded_frames(shape[2]):
         raise ValueError(f"{type(vae.first_stage_model).__name__} decodes {shape[2]} latent frames to "
                          f"{vae.upscale_ratio[0](shape[2])} frames, not 1 + {time.ratio} (T - 1): not a causal "
                          "video VAE these nodes support")
@@ -65,6 +77,33 @@ def vae_attention_scope(vae: comfy.sd.VAE):
     ComfyUI's AttnBlock) uses explicit SDPA attention, which has forward derivatives (restored afterwards)."""
     blocks = [m for m in vae.first_stage_model.modules() if "optimized_attention" in m.__dict__]
     return attributes_replaced(blocks, "optimized_attention", spatial_attention)
+
+
+def model_call_scope(base_model) -> Callable[[], contextlib.AbstractContextManager]:
+    """Scope of every diffusion-model call of a guided run. HunyuanVideo's (flux-style) blocks add to a tensor in
+    place after a norm saved it for backward, which autograd refuses in backprop (FreeDoM, exact gradient, ...): there
+    it saves copies of such activations (more memory in backprop only; plain and forward-mode calls save nothing)."""
+    if not isinstance(base_model.diffusion_model, comfy.ldm.hunyuan_video.model.HunyuanVideo):
+        return contextlib.nullcontext
+    return lambda: torch.autograd.graph.saved_tensors_hooks(
+        lambda saved: saved if saved.grad_fn is None else saved.clone(), lambda saved: saved)
+
+
+@contextlib.contextmanager
+def module_moves_skipped(diffusion_model: torch.nn.Module, device):
+    """HunyuanVideo 1.5's forward moves `cond_type_embedding` with `.to(txt.device)`, and nn.Module.to inside
+    torch.func.jvp (every forward-gradient pass) kills the process (PyTorch 2.9: segfault in Module._apply). In this
+    scope the embedding is on `device` (moved once, as that call would) and its `to` does nothing; restored after."""
+    embedding = getattr(diffusion_model, "cond_type_embedding", None)
+    if not isinstance(diffusion_model, comfy.ldm.hunyuan_video.model.HunyuanVideo) or embedding is None:
+        yield
+        return
+    embedding.to(device)
+    embedding.to = lambda *args, **kwargs: embedding
+    try:
+        yield
+    finally:
+        del embedding.to
 
 
 @contextlib.contextmanager

@@ -167,8 +167,10 @@ class GuidedSampler:
         self.objective.to(self.vae.device, x.device)
         record.loaded_models = comfy_model.describe_loaded_models(run_models, loaded_late)
         clones = InferenceTensorClones()
-        denoiser = comfy_model.ComfyDenoiser(model, extra_args, clones, base_model.model_sampling)
         video = len(shape) == 5
+        denoiser = comfy_model.ComfyDenoiser(model, extra_args, clones, base_model.model_sampling,
+                                             native_video.model_call_scope(base_model) if video else
+                                             contextlib.nullcontext)
         if video:
             loss = native_video.video_loss(self.vae, base_model, self.objective,
                                            native_video.causal_time(self.vae, shape), clones)
@@ -183,7 +185,8 @@ class GuidedSampler:
             (loss if video else self.objective).prepare(frames)  # constant targets, once before any JVP
             with native_video.vae_attention_scope(self.vae) if video else \
                     comfy_model.vae_forward_ad_attention(self.vae.first_stage_model), \
-                    native_video.differentiable_ops() if video else contextlib.nullcontext():
+                    native_video.differentiable_ops() if video else contextlib.nullcontext(), \
+                    native_video.module_moves_skipped(base_model.diffusion_model, x.device):
                 record.decode_chunk = native_video.plan_decode(loss, self.vae, part.get(x), s.decode_chunk_frames) \
                     if video else loss.plan_chunk(x, frames, s.decode_chunk_frames)
                 result = core.sample(denoiser, x.clone(), sigmas.clone(), method, loss=loss, layout=layout,

@@ -48,6 +48,10 @@ WAN22_I2V_EXPERTS = ("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
 LTXV_CHECKPOINT = "ltx-video-2b-v0.9.5.safetensors"
 LTX2_CHECKPOINT = "ltx-2-19b-dev-fp8.safetensors"
 LTX2_TEXT_ENCODER = "gemma_3_12B_it_fp4_mixed.safetensors"
+# HunyuanVideo 1.5 (native comfy/ldm/hunyuan_video), the files of ComfyUI's official 720p text-to-video template.
+HUNYUAN15_T2V = "hunyuanvideo1.5_720p_t2v_fp16.safetensors"
+HUNYUAN15_VAE = "hunyuanvideo15_vae_fp16.safetensors"
+HUNYUAN15_TEXT_ENCODERS = ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "byt5_small_glyphxl_fp16.safetensors")
 # Files the workflows read from ComfyUI/input.
 STYLE_IMAGE = "style_reference.png"
 TARGET_AUDIO = "target_audio.wav"
@@ -62,6 +66,8 @@ FILE_INPUTS = {
     ("TitanImageBindLoader", "weights_name"): "imagebind",
     ("TitanClipStyleLoader", "clip_name"): "clip_vision",
     ("CLIPLoader", "clip_name"): "text_encoders",
+    ("DualCLIPLoader", "clip_name1"): "text_encoders",
+    ("DualCLIPLoader", "clip_name2"): "text_encoders",
     ("UNETLoader", "unet_name"): "diffusion_models",
     ("VAELoader", "vae_name"): "vae",
     ("LTXAVTextEncoderLoader", "text_encoder"): "text_encoders",
@@ -69,6 +75,8 @@ FILE_INPUTS = {
     ("LoadImage", "image"): "input",
     ("LoadAudio", "audio"): "input",
 }
+# Widget position of a file combo that is not its node's first widget (the test's placeholders read it there).
+FILE_WIDGET_INDEX = {("DualCLIPLoader", "clip_name2"): 1}
 FRONTEND_ONLY_TYPES = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
@@ -434,12 +442,12 @@ def wan_sampler(node_id: int, links: dict, title: str, cfg: float) -> dict:
                 scheduler="simple", denoise=1.0, **WAN_TITAN_KNOBS)
 
 
-def wan_outputs(first_id: int, sampler: int, vae: int, prefix: str) -> list:
-    """VAEDecode -> SaveAnimatedWEBP (16 fps), the loss plot and the report."""
+def wan_outputs(first_id: int, sampler: int, vae: int, prefix: str, fps: float = WAN_FPS) -> list:
+    """VAEDecode -> SaveAnimatedWEBP (Wan: 16 fps), the loss plot and the report."""
     return [
         node(first_id, "VAEDecode", (1200, 100), (210, 50), {"samples": (sampler, 0), "vae": (vae, 0)}),
         node(first_id + 1, "SaveAnimatedWEBP", (1440, 100), (340, 380), {"images": (first_id, 0)}, "Guided video",
-             filename_prefix=prefix, fps=WAN_FPS, lossless=False, quality=90, method="default"),
+             filename_prefix=prefix, fps=fps, lossless=False, quality=90, method="default"),
         node(first_id + 2, "SaveImage", (1200, 540), (340, 300), {"images": (sampler, 2)}, "Loss per step",
              filename_prefix=prefix + "_loss"),
         node(first_id + 3, "PreviewAny", (1560, 540), (340, 300), {"source": (sampler, 1)}, "Guidance report"),
@@ -700,6 +708,44 @@ def ltx2_t2v_dover() -> dict:
             "groups": [group("LTX-2 19B text-to-audio+video", (0, 0, 800, 1300))]}
 
 
+def hunyuan15_t2v_dover() -> dict:
+    """HunyuanVideo 1.5 720p text-to-video (the official template's files and sampling) guided by DOVER."""
+    nodes = [
+        node(1, "UNETLoader", (20, 100), (320, 110), unet_name=HUNYUAN15_T2V, weight_dtype="default"),
+        node(2, "ModelSamplingSD3", (20, 270), (320, 80), {"model": (1, 0)}, shift=7.0),
+        node(3, "DualCLIPLoader", (380, 100), (400, 130), title="Qwen2.5-VL 7B + ByT5 text encoders",
+             clip_name1=HUNYUAN15_TEXT_ENCODERS[0], clip_name2=HUNYUAN15_TEXT_ENCODERS[1], type="hunyuan_video_15",
+             device="default"),
+        node(4, "CLIPTextEncode", (380, 290), (400, 160), {"clip": (3, 0)}, "Positive prompt",
+             text="a paper airplane gliding between skyscrapers toward the sunset, golden light, cinematic"),
+        node(5, "CLIPTextEncode", (380, 510), (400, 130), {"clip": (3, 0)}, "Negative prompt", text=NEGATIVE_TEXT),
+        node(6, "VAELoader", (380, 700), (400, 80), vae_name=HUNYUAN15_VAE),
+        node(7, "EmptyHunyuanVideo15Latent", (20, 410), (320, 130), title="61 frames, 1280x720", width=1280,
+             height=720, length=61, batch_size=1),
+        node(8, "TitanDoverLoader", (20, 1050), (320, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
+        node(9, "TitanAestheticObjective", (20, 1200), (320, 180), {"dover": (8, 0)}, mode="fused", weight=1.0,
+             fragment_sampling="random", fragment_seed=0, technical_samples=1),
+        node(10, "TitanGradientGuess", (380, 1050), (320, 220), **GUESS_KNOBS),
+        wan_sampler(11, {"model": (2, 0), "positive": (4, 0), "negative": (5, 0), "latent_image": (7, 0),
+                         "vae": (6, 0), "objective": (9, 0), "guess": (10, 0)}, "TITAN-Guide: DOVER aesthetics", 6.0),
+        *wan_outputs(12, 11, 6, "titan/hunyuan15_t2v_dover", fps=24.0),
+    ]
+    files = [(HUNYUAN15_T2V, "models/diffusion_models", "huggingface.co/Comfy-Org/HunyuanVideo_1.5_repackaged"),
+             (HUNYUAN15_TEXT_ENCODERS[0], "models/text_encoders", "same repository"),
+             (HUNYUAN15_TEXT_ENCODERS[1], "models/text_encoders", "same repository"),
+             (HUNYUAN15_VAE, "models/vae", "same repository"),
+             (DOVER_WEIGHTS, "models/dover", "github.com/VQAssessment/DOVER release DOVER.pth")]
+    text = weights_note("TITAN-Guide on HunyuanVideo 1.5 720p text-to-video: aesthetic guidance with DOVER. The "
+                        "official template's loaders and sampling (ModelSamplingSD3 shift 7, CFG 6, euler, simple, "
+                        "20 steps, 24 fps), TitanGuideSampler instead of SamplerCustomAdvanced; 61 of the "
+                        "template's 121 frames, as the guided decode holds a forward-mode pass of its VAE.", files,
+                        "Frames: the HunyuanVideo 1.5 VAE turns latent frame 0 into frame 0 and latent frame k into "
+                        "frames 4k-3..4k (61 frames are 16 latent frames); 'frame indices' of a fixed frame choice "
+                        "are video frames. decode_chunk_frames must stay 0.")
+    return {"nodes": nodes + [note(16, (1200, 900), text, (700, 480))],
+            "groups": [group("HunyuanVideo 1.5 720p text-to-video", (0, 0, 800, 990))]}
+
+
 WORKFLOWS = {
     "aesthetic_dover_animatediff.json": aesthetic_dover_animatediff,
     "style_clip_animatediff.json": style_clip_animatediff,
@@ -714,6 +760,7 @@ WORKFLOWS = {
     "cogvideox_native_style.json": cogvideox_native_style,
     "ltxv_i2v_style.json": ltxv_i2v_style,
     "ltx2_t2v_dover.json": ltx2_t2v_dover,
+    "hunyuan15_t2v_dover.json": hunyuan15_t2v_dover,
 }
 
 

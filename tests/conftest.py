@@ -59,8 +59,8 @@ def comfy_host(tmp_path_factory, comfyui_dir, tiny_sd15_checkpoint):
 
 @pytest.fixture(scope="session")
 def video_host(comfy_host, comfyui_dir):
-    """The session host with the tiny native video model files (tests/tiny_video_models.py: Wan, CogVideoX) in its
-    diffusion_models/ and vae/ folders."""
+    """The session host with the tiny native video model files (tests/tiny_video_models.py: Wan, CogVideoX,
+    HunyuanVideo 1.5) in its diffusion_models/ and vae/ folders (the LTX files go to test_ltx's own host)."""
     from tiny_video_models import FILES, LTX_NAMES, build_tiny_video_files
 
     paths = build_tiny_video_files(comfyui_dir, HOST_DIR / "test-cache" / "wan", python=default_python(),

@@ -1,9 +1,10 @@
-"""Tiny random-init checkpoints of ComfyUI's native video models (Wan, CogVideoX, LTX-Video, LTX-2) in the official
+"""Tiny random-init checkpoints of ComfyUI's native video models (Wan, CogVideoX, LTX-Video, LTX-2, HunyuanVideo 1.5) in
 files' key layouts, for host tests.
 
 Built from ComfyUI's own classes (comfy.ldm.wan.model.WanModel, comfy.ldm.wan.vae.WanVAE,
 comfy.ldm.wan.vae2_2.WanVAE, comfy.ldm.cogvideo.model.CogVideoXTransformer3DModel,
-comfy.ldm.cogvideo.vae.AutoencoderKLCogVideoX, comfy.ldm.lightricks: LTXVModel, LTXAVModel, VideoVAE, AudioVAE) on the
+comfy.ldm.cogvideo.vae.AutoencoderKLCogVideoX, comfy.ldm.lightricks: LTXVModel, LTXAVModel, VideoVAE, AudioVAE,
+comfy.ldm.hunyuan_video.model.HunyuanVideo, the comfy.ldm.hunyuan_video.vae_refiner AutoencodingEngine) on the
 meta device, filled deterministically and saved as safetensors with the
 keys of the official files (`wan2.1_t2v_1.3B_fp16.safetensors` in diffusion_models/, `wan_2.1_vae.safetensors`
 in vae/, ...), so ComfyUI's UNETLoader / VAELoader detect them as the real families:
@@ -21,11 +22,14 @@ in vae/, ...), so ComfyUI's UNETLoader / VAELoader detect them as the real famil
 | tiny_ltxv_vae.safetensors | LTX's VideoVAE (8x time, 32x space, 128 channels; LTXV and LTX-2), 32 decoder / 8 encoder base channels: its config rides in the file's metadata (`config` -> `vae`), which comfy/sd.py reads |
 | tiny_ltx2_av.safetensors | LTXAV (LTX-2 audio+video; 128 video channels, audio 8 x 16 mel bins; video 32 heads x 4, audio 2 heads x 32, 1 block, 1-layer text connectors 12 heads x 64) |
 | tiny_ltx2_audio_vae.safetensors (checkpoints/) | LTX-2's audio VAE and vocoder (8 base channels), config in metadata as ComfyUI's LTXVAudioVAELoader reads it |
+| tiny_hunyuan15_t2v.safetensors | HunyuanVideo15 (65 channels in: 32 noise + 32 image + mask; 32 out; hidden 128 = 1 head, 1 double + 1 single block; the SigLIP projection vision_in that ComfyUI detects 1.5 by; no ByT5 mapper) |
+| tiny_hunyuan15_vae.safetensors | the HunyuanVideo 1.5 VAE (4x time, 16x space, 32 channels; keys decoder.conv_in.conv.*, so ComfyUI builds vae_refiner with its causal first frame); fixed config: full size (1.26 B, 2.5 GB fp16) |
 
 The diffusion models' text projection takes 768-wide context (Wan, LTXV, LTX-2: safetensors metadata `config`, which
-ComfyUI's model detection reads; CogVideoX: the shape of patch_embed.text_proj), so the tiny SD1.5 checkpoint's CLIP-L
-encodes prompts: UMT5-XXL has a fixed 5.7 B configuration that cannot be made tiny (as T5-XXL for CogVideoX and LTXV,
-Gemma 3 12B for LTX-2). Runs as a script (ComfyUI importable only in the subprocess).
+ComfyUI's model detection reads; CogVideoX: the shape of patch_embed.text_proj; HunyuanVideo 1.5:
+txt_in.input_embedder's width), so the tiny SD1.5 checkpoint's CLIP-L encodes prompts: UMT5-XXL has a fixed 5.7 B
+configuration that cannot be made tiny (as T5-XXL for CogVideoX and LTXV, Gemma 3 12B for LTX-2, Qwen2.5-VL 7B +
+ByT5 for HunyuanVideo 1.5). Runs as a script (ComfyUI importable only in the subprocess).
 """
 
 import argparse
@@ -55,6 +59,8 @@ FILES = {
     "tiny_ltxv_vae.safetensors": ("vae", "ltxv_vae", 9),
     "tiny_ltx2_av.safetensors": ("diffusion_models", "ltx2", 10),
     "tiny_ltx2_audio_vae.safetensors": ("checkpoints", "ltx2_audio_vae", 11),
+    "tiny_hunyuan15_t2v.safetensors": ("diffusion_models", "hunyuan15", 8),  # 8, 9 as when tested
+    "tiny_hunyuan15_vae.safetensors": ("vae", "hunyuan15_vae", 9),
 }
 # LTX's VideoVAE with the block layout of ComfyUI's version-0 default (three 2x2x2 'compress_all' blocks and a
 # patch size of 4: 8x time, 32x space) at 8 channels instead of 128; ComfyUI reads it from the file's metadata
@@ -124,6 +130,23 @@ def _module(kind: str):
     import torch
 
     with torch.device("meta"):
+        if kind == "hunyuan15":  # ComfyUI detects heads = hidden // 128 and 1.5 by vision_in (SigLIP, 1152 wide)
+            import comfy.ldm.hunyuan_video.model
+            return comfy.ldm.hunyuan_video.model.HunyuanVideo(
+                image_model="hunyuan_video", in_channels=65, out_channels=32, vec_in_dim=None, context_in_dim=TEXT_DIM,
+                hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56],
+                theta=256, patch_size=[1, 1, 1], qkv_bias=True, guidance_embed=False, byt5=False, meanflow=False,
+                use_cond_type_embedding=True, vision_in_dim=1152, meanflow_sum=True,
+                operations=comfy.ops.disable_weight_init)
+        if kind == "hunyuan15_vae":  # comfy/sd.py builds it with this fixed config (refiner_vae left at True)
+            from comfy.ldm.models.autoencoder import AutoencodingEngine
+            config = {"block_out_channels": [128, 256, 512, 1024, 1024], "in_channels": 3, "out_channels": 3,
+                      "num_res_blocks": 2, "ffactor_spatial": 16, "ffactor_temporal": 4, "z_channels": 32,
+                      "downsample_match_channel": True, "upsample_match_channel": True}
+            return AutoencodingEngine(
+                regularizer_config={"target": "comfy.ldm.models.autoencoder.EmptyRegularizer"},
+                encoder_config={"target": "comfy.ldm.hunyuan_video.vae_refiner.Encoder", "params": config},
+                decoder_config={"target": "comfy.ldm.hunyuan_video.vae_refiner.Decoder", "params": config})
         if kind in ("wan21", "wan22_5b"):
             channels = 48 if kind == "wan22_5b" else 16
             return comfy.ldm.wan.model.WanModel(
@@ -185,7 +208,7 @@ def _build(out_dir: Path, names, seed: int, comfy_dir) -> None:
         if kind == "ltxv_vae":  # latent statistics: identity (the real file's are per-channel means and stds)
             state["per_channel_statistics.std-of-means"] = torch.ones(128, dtype=torch.float16)
             state["per_channel_statistics.mean-of-means"] = torch.zeros(128, dtype=torch.float16)
-        if kind.startswith("vae"):  # RMS_norm gammas (not torch norms): 1, as initialised
+        if kind.startswith("vae") or kind == "hunyuan15_vae":  # RMS_norm gammas (not torch norms): 1, as initialised
             state = {k: torch.ones_like(v) if k.endswith("gamma") else v for k, v in state.items()}
         elif kind in ("wan21", "wan22_5b"):  # Wan's own init of the modulation tables is small random: adaLN near identity
             state = {k: v * 0.02 if "modulation" in k else v for k, v in state.items()}
@@ -194,6 +217,10 @@ def _build(out_dir: Path, names, seed: int, comfy_dir) -> None:
                      for k, v in state.items()}
         elif kind == "cogvideox":  # the same for CogVideoX's adaLN-zero tables
             state = {k: v * 0.02 if k.startswith(("blocks.", "norm_out")) and ".linear." in k and "norm" in k else v
+                     for k, v in state.items()}
+        elif kind == "hunyuan15":  # adaLN tables small (near identity); q / k RMSNorm scales 1, as initialised
+            state = {k: v * 0.02 if "modulation" in k or "_mod." in k else
+                     torch.ones_like(v) if k.endswith(("query_norm.weight", "key_norm.weight")) else v
                      for k, v in state.items()}
         metadata = expected_metadata(name, seed, comfy_dir)
         if kind.startswith("wan"):

@@ -53,8 +53,9 @@ def file_combo_values(workflow_files) -> dict:
             for (node_type, input_name), folder in generator.FILE_INPUTS.items():
                 if node["type"] != node_type:
                     continue
-                # the file combo is the first widget of every node type in FILE_INPUTS
-                wanted.add((folder, node["widgets_values"][0]))
+                # the file combo is the first widget of its node, or where FILE_WIDGET_INDEX says
+                index = generator.FILE_WIDGET_INDEX.get((node_type, input_name), 0)
+                wanted.add((folder, node["widgets_values"][index]))
     return wanted
 
 

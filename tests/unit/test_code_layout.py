@@ -17,8 +17,11 @@ PACK_COMFYUI_SHIMS = ("comfy_v3",)
 # 1,800 before issue #16 (native video models); nodes/native_video.py (ComfyUI-side Wan support: the VAE's time
 # formula, whole-video decode, the expert-pair node) and its hooks in run_harness.py add about 155 lines; resident
 # (non-dynamic) copies of dynamic-VRAM models for guided runs (ComfyUI 0.33) about 30; native CogVideoX (its VAE's
-# frame rule, V_PREDICTION_DDPM's input space and update scale) about 18
-NODES_MAX_LINES, NODES_MAX_FILE_LINES = 2010, 450
+# frame rule, V_PREDICTION_DDPM's input space and update scale) about 18; HunyuanVideo 1.5 about 11 (the frame rule
+# picked by the VAE's decoder config: its VAE and HunyuanImage 2.1's refiner VAE are one generic class) and about 32
+# for two scopes its model needs under PyTorch 2.9 (no Module.to inside a JVP; saved copies of the activations its
+# in-place adds change, for backprop); LTX-2 about 5 (the video part of its packed audio+video latent)
+NODES_MAX_LINES, NODES_MAX_FILE_LINES = 2055, 450
 
 
 def imported_modules(tree: ast.AST) -> list[tuple[str, int]]:

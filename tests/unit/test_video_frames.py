@@ -82,22 +82,22 @@ def rule_decode(time: CausalTime):
     return decode
 
 
-def test_frame_rules_of_cogvideox_and_hunyuanvideo15():
-    cog, hunyuan = CausalTime(4, "causal_odd"), CausalTime(4, "uniform")
+def test_frame_rules_of_cogvideox_and_the_hunyuanimage_refiner_vae():
+    cog, refiner = CausalTime(4, "causal_odd"), CausalTime(4, "uniform")
     assert [cog.decoded_frames(t) for t in (1, 2, 3, 4, 13)] == [1, 8, 9, 16, 49]  # CogVideoX's Upsample3D
-    assert [hunyuan.decoded_frames(t) for t in (1, 2, 3)] == [1, 8, 12]  # HunyuanVideo 1.5 (vae_refiner.Decoder)
-    assert list(hunyuan.pixel_group(2)) == [8, 9, 10, 11] and hunyuan.latent_of_pixel(11) == 2
-    assert hunyuan.latent_indices_for_pixels([0, 11], 3) == (0, 2)
+    assert [refiner.decoded_frames(t) for t in (1, 2, 3)] == [1, 8, 12]  # HunyuanImage 2.1's refiner VAE
+    assert list(refiner.pixel_group(2)) == [8, 9, 10, 11] and refiner.latent_of_pixel(11) == 2
+    assert refiner.latent_indices_for_pixels([0, 11], 3) == (0, 2)
     with pytest.raises(ValueError, match=r"into frames 0-3, 4-7, \.\.\."):
-        hunyuan.latent_indices_for_pixels([12], 3)
+        refiner.latent_indices_for_pixels([12], 3)
     # an even subset of CogVideoX latent frames decodes to 4 frames each; of latent frame 0's the last stands for
     # frame 0 (the whole video has one frame there)
     positions, labels = cog.subset_frames([0, 2])
     assert positions == [3, 4, 5, 6, 7] and labels.tolist() == [0, 5, 6, 7, 8]
     assert cog.subset_frames([1, 2, 3])[1].tolist() == [4, 5, 6, 7, 8, 9, 10, 11, 12]
     assert cog.subset_frames([0, 1, 2])[1].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8]
-    assert hunyuan.subset_frames([2])[1].tolist() == [11]
-    assert hunyuan.subset_frames([0, 2])[1].tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert refiner.subset_frames([2])[1].tolist() == [11]
+    assert refiner.subset_frames([0, 2])[1].tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
     cog.check_video(13)
     with pytest.raises(ValueError, match=r"even number of latent frames \(12\).*length of 41 or 49 frames"):
         cog.check_video(12)
@@ -105,7 +105,7 @@ def test_frame_rules_of_cogvideox_and_hunyuanvideo15():
         CausalTime(4, "odd")
     objective = ObjectiveSet.single(ManagedObjective(ColorLoss()), "colour")
     x0 = torch.randn(2, 16, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    for time in (cog, hunyuan):
+    for time in (cog, refiner):
         loss = CausalVideoLoss(rule_decode(time), objective, time)
         loss.prepare(3)
         pixels = rule_decode(time)(x0)
