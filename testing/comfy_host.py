@@ -45,8 +45,11 @@ def selected_host() -> str:
 
 HOST_VERSION = selected_host()
 # Shipped workflows that need a newer host than the floor: what each uses that 0.3.64 lacks.
-NEEDS_NEWER_HOST = {"0.3.64": {"cogvideox_native_style.json": "native CogVideoX (CLIPLoader type 'cogvideox', "
-                                                              "comfy/ldm/cogvideo), ComfyUI 2026"}}
+NEEDS_NEWER_HOST = {"0.3.64": {
+    "cogvideox_native_style.json": "native CogVideoX (CLIPLoader type 'cogvideox', comfy/ldm/cogvideo), ComfyUI 2026",
+    "ltx2_t2v_dover.json": "LTX-2's nodes (LTXVEmptyLatentAudio, LTXAVTextEncoderLoader, ...), ComfyUI 2026",
+    "hunyuan15_t2v_dover.json": "HunyuanVideo 1.5's nodes (EmptyHunyuanVideo15Latent, DualCLIPLoader type "
+                                "'hunyuan_video_15'), ComfyUI from late 2025"}}
 
 
 def workflow_files(version: str = HOST_VERSION) -> list[Path]:
