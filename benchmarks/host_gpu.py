@@ -9,9 +9,11 @@ these methods:
   ksampler  the same graph with ComfyUI's KSampler in place of TitanGuideSampler (no guidance),
   titan     as shipped (TITAN-Guide defaults: forward-mode, sampled-gradient guess on 2 frames),
   freedom   as shipped plus a TitanGuidanceMethod node set to FreeDoM (backprop through the denoiser),
+  mpgd      the same with MPGD (manifold-preserving: backprop through the decoder and scorer only),
+  exact     the same with the exact gradient (TITAN's look-ahead and update, G by backprop),
 each in a fresh host per (dynamic VRAM mode, method): `seconds_first` is the time from queueing to the outputs in
-that fresh host (models loaded from disk), `seconds_warm` the same graph again with the next seed (models already
-loaded). `peak_gb` is the peak GPU memory nvidia-smi reports (sampled every 50 ms while the prompt runs: the whole
+that fresh host (models loaded from disk), `seconds_warm` the median of --warm-runs more runs of the same graph with
+the next seeds (models already loaded; each run's time in `seconds_warm_runs`). `peak_gb` is the peak GPU memory nvidia-smi reports (sampled every 50 ms while the prompt runs: the whole
 GPU, i.e. CUDA context, weights, allocator cache, activations; the machine runs nothing else); `report_peak_gb` is
 the pack's report line (on CUDA torch.cuda.max_memory_allocated during sampling, on the CPU the process peak RSS; with
 dynamic VRAM on, weights streamed by
@@ -23,8 +25,8 @@ Each row: {"case", "method", "dynamic_vram", "peak_gb", "report_peak_gb", "secon
 
 On the H200 (no internet): first, with internet, `bash benchmarks/host_gpu_prepare.sh` (wheels into .whl/, the lean
 ComfyUI 0.33.0 and ADE d8d163c archives into .gpu/), then run the command in docs/pending/host_gpu_command.txt,
-carrying [".whl", ".gpu"]. Methods run TITAN first, then KSampler, then FreeDoM, each with dynamic VRAM on, then
-off; the JSON is rewritten after every row and no row starts past --max-minutes (a prompt may overrun it by at most
+carrying [".whl", ".gpu"]. Methods run in the order given (default TITAN, KSampler, FreeDoM, MPGD, exact), each
+with dynamic VRAM on, then off; the JSON is rewritten after every row and no row starts past --max-minutes (a prompt may overrun it by at most
 2 minutes, then it is recorded as an error), so a cut run still reports the rows it finished.
 
 `--smoke`: CPU, 4 frames of 32x32, 2 steps, dynamic VRAM off, tiny SD1.5 UNet: checks the whole path (weights
@@ -38,6 +40,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +56,8 @@ from testing.comfy_host import ComfyHost  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "aesthetic_dover_animatediff.json"
 CHECKPOINT, MOTION_MODULE, DOVER = "epicrealism_naturalSinRC1VAE.safetensors", "mm_sd_v15_v2.ckpt", "DOVER.pth"
-METHODS = ("titan", "ksampler", "freedom")  # run order: the TITAN rows first
+METHODS = ("titan", "ksampler", "freedom", "mpgd", "exact")  # run order: the TITAN rows first
+BASELINES = {"freedom": "freedom", "mpgd": "mpgd", "exact": "exact_gradient"}  # row -> TitanGuidanceMethod method
 VRAM_FLAGS = {"on": [], "off": ["--disable-dynamic-vram"]}
 
 
@@ -123,11 +127,12 @@ def prompts(object_info: dict, frames: int, size: int, steps: int, seed: int, sm
         del stock[node_id]
     rows["ksampler"] = stock
 
-    # FreeDoM: the method node with its defaults, method=freedom, into the sampler's `method` input.
-    freedom = json.loads(json.dumps(base))
-    freedom["freedom_method"] = with_defaults(object_info, "TitanGuidanceMethod", method="freedom")
-    freedom[sampler]["inputs"]["method"] = ["freedom_method", 0]
-    rows["freedom"] = freedom
+    # Baselines: the method node with its defaults and the row's method, into the sampler's `method` input.
+    for row, method in BASELINES.items():
+        graph = json.loads(json.dumps(base))
+        graph[f"{row}_method"] = with_defaults(object_info, "TitanGuidanceMethod", method=method)
+        graph[sampler]["inputs"]["method"] = [f"{row}_method", 0]
+        rows[row] = graph
     return rows
 
 
@@ -226,18 +231,19 @@ def main(argv=None) -> int:
     parser.add_argument("--dynamic-vram", nargs="+", choices=list(VRAM_FLAGS), default=list(VRAM_FLAGS),
                         help="ComfyUI 0.33's dynamic VRAM: on (its CUDA default), off (--disable-dynamic-vram)")
     parser.add_argument("--max-minutes", type=float, default=8.0, help="start no new row past this budget")
+    parser.add_argument("--warm-runs", type=int, default=3, help="warm runs per row (their median is seconds_warm)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "host_gpu.json")
     parser.add_argument("--smoke", action="store_true", help="CPU, 4 frames 32x32, 2 steps, tiny UNet, VRAM off")
     parser.add_argument("--tiny-base", type=Path, help="--smoke: reuse this tiny SD1.5 checkpoint (tests' cache)")
     options = parser.parse_args(argv)
     if options.smoke:
-        options.frames, options.size, options.steps, options.dynamic_vram = 4, 32, 2, ["off"]
+        options.frames, options.size, options.steps, options.dynamic_vram, options.warm_runs = 4, 32, 2, ["off"], 1
     if not (options.comfyui / "main.py").is_file():
         parser.error(f"{options.comfyui} is not a ComfyUI folder")
     if not (options.packs / "ComfyUI-AnimateDiff-Evolved").is_dir():
         parser.error(f"{options.packs} holds no ComfyUI-AnimateDiff-Evolved")
-    if min(options.frames, options.size, options.steps) < 1 or options.size % 8:
-        parser.error("frames and steps must be >= 1 and size a positive multiple of 8")
+    if min(options.frames, options.size, options.steps, options.warm_runs) < 1 or options.size % 8:
+        parser.error("frames, steps and warm runs must be >= 1 and size a positive multiple of 8")
     version = host_version(options.comfyui)
     if version.startswith("0.3.") and "on" in options.dynamic_vram:
         print(f"[host_gpu] ComfyUI {version} has no dynamic VRAM: running 'off' only", flush=True)
@@ -277,11 +283,14 @@ def main(argv=None) -> int:
                 info = host.object_info()
                 first = run_prompt(host, prompts(info, options.frames, options.size, options.steps, 42,
                                                  options.smoke)[method], timeout=left())
-                warm = run_prompt(host, prompts(info, options.frames, options.size, options.steps, 43,
-                                                options.smoke)[method], timeout=left())
-                peaks = [p for p in (first["peak_gb"], warm["peak_gb"]) if p is not None]
+                warm_runs = [run_prompt(host, prompts(info, options.frames, options.size, options.steps, 43 + i,
+                                                      options.smoke)[method], timeout=left())
+                             for i in range(options.warm_runs)]
+                warm = warm_runs[-1]
+                peaks = [p for p in (first["peak_gb"], *(w["peak_gb"] for w in warm_runs)) if p is not None]
                 row.update(peak_gb=max(peaks) if peaks else None, report_peak_gb=warm["report_peak_gb"],
-                           seconds_warm=warm["seconds"], seconds_first=first["seconds"],
+                           seconds_warm=statistics.median(w["seconds"] for w in warm_runs),
+                           seconds_warm_runs=[w["seconds"] for w in warm_runs], seconds_first=first["seconds"],
                            model_calls=options.steps if method == "ksampler" else warm["model_calls"])
                 row["vram_log"] = [line.strip() for line in host.log_text().splitlines()
                                    if "vram" in line.lower()][:6]  # what ComfyUI says about its VRAM mode

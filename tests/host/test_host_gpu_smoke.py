@@ -27,6 +27,7 @@ def test_host_gpu_benchmark_smoke_runs_titan_and_ksampler(tmp_path, tiny_sd15_ch
         assert ROW_KEYS <= set(row), row
         assert row["host"] in version and row["dynamic_vram"] == "off"
         assert row["seconds_first"] > 0 and row["seconds_warm"] > 0
+        assert row["seconds_warm_runs"] == [row["seconds_warm"]]  # --smoke: one warm run, its time the median
         if shutil.which("nvidia-smi") is None:
             assert row["peak_gb"] is None  # no nvidia-smi: no GPU figure is made up
         assert isinstance(row["model_calls"], int) and row["model_calls"] >= 1, row
@@ -34,3 +35,21 @@ def test_host_gpu_benchmark_smoke_runs_titan_and_ksampler(tmp_path, tiny_sd15_ch
     assert ksampler["model_calls"] == 2  # --smoke: two steps
     assert titan["model_calls"] > ksampler["model_calls"]  # the forward-mode pass and look-ahead call the model too
     assert "ComfyUI" in completed.stdout
+
+
+def test_host_gpu_builds_every_methods_graph_from_the_shipped_workflow(comfy_host):
+    """Each row's prompt is the shipped workflow with the row's change: KSampler in place of the guided sampler, or
+    a TitanGuidanceMethod node (FreeDoM, MPGD, exact gradient) into its `method` input."""
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import host_gpu
+
+    graphs = host_gpu.prompts(comfy_host.object_info(), 4, 32, 2, 42, True)
+    assert set(graphs) == set(host_gpu.METHODS)
+    for row, method in host_gpu.BASELINES.items():
+        sampler = next(node for node in graphs[row].values() if node["class_type"] == "TitanGuideSampler")
+        source = graphs[row][sampler["inputs"]["method"][0]]
+        assert source["class_type"] == "TitanGuidanceMethod" and source["inputs"]["method"] == method
+    assert "TitanGuideSampler" not in {node["class_type"] for node in graphs["ksampler"].values()}
+    assert "method" not in next(n for n in graphs["titan"].values() if n["class_type"] == "TitanGuideSampler")["inputs"]
