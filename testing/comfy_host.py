@@ -128,6 +128,17 @@ def default_python() -> str:
     return str(venv_python) if venv_python.is_file() else sys.executable
 
 
+def run_comfy_script(script, comfy_dir, timeout: float = 600) -> dict:
+    """Run a test module as a script with ComfyUI importable (`python SCRIPT COMFY_DIR`, on the CPU, one thread) and
+    return the JSON of its last `RESULT <json>` line; fails with the script's output if it has none."""
+    completed = subprocess.run([default_python(), os.path.abspath(script), str(comfy_dir)], capture_output=True,
+                               text=True, timeout=timeout, cwd=comfy_dir,
+                               env=dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"))
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert completed.returncode == 0 and lines, completed.stdout[-3000:] + completed.stderr[-5000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def default_custom_node_dirs() -> list:
     """Return the folders whose packs the host loads: this pack's link folder and the vendored packs."""
     pack_link = PACK_LINK_DIR / PACK_NAME

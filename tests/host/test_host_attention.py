@@ -12,7 +12,6 @@ import importlib.util
 import inspect
 import json
 import os
-import subprocess
 import sys
 
 from pathlib import Path
@@ -114,14 +113,9 @@ def main(argv) -> int:
 
 @pytest.fixture(scope="module")
 def attention_result(comfyui_dir):
-    from testing.comfy_host import default_python
+    from testing.comfy_host import run_comfy_script
 
-    completed = subprocess.run([default_python(), os.path.abspath(__file__), str(comfyui_dir)],
-                               capture_output=True, text=True, timeout=600, cwd=comfyui_dir,
-                               env=dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"))
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    assert completed.returncode == 0 and lines, completed.stdout[-3000:] + completed.stderr[-5000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_comfy_script(__file__, comfyui_dir)
 
 
 @pytest.mark.host_compat

@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -80,14 +79,9 @@ def main(argv) -> int:
 
 @pytest.fixture(scope="module")
 def vae_frames(comfyui_dir):
-    from testing.comfy_host import default_python
+    from testing.comfy_host import run_comfy_script
 
-    completed = subprocess.run([default_python(), os.path.abspath(__file__), str(comfyui_dir)],
-                               capture_output=True, text=True, timeout=600, cwd=comfyui_dir,
-                               env=dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"))
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    assert completed.returncode == 0 and lines, completed.stdout[-3000:] + completed.stderr[-5000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_comfy_script(__file__, comfyui_dir)
 
 
 def test_hunyuanvideo15_vae_decodes_1_plus_4_per_later_latent_frame_as_the_pack_counts(vae_frames):
