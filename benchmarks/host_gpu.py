@@ -23,7 +23,7 @@ Each row: {"case", "method", "dynamic_vram", "peak_gb", "report_peak_gb", "secon
 "model_calls", "host"} (plus "error" if the row failed). `--dynamic-vram on|off` picks the mode(s) of ComfyUI
 0.33 (off = --disable-dynamic-vram; on is 0.33's default on CUDA); hosts without the flag (0.3.x) run `off` only.
 
-On the H200 (no internet): first, with internet, `bash benchmarks/host_gpu_prepare.sh` (wheels into .whl/, the lean
+On the H200 (no internet): first, with internet, `bash benchmarks/gpu_prepare.sh` (wheels into .whl/, the lean
 ComfyUI 0.33.0 and ADE d8d163c archives into .gpu/), then run the command in docs/pending/host_gpu_command.txt,
 carrying [".whl", ".gpu"]. Methods run in the order given (default TITAN, KSampler, FreeDoM, MPGD, exact), each
 with dynamic VRAM on, then off; the JSON is rewritten after every row and no row starts past --max-minutes (a prompt may overrun it by at most

@@ -199,7 +199,8 @@ def main(argv=None) -> int:
                         entry["peak_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                 except Exception as error:  # a failed row is a result; the run goes on
                     entry["result"] = f"error: {type(error).__name__}: {error}"[:600]
-                    entry["traceback"] = traceback.format_exc()[-2000:]
+                    entry["traceback"] = traceback.format_exc()[-12000:]
+                    print(entry["traceback"], file=sys.stderr, flush=True)
             print(json.dumps({k: v for k, v in entry.items() if k not in ("report", "traceback")}), flush=True)
             results["rows"].append(entry)
             out.write_text(json.dumps(results, indent=1))

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import triton_attention
-from .rules import contiguous_group_norm, float32_layer_norm, lean_linear_layers, replaced_functions
+from .rules import contiguous_group_norm, float32_norms, lean_linear_layers, replaced_functions
 
 _host_contexts: list[Callable[[], ContextManager]] = []
 # the builtin, whatever F.scaled_dot_product_attention is bound to while a scope is active
@@ -229,7 +229,7 @@ def forward_ad_attention() -> Iterator[None]:
         if current_settings().lean_linear:
             stack.enter_context(lean_linear_layers())
         stack.enter_context(contiguous_group_norm())
-        stack.enter_context(float32_layer_norm())
+        stack.enter_context(float32_norms())
         for factory in list(_host_contexts):
             stack.enter_context(factory())
         yield

@@ -90,15 +90,22 @@ def contiguous_group_norm():
     return replaced_functions({"group_norm": group_norm})
 
 
-def float32_layer_norm():
-    """layer_norm's forward-AD rule returns a float32 tangent for fp16 / bf16 inputs on CUDA: inside this scope
-    half-precision layer norms run in float32 and are cast back."""
-    original = F.layer_norm
+def float32_norms():
+    """layer_norm's and rms_norm's forward-AD rules return a float32 tangent for fp16 / bf16 inputs on CUDA (the
+    fused kernels compute in float32): a half primal then meets a float tangent, which SDPA and matmuls refuse
+    (seen as "expected scalar type Float but found Half" in a JVP of fp16 Wan 2.1 on an H200, where q and k pass
+    rms_norm). Inside this scope half-precision norms run in float32 and are cast back."""
+    layer_norm_original, rms_norm_original = F.layer_norm, F.rms_norm
+    up = (lambda t: None if t is None else t.float())
 
     def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
         if input.dtype not in (torch.float16, torch.bfloat16):
-            return original(input, normalized_shape, weight, bias, eps)
-        up = (lambda t: None if t is None else t.float())
-        return original(input.float(), normalized_shape, up(weight), up(bias), eps).to(input.dtype)
+            return layer_norm_original(input, normalized_shape, weight, bias, eps)
+        return layer_norm_original(input.float(), normalized_shape, up(weight), up(bias), eps).to(input.dtype)
 
-    return replaced_functions({"layer_norm": layer_norm})
+    def rms_norm(input, normalized_shape, weight=None, eps=None):
+        if input.dtype not in (torch.float16, torch.bfloat16):
+            return rms_norm_original(input, normalized_shape, weight, eps)
+        return rms_norm_original(input.float(), normalized_shape, up(weight), eps).to(input.dtype)
+
+    return replaced_functions({"layer_norm": layer_norm, "rms_norm": rms_norm})

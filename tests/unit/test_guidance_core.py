@@ -337,3 +337,20 @@ def test_forward_ad_scope_op_fixes_are_exact_and_restored():
     with pytest.raises(RuntimeError, match="boom"), core.forward_ad_attention():
         raise RuntimeError("boom")
     assert F.group_norm is original_gn and F.layer_norm is original_ln
+
+
+def test_forward_ad_scope_runs_half_rms_norm_in_float32(monkeypatch):
+    """CUDA's fused rms_norm gives a float32 tangent for a half input (an H200 JVP of fp16 Wan 2.1 failed in SDPA
+    on it): inside the scope the norm sees float32 and the result has the input's dtype, value and tangent."""
+    import torch.nn.functional as F
+    seen = []
+    original = F.rms_norm
+    monkeypatch.setattr(F, "rms_norm", lambda x, *args, **kwargs: seen.append(x.dtype) or original(x, *args, **kwargs))
+    half = torch.randn(3, 16).bfloat16()
+    weight, tangent = torch.randn(16).bfloat16(), torch.randn(3, 16).bfloat16()
+    with core.forward_ad_attention():
+        out, out_t = torch.func.jvp(lambda t: F.rms_norm(t, (16,), weight, 1e-6), (half,), (tangent,))
+    assert seen == [torch.float32]
+    assert out.dtype == out_t.dtype == torch.bfloat16
+    ref, ref_t = torch.func.jvp(lambda t: original(t, (16,), weight.double(), 1e-6), (half.double(),), (tangent.double(),))
+    assert torch.allclose(out.double(), ref, atol=0.02) and torch.allclose(out_t.double(), ref_t, atol=0.05)

@@ -12,7 +12,7 @@
 # Not shipped: the frontend (host_gpu.py passes --front-end-root), kornia / spandrel (only some comfy_extras
 # nodes import them), open_clip (the pack imports it lazily).
 #
-#   bash benchmarks/host_gpu_prepare.sh      # then run the command in docs/pending/host_gpu_command.txt
+#   bash benchmarks/gpu_prepare.sh      # then run the command in docs/pending/host_gpu_command.txt
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO_ROOT="$PWD"
