@@ -8,6 +8,8 @@ to a prompt with the host's /object_info (scripts/demo.py's workflow_to_api, as 
 these methods:
   ksampler  the same graph with ComfyUI's KSampler in place of TitanGuideSampler (no guidance),
   titan     as shipped (TITAN-Guide defaults: forward-mode, sampled-gradient guess on 2 frames),
+  titan_graph  the same graph in a host started with TITAN_CUDA_GRAPH=1 (the JVP replayed as a CUDA graph,
+            checked once against the eager JVP; the report's "forward mode" line says whether it ran),
   freedom   as shipped plus a TitanGuidanceMethod node set to FreeDoM (backprop through the denoiser),
   mpgd      the same with MPGD (manifold-preserving: backprop through the decoder and scorer only),
   exact     the same with the exact gradient (TITAN's look-ahead and update, G by backprop),
@@ -20,7 +22,12 @@ dynamic VRAM on, weights streamed by
 comfy-aimdo may not show there). `model_calls` is the report's count (KSampler: the steps, one CFG-batched call each).
 
 Each row: {"case", "method", "dynamic_vram", "peak_gb", "report_peak_gb", "seconds_warm", "seconds_first",
-"model_calls", "host"} (plus "error" if the row failed). `--dynamic-vram on|off` picks the mode(s) of ComfyUI
+"model_calls", "host"} (plus "error" if the row failed), and for TITAN rows `seconds_first_sampler` /
+`seconds_warm_sampler` (the sampler node's own time from its report: the rest of a prompt is loading and the
+other nodes), `triton_cache_entries` (files in Triton's on-disk kernel cache when the row's host started: 0 means
+the first prompt compiled the JVP attention kernels) and `forward_ad` (the report's attention-route / CUDA-graph
+line). `--profile` runs one more prompt per TITAN row under torch.profiler (guidance_core/profiling.py: phases,
+kernel launches, top operators) and keeps its summary in the row (`profile`). `--dynamic-vram on|off` picks the mode(s) of ComfyUI
 0.33 (off = --disable-dynamic-vram; on is 0.33's default on CUDA); hosts without the flag (0.3.x) run `off` only.
 
 On the H200 (no internet): first, with internet, `bash benchmarks/gpu_prepare.sh` (wheels into .whl/, the lean
@@ -56,7 +63,8 @@ from testing.comfy_host import ComfyHost  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "aesthetic_dover_animatediff.json"
 CHECKPOINT, MOTION_MODULE, DOVER = "epicrealism_naturalSinRC1VAE.safetensors", "mm_sd_v15_v2.ckpt", "DOVER.pth"
-METHODS = ("titan", "ksampler", "freedom", "mpgd", "exact")  # run order: the TITAN rows first
+METHODS = ("titan", "ksampler", "freedom", "mpgd", "exact", "titan_graph")  # run order: the TITAN rows first
+GRAPH_ENV = {"titan_graph": "1"}  # TITAN_CUDA_GRAPH per row (others: 0)
 BASELINES = {"freedom": "freedom", "mpgd": "mpgd", "exact": "exact_gradient"}  # row -> TitanGuidanceMethod method
 VRAM_FLAGS = {"on": [], "off": ["--disable-dynamic-vram"]}
 
@@ -111,7 +119,7 @@ def prompts(object_info: dict, frames: int, size: int, steps: int, seed: int, sm
         base[sampler]["inputs"]["frames_per_video"] = frames
     if smoke:  # the tiny ADE checkpoint's one level fits only the 320-wide temporal modules
         _smoke_motion_blocks(base, by_type, object_info)
-    rows = {"titan": base}
+    rows = {"titan": base, "titan_graph": base}
 
     # KSampler instead of TitanGuideSampler; nodes fed by its report / loss plot go.
     stock = json.loads(json.dumps(base))
@@ -201,6 +209,22 @@ def report_value(outputs: dict, pattern: str):
     return None
 
 
+def report_line(outputs: dict, prefix: str) -> str | None:
+    """The rest of the report line starting with `prefix`, or None."""
+    for node_output in outputs.values():
+        for text in node_output.get("text", []):
+            match = re.search(rf"^{re.escape(prefix)}(.*)$", str(text), re.MULTILINE)
+            if match:
+                return match.group(1).strip()
+    return None
+
+
+def triton_cache_entries() -> int:
+    """Files in Triton's on-disk kernel cache (TRITON_CACHE_DIR or ~/.triton/cache)."""
+    folder = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
 def run_prompt(host: ComfyHost, prompt: dict, timeout: float) -> dict:
     """Queue one prompt; seconds to its outputs, peak GPU memory, the report's peak and model calls."""
     with GpuMemorySampler() as memory:
@@ -211,7 +235,8 @@ def run_prompt(host: ComfyHost, prompt: dict, timeout: float) -> dict:
     calls = report_value(outputs, r"model calls: (\d+)")
     return {"seconds": round(seconds, 2), "peak_gb": None if memory.peak is None else round(memory.peak / 1024, 2),
             "report_peak_gb": None if torch_peak_mib is None else round(torch_peak_mib / 1024, 2),
-            "model_calls": None if calls is None else int(calls)}
+            "model_calls": None if calls is None else int(calls),
+            "sampler_seconds": report_value(outputs, r"time: ([\d.]+) s"), "forward_ad": report_line(outputs, "forward mode:")}
 
 
 def host_version(comfyui: Path) -> str:
@@ -235,6 +260,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "host_gpu.json")
     parser.add_argument("--smoke", action="store_true", help="CPU, 4 frames 32x32, 2 steps, tiny UNet, VRAM off")
     parser.add_argument("--tiny-base", type=Path, help="--smoke: reuse this tiny SD1.5 checkpoint (tests' cache)")
+    parser.add_argument("--profile", action="store_true", help="one more profiled prompt per TITAN row")
     options = parser.parse_args(argv)
     if options.smoke:
         options.frames, options.size, options.steps, options.dynamic_vram, options.warm_runs = 4, 32, 2, ["off"], 1
@@ -269,6 +295,11 @@ def main(argv=None) -> int:
                 results["rows"].append(dict(row, skipped="time budget"))
                 continue
             extra = ["--front-end-root", str(frontend)] + ([] if version.startswith("0.3.") else VRAM_FLAGS[vram])
+            os.environ["TITAN_CUDA_GRAPH"] = GRAPH_ENV.get(method, "0")  # the host inherits it
+            os.environ["TITAN_PROFILE_DIR"] = str(work / f"profile_{vram}_{method}")
+            titan_row = method.startswith("titan")
+            if titan_row:
+                row["triton_cache_entries"] = triton_cache_entries()
             host = ComfyHost(work / f"host_{vram}_{method}", comfyui_dir=options.comfyui, python=sys.executable,
                              custom_node_dirs=[pack_dir, options.packs], cpu=options.smoke, extra_args=extra)
             host.prepare()
@@ -294,6 +325,18 @@ def main(argv=None) -> int:
                            model_calls=options.steps if method == "ksampler" else warm["model_calls"])
                 row["vram_log"] = [line.strip() for line in host.log_text().splitlines()
                                    if "vram" in line.lower()][:6]  # what ComfyUI says about its VRAM mode
+                if titan_row:
+                    row.update(seconds_first_sampler=first["sampler_seconds"], forward_ad=warm["forward_ad"],
+                               seconds_warm_sampler=statistics.median(w["sampler_seconds"] or 0 for w in warm_runs))
+                if titan_row and options.profile:
+                    folder = Path(os.environ["TITAN_PROFILE_DIR"])
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / "profile_next").touch()
+                    run_prompt(host, prompts(info, options.frames, options.size, options.steps, 99,
+                                             options.smoke)[method], timeout=left())
+                    row["profile"] = json.loads((folder / "profile.json").read_text(encoding="utf-8"))
+                    print(f"[host_gpu] profile of one warm {method} run:\n" + (folder / "profile.txt").read_text(),
+                          flush=True)
             except Exception as error:  # one row failing (OOM, ...) is a result; the others still run
                 failed = True
                 row["error"] = f"{type(error).__name__}: {str(error)[:2000]}"

@@ -10,6 +10,7 @@ from typing import Callable, ContextManager
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from .forward_gradient import directional_derivative
 from .layout import Layout
@@ -85,8 +86,9 @@ class DecodedLoss:
     def __call__(self, x0: Tensor, frame_indices: Tensor | None = None, per_frame: bool = False) -> Tensor:
         pixels = latents = None
         if "pixels" in self.objective.spaces:
-            pixels = self._per_video(chunked_decode(self.decode, x0, self.chunk_frames, self.layout,
-                                                    self.checkpointed))
+            with record_function("titan.decode"):
+                pixels = self._per_video(chunked_decode(self.decode, x0, self.chunk_frames, self.layout,
+                                                        self.checkpointed))
         with self.scope():
             if "latent" in self.objective.spaces:
                 latents = self._per_video(self.latent_out(x0))

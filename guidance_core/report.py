@@ -7,6 +7,7 @@ Every guidance method's step reports (guidance_core.sampling.SampleResult.report
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 import math
 import resource
 import sys
@@ -78,6 +79,7 @@ class RunRecord:
     memory_source: str = ""
     loaded_models: list = dataclasses.field(default_factory=list)  # lines from describe_loaded_models
     decode_chunk: str = ""  # frames per decode inside the objective, and how they were chosen
+    forward_ad: str = ""  # attention routes inside forward-mode passes, CUDA graph use
 
     @classmethod
     def of_run(cls, objective, guess, method, videos: int, frames: int, steps: int) -> "RunRecord":
@@ -136,6 +138,8 @@ def format_report(record: RunRecord) -> str:
         lines.append(f"warning: {message}")
     if record.decode_chunk:
         lines.append(f"decode chunk: {record.decode_chunk}")
+    if record.forward_ad:
+        lines.append(f"forward mode: {record.forward_ad}")
     lines.append(f"time: {record.seconds:.2f} s, model calls: {record.model_calls}")
     lines.append(f"peak memory: {record.peak_memory_bytes / 2**20:.1f} MiB ({record.memory_source})")
     if record.loaded_models:
@@ -181,3 +185,18 @@ def plot_losses(record: RunRecord, width: int = 512, height: int = 320) -> torch
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array)[None]
 
+
+
+def attention_routes() -> Counter:
+    """A copy of the forward-mode attention calls per route so far (for `forward_ad_line`)."""
+    from .forward_ad.attention import route_counts
+    return Counter(route_counts)
+
+
+def forward_ad_line(routes_before: Counter, method) -> str:
+    """Attention calls per route (triton / fused / math) since `routes_before` and the method's CUDA graph state."""
+    routes = {name: count for name, count in (attention_routes() - routes_before).items() if count}
+    graphs = getattr(method, "graphs", None)
+    parts = [("attention calls " + ", ".join(f"{n} {c}" for n, c in sorted(routes.items()))) if routes else ""]
+    parts.append(graphs.describe() if graphs is not None else "")
+    return "; ".join(p for p in parts if p)

@@ -158,8 +158,8 @@ class MethodSpec:
         """Whether backprop recomputes activations (also used for the decode)."""
         return bool(self.settings.get("checkpoint", False)) and self.kind in ("exact_gradient", "freedom", "tfg")
 
-    def build(self, settings: "GuidanceSettings", guess):
-        """The guidance_core method object."""
+    def build(self, settings: "GuidanceSettings", guess, cuda_graph: bool = False):
+        """The guidance_core method object (`cuda_graph`: TITAN's JVP estimator replays CUDA graphs)."""
         o = self.settings
         window = {"start": settings.start, "end": settings.end}
         if self.kind in ("titan", "exact_gradient"):
@@ -167,7 +167,8 @@ class MethodSpec:
                           schedule=settings.schedule, optimizer=settings.optimizer, iterations=settings.iterations,
                           max_grad_norm=settings.max_grad_norm or None, per_frame=settings.per_frame, **window)
             if self.kind == "titan":
-                return Titan(guess=guess, estimator=o.get("estimator", "jvp"), **common)
+                estimator = o.get("estimator", "jvp")
+                return Titan(guess=guess, estimator=estimator, cuda_graph=cuda_graph and estimator == "jvp", **common)
             return baselines.ExactGradient(checkpointed=self.checkpointed, **common)
         # node option name -> constructor argument; absent options keep the baseline's own default
         renames = {"freedom": {"freedom_rho": "rho", "freedom_schedule": "rho_schedule", "freedom_repeats": "repeats"},

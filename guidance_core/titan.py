@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from .forward_ad.cuda_graph import GraphedJvp
 from .forward_gradient import ESTIMATORS, forward_gradient
@@ -36,8 +37,10 @@ class Traverse:
 
     def __call__(self, z: Tensor) -> Tensor:
         x = z if self.base is None else self.ctx.part.put(self.base, z)
-        x0 = unroll(self.ctx.denoise, x, self.sigmas, self.ctx.step, self.checkpointed)
-        return self.ctx.loss(self.ctx.part.get(x0), per_frame=self.per_frame)
+        with record_function("titan.lookahead"):  # phase labels: guidance_core.profiling reads them
+            x0 = unroll(self.ctx.denoise, x, self.sigmas, self.ctx.step, self.checkpointed)
+        with record_function("titan.decode_and_objective"):
+            return self.ctx.loss(self.ctx.part.get(x0), per_frame=self.per_frame)
 
     def at(self, x: Tensor) -> "Traverse":
         """The traverse as a function of the guided part of the latent `x` (itself when the part is the whole)."""
@@ -108,7 +111,8 @@ class LookaheadGuidance:
         """Guide the latent at sigmas[i] and step to sigmas[i+1]."""
         window = guided_steps(ctx.steps, self.start, self.end)
         if i not in window or ctx.loss is None:
-            return ctx.plain_step(x, i), None
+            with record_function("titan.sampler_step"):
+                return ctx.plain_step(x, i), None
         weight = float(strength_schedule(self.schedule, len(window))[i - window.start])
         rule = ctx.run_state(self, lambda: make_optimizer(self.optimizer, self.strength, ctx.layout))
         rule.begin_step()
@@ -132,7 +136,8 @@ class LookaheadGuidance:
             if ctx.observer is not None:
                 ctx.observer(i=i, x=part.get(x), gradient=grad, f=f, method=self)
             x = part.put(x, apply_update(part.get(x), grad, rule, self.strength * weight, scale))
-        return ctx.plain_step(x, i), report
+        with record_function("titan.sampler_step"):
+            return ctx.plain_step(x, i), report
 
 
 @dataclass
@@ -155,7 +160,7 @@ class Titan(LookaheadGuidance):
     def estimate(self, f, x, i, ctx):
         sigma = ctx.sigmas[i]
         needs_denoised = getattr(self.guess, "uses_denoised", True)
-        with torch.no_grad():
+        with torch.no_grad(), record_function("titan.guess"):
             denoised = ctx.denoise(x, sigma) if needs_denoised else None
         memory = ctx.run_state(self.guess, dict)
         part = ctx.part
@@ -164,7 +169,8 @@ class Titan(LookaheadGuidance):
         x = part.get(x)
         tangents = self.guess(GuessContext(x, sigma, None if denoised is None else part.get(denoised), ctx.loss,
                                            ctx.layout, ctx.generator, memory))
-        est = forward_gradient(f, x, tangents, ctx.layout, self.estimator, self.delta, jvp=self.graphs)
+        with record_function("titan.forward_gradient"):
+            est = forward_gradient(f, x, tangents, ctx.layout, self.estimator, self.delta, jvp=self.graphs)
         if hasattr(self.guess, "after_estimate") and torch.isfinite(est.gradient).all():
             self.guess.after_estimate(memory, est.gradient, ctx.layout)
         return est.loss, est.gradient, est.derivatives

@@ -27,6 +27,7 @@ from typing import Callable, ContextManager, Sequence
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from .layout import Layout
 
@@ -213,7 +214,8 @@ class CausalVideoLoss:
         with self.scope():
             total = None
             if self.pixel is not None:
-                pixels = self.decode(x0)
+                with record_function("titan.decode"):
+                    pixels = self.decode(x0)
                 indices = None
                 if frame_indices is not None:  # a subset decoded on its own (decode checked its frame count)
                     positions, indices = self.time.subset_frames(frame_indices.tolist())

@@ -178,7 +178,8 @@ class GuidedSampler:
             loss = core.DecodedLoss(comfy_model.vae_decoder(self.vae, base_model, clones), self.objective, layout,
                                     s.decode_chunk_frames, self.method.checkpointed,
                                     latent_out=base_model.process_latent_out, scope=clones.scope)
-        method = self.method.build(s, self.run_guess.build())
+        method = self.method.build(s, self.run_guess.build(), x.is_cuda and part.whole and core.cuda_graph_requested())
+        routes = core.attention_routes()
         generator = torch.Generator(device="cpu").manual_seed(guidance_seed(seed))
         with guidance_session(record, x.device, clones, denoiser.forward_ad_scope,
                               f"{steps} step(s), {layout.samples} video(s) x {frames} frame(s)", callback) as step_callback:
@@ -186,13 +187,14 @@ class GuidedSampler:
             with native_video.vae_attention_scope(self.vae) if video else \
                     comfy_model.vae_forward_ad_attention(self.vae.first_stage_model), \
                     native_video.differentiable_ops() if video else contextlib.nullcontext(), \
-                    native_video.module_moves_skipped(base_model.diffusion_model, x.device):
+                    native_video.module_moves_skipped(base_model.diffusion_model, x.device), \
+                    core.profiling.profiled_if_requested():
                 record.decode_chunk = native_video.plan_decode(loss, self.vae, part.get(x), s.decode_chunk_frames) \
                     if video else loss.plan_chunk(x, frames, s.decode_chunk_frames)
                 result = core.sample(denoiser, x.clone(), sigmas.clone(), method, loss=loss, layout=layout,
                                      step=s.sampler, eta=s.eta, generator=generator, part=part,
                                      latent_scale=comfy_model.latent_scale_of(base_model.model_sampling),
                                      callback=step_callback)
-            record.model_calls = denoiser.calls
+            record.model_calls, record.forward_ad = denoiser.calls, core.forward_ad_line(routes, method)
             record.reports = result.reports
         return result.x

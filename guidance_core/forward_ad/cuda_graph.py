@@ -10,10 +10,13 @@ A shape is captured the second time it is seen: the first call runs eagerly on t
 initialisation, kernel autotuning, objectives filling their constant caches), so a key seen once (the last
 step's shorter look-ahead) costs nothing extra. One graph is kept at a time: its memory pool holds one JVP's
 peak. If capture fails (something in the traverse reads a value back or copies from host memory), the
-reason is kept in `failure`, a warning says so, and every later call runs eagerly.
+reason is kept in `failure`, a warning says so, and every later call runs eagerly. A capture is also checked
+once against an eager pass at the same inputs (`check_error`, relative): a graph that read something not in
+its static buffers (a host's weights moved, a Python-side constant) differs there and is dropped the same way.
 """
 from __future__ import annotations
 
+import os
 import traceback
 import warnings
 
@@ -21,6 +24,14 @@ import torch
 from torch import Tensor
 
 from .. import forward_gradient  # a module: forward_gradient imports this package while it loads
+
+
+def requested() -> bool:
+    """Whether TITAN_CUDA_GRAPH asks the node path for CUDA-graph replay of its JVPs ("1"; "0" or unset: eager)."""
+    value = os.environ.get("TITAN_CUDA_GRAPH", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"TITAN_CUDA_GRAPH must be 0 or 1, got {value!r}")
+    return value == "1"
 
 
 class GraphedJvp:
@@ -34,6 +45,8 @@ class GraphedJvp:
         self.static: dict[str, Tensor] = {}
         self.captures = self.replays = self.eager_calls = 0
         self.failure: str | None = None
+        self.check_error: float | None = None
+        self.tolerance = 1e-2  # relative; a stale graph is off by O(1), kernel reordering by far less than this
 
     def __call__(self, f, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if not x.is_cuda:
@@ -56,7 +69,33 @@ class GraphedJvp:
             warnings.warn(f"CUDA graph capture of the guidance JVP failed ({self.failure}); running it eagerly")
             torch.cuda.synchronize(x.device)
             return self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v))
-        return self._replay(f, x, v)
+        return self._checked_replay(f, x, v)
+
+    def _checked_replay(self, f, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        loss, h = self._replay(f, x, v)
+        eager_loss, eager_h = self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v))
+        self.check_error = max(relative_error(loss, eager_loss), relative_error(h, eager_h))
+        if not self.check_error <= self.tolerance:
+            self.graph, self.static, self.key = None, {}, None
+            self.failure = f"the replay differs from the eager JVP by {self.check_error:.2e} (relative)"
+            warnings.warn(f"CUDA graph of the guidance JVP dropped: {self.failure}; running it eagerly")
+        return eager_loss, eager_h
+
+    def describe(self) -> str:
+        """One report line: captures, replays, eager calls, the capture check, or why graphs are off."""
+        check = "" if self.check_error is None else f", replay vs eager {self.check_error:.1e}"
+        state = f"off after: {self.failure}" if self.failure else "on"
+        return (f"CUDA graph {state} ({self.captures} capture(s), {self.replays} replay(s), "
+                f"{self.eager_calls} eager JVP(s){check})")
+
+
+def relative_error(a: Tensor, b: Tensor) -> float:
+    """|a - b| / |b| in float64 (0 when both are zero; inf when either is not finite)."""
+    a, b = a.detach().double(), b.detach().double()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("inf")
+    diff, norm = float((a - b).norm()), float(b.norm())
+    return 0.0 if diff == 0 else diff / max(norm, 1e-300)
 
     def _on_stream(self, run):
         self.eager_calls += 1

@@ -16,7 +16,7 @@ def test_host_gpu_benchmark_smoke_runs_titan_and_ksampler(tmp_path, tiny_sd15_ch
     out = tmp_path / "host_gpu.json"
     command = [default_python(), str(REPO_ROOT / "benchmarks" / "host_gpu.py"), "--smoke", "--comfyui",
                str(find_comfyui_dir()), "--packs", str(VENDOR_PACKS_DIR), "--tiny-base", str(tiny_sd15_checkpoint),
-               "--out", str(out), "--methods", "titan", "ksampler"]
+               "--out", str(out), "--methods", "titan", "ksampler", "--profile"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-4000:]
     results = json.loads(out.read_text(encoding="utf-8"))
@@ -34,6 +34,11 @@ def test_host_gpu_benchmark_smoke_runs_titan_and_ksampler(tmp_path, tiny_sd15_ch
     titan, ksampler = rows
     assert ksampler["model_calls"] == 2  # --smoke: two steps
     assert titan["model_calls"] > ksampler["model_calls"]  # the forward-mode pass and look-ahead call the model too
+    # the TITAN row's instruments: sampler time from the report, attention routes, one profiled run by phase
+    assert 0 < titan["seconds_first_sampler"] < titan["seconds_first"] and titan["seconds_warm_sampler"] > 0
+    assert titan["forward_ad"].startswith("attention calls math "), titan["forward_ad"]  # the CPU's route, no graph
+    assert titan["profile"]["phases"]["titan.forward_gradient"]["calls"] >= 1, titan["profile"]
+    assert "profile" not in ksampler and "forward_ad" not in ksampler
     assert "ComfyUI" in completed.stdout
 
 

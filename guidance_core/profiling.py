@@ -1,0 +1,82 @@
+"""Where a guided run's time goes: torch.profiler around one run, on request, summarised by phase and operator.
+
+A run is profiled when the folder named by TITAN_PROFILE_DIR holds a file `profile_next` (removed when the
+run starts, so one request profiles one run: benchmarks/host_gpu.py asks for its last warm run). The summary
+goes to `profile.json` and `profile.txt` in that folder. Phases are the `record_function` labels that
+guidance_core puts around its parts (titan.py, decode.py, video_frames.py); nested phases overlap
+(titan.forward_gradient holds titan.lookahead and titan.decode_and_objective, which holds titan.decode).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+PHASES = ("titan.guess", "titan.forward_gradient", "titan.lookahead", "titan.decode_and_objective", "titan.decode",
+          "titan.sampler_step")
+REQUEST = "profile_next"
+
+
+def _device_us(event, self_only: bool = False) -> float:
+    # torch >= 2.4 names it device time; older builds say cuda
+    names = ("self_device_time_total", "self_cuda_time_total") if self_only else \
+        ("device_time_total", "cuda_time_total")
+    return next((float(getattr(event, n)) for n in names if hasattr(event, n)), 0.0)
+
+
+def summarize(events, wall_seconds: float, top: int = 15) -> dict:
+    """Phase totals, kernel launches and the operators with the most device and CPU time, from key_averages()."""
+    events = list(events)
+    by_key = {e.key: e for e in events}
+    phases = {name: {"calls": by_key[name].count, "cpu_s": by_key[name].cpu_time_total / 1e6,
+                     "device_s": _device_us(by_key[name]) / 1e6} for name in PHASES if name in by_key}
+    launches = sum(e.count for e in events if "LaunchKernel" in e.key or "cuLaunch" in e.key)
+    device_busy = sum(_device_us(e, self_only=True) for e in events) / 1e6
+    operators = [e for e in events if not e.key.startswith("titan.") and not e.key.startswith("ProfilerStep")]
+
+    def row(e):
+        return {"op": e.key, "calls": e.count, "self_device_s": _device_us(e, True) / 1e6,
+                "self_cpu_s": e.self_cpu_time_total / 1e6}
+    return {"wall_s": wall_seconds, "device_busy_s": device_busy, "kernel_launches": launches, "phases": phases,
+            "top_device": [row(e) for e in sorted(operators, key=lambda e: -_device_us(e, True))[:top]],
+            "top_cpu": [row(e) for e in sorted(operators, key=lambda e: -e.self_cpu_time_total)[:top]]}
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a plain-text table."""
+    wall = summary["wall_s"]
+    lines = [f"profiled run: {wall:.2f} s wall (profiler on), device busy {summary['device_busy_s']:.2f} s "
+             f"({100 * summary['device_busy_s'] / max(wall, 1e-9):.0f}%), {summary['kernel_launches']} kernel launches",
+             f"{'phase':28} {'calls':>6} {'CPU s':>8} {'device s':>9}"]
+    lines += [f"{name:28} {p['calls']:6d} {p['cpu_s']:8.2f} {p['device_s']:9.2f}" for name, p in summary["phases"].items()]
+    for key, title in (("top_device", "self device time"), ("top_cpu", "self CPU time")):
+        lines += ["", f"operators by {title}:", f"{'op':48} {'calls':>7} {'device s':>9} {'CPU s':>8}"]
+        lines += [f"{r['op'][:48]:48} {r['calls']:7d} {r['self_device_s']:9.3f} {r['self_cpu_s']:8.3f}"
+                  for r in summary[key]]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def profiled_if_requested(folder: str | None = None) -> Iterator[None]:
+    """Profile the enclosed run if `folder` (default $TITAN_PROFILE_DIR) holds a `profile_next` request."""
+    folder = folder or os.environ.get("TITAN_PROFILE_DIR")
+    request = Path(folder, REQUEST) if folder else None
+    if request is None or not request.exists():
+        yield
+        return
+    request.unlink()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    started = time.perf_counter()
+    with profile(activities=activities) as profiler:
+        yield
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    summary = summarize(profiler.key_averages(), time.perf_counter() - started)
+    Path(folder, "profile.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    Path(folder, "profile.txt").write_text(format_summary(summary) + "\n", encoding="utf-8")

@@ -1,0 +1,79 @@
+"""The node path's speed instruments: the on-request profile of one run, the forward-mode report line, the
+CUDA-graph switch and its replay check (the capture itself needs a GPU: benchmarks/host_gpu.py's titan_graph row)."""
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+import guidance_core as core
+from guidance_core.forward_ad import attention, cuda_graph
+
+
+def _run(method, steps=4):
+    denoise = core.EpsDenoiser(lambda z, t: z * 0.1, torch.linspace(0.99, 0.01, 1000, dtype=torch.float64))
+    sigmas = core.DiscreteSchedule(torch.linspace(0.99, 0.01, 1000, dtype=torch.float64)).spaced_sigmas(steps).float()
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    return core.sample(denoise, x, sigmas, method, loss=lambda x0, per_frame=False: x0.square().mean(dim=(1, 2, 3)),
+                       generator=torch.Generator().manual_seed(0))
+
+
+def test_one_requested_run_is_profiled_by_phase(tmp_path):
+    with core.profiling.profiled_if_requested(str(tmp_path)):
+        _run(core.Titan())
+    assert not list(tmp_path.iterdir())  # no request: nothing profiled, nothing written
+    (tmp_path / "profile_next").touch()
+    with core.profiling.profiled_if_requested(str(tmp_path)):
+        _run(core.Titan(end=1.0), steps=4)
+    assert not (tmp_path / "profile_next").exists()  # one request, one run
+    summary = json.loads((tmp_path / "profile.json").read_text())
+    phases = summary["phases"]
+    assert phases["titan.forward_gradient"]["calls"] == 4 and phases["titan.guess"]["calls"] == 4
+    assert phases["titan.sampler_step"]["calls"] == 4
+    assert phases["titan.lookahead"]["calls"] >= 4 and phases["titan.decode_and_objective"]["calls"] >= 4
+    assert phases["titan.forward_gradient"]["cpu_s"] >= phases["titan.lookahead"]["cpu_s"] > 0
+    assert summary["top_cpu"] and all(not r["op"].startswith("titan.") for r in summary["top_cpu"])
+    assert "titan.forward_gradient" in (tmp_path / "profile.txt").read_text()
+
+
+def test_forward_mode_report_line_counts_routes_since_the_run_began():
+    before = core.attention_routes()
+    attention.route_counts["math"] += 3
+    try:
+        assert core.forward_ad_line(before, core.Titan()) == "attention calls math 3"
+        graphs = cuda_graph.GraphedJvp()
+        graphs.captures, graphs.replays, graphs.eager_calls, graphs.check_error = 1, 9, 2, 3e-6
+        line = core.forward_ad_line(before, type("M", (), {"graphs": graphs})())
+        assert line == "attention calls math 3; CUDA graph on (1 capture(s), 9 replay(s), 2 eager JVP(s), " \
+                       "replay vs eager 3.0e-06)"
+        graphs.failure = "RuntimeError at x.py:1: operation not permitted when stream is capturing"
+        assert "CUDA graph off after: RuntimeError at x.py:1" in core.forward_ad_line(Counter(), type(
+            "M", (), {"graphs": graphs})())
+    finally:
+        attention.route_counts["math"] -= 3
+
+
+def test_cuda_graph_switch_reads_the_environment_and_refuses_other_values(monkeypatch):
+    monkeypatch.delenv("TITAN_CUDA_GRAPH", raising=False)
+    assert core.cuda_graph_requested() is False
+    monkeypatch.setenv("TITAN_CUDA_GRAPH", "1")
+    assert core.cuda_graph_requested() is True
+    monkeypatch.setenv("TITAN_CUDA_GRAPH", "yes")
+    with pytest.raises(ValueError, match="TITAN_CUDA_GRAPH must be 0 or 1, got 'yes'"):
+        core.cuda_graph_requested()
+
+
+def test_method_spec_builds_graphs_only_for_the_jvp_estimator():
+    settings = core.GuidanceSettings()
+    guess = core.RandomGuess()
+    assert core.MethodSpec("titan", ()).build(settings, guess, cuda_graph=True).graphs is not None
+    assert core.MethodSpec("titan", ()).build(settings, guess).graphs is None
+    assert core.MethodSpec("titan", (("estimator", "dual"),)).build(settings, guess, cuda_graph=True).graphs is None
+
+
+def test_replay_check_error_is_relative_and_flags_non_finite_values():
+    b = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    assert cuda_graph.relative_error(b.clone(), b) == 0.0
+    assert cuda_graph.relative_error(b + torch.tensor([0.0, 0.05], dtype=torch.float64), b) == pytest.approx(0.01)
+    assert cuda_graph.relative_error(torch.tensor([float("nan"), 0.0]), b) == float("inf")
+    assert cuda_graph.relative_error(torch.zeros(2), torch.zeros(2)) == 0.0
