@@ -708,6 +708,54 @@ def ltx2_t2v_dover() -> dict:
             "groups": [group("LTX-2 19B text-to-audio+video", (0, 0, 800, 1300))]}
 
 
+def ltx2_imagebind_audio() -> dict:
+    """LTX-2 text-to-audio+video: the video aligned with a loaded sound through ImageBind, LTX-2's own audio sampled
+    with it unguided."""
+    nodes = [
+        node(1, "CheckpointLoaderSimple", (20, 100), (320, 100), ckpt_name=LTX2_CHECKPOINT),
+        node(2, "LTXAVTextEncoderLoader", (20, 260), (320, 110), title="Gemma 3 text encoder",
+             text_encoder=LTX2_TEXT_ENCODER, ckpt_name=LTX2_CHECKPOINT, device="default"),
+        node(3, "CLIPTextEncode", (380, 100), (400, 160), {"clip": (2, 0)}, "Positive prompt",
+             text="a drummer playing a fast rhythm on a drum kit in a small club, stage lights"),
+        node(4, "CLIPTextEncode", (380, 320), (400, 130), {"clip": (2, 0)}, "Negative prompt",
+             text="blurry, low quality, still frame, watermark, overlay, titles, subtitles"),
+        node(5, "LTXVConditioning", (380, 510), (320, 80), {"positive": (3, 0), "negative": (4, 0)},
+             frame_rate=LTX_FPS),
+        node(6, "LTXVAudioVAELoader", (20, 430), (320, 80), ckpt_name=LTX2_CHECKPOINT),
+        node(7, "EmptyLTXVLatentVideo", (20, 570), (320, 130), title="97 frames, 768x512", width=768, height=512,
+             length=97, batch_size=1),
+        node(8, "LTXVEmptyLatentAudio", (20, 760), (320, 130), {"audio_vae": (6, 0)}, frames_number=97,
+             frame_rate=LTX_FPS, batch_size=1),
+        node(9, "LTXVConcatAVLatent", (380, 650), (320, 60), {"video_latent": (7, 0), "audio_latent": (8, 0)}),
+        node(10, "TitanImageBindLoader", (20, 950), (320, 90), weights_name=IMAGEBIND_WEIGHTS, dtype="fp32"),
+        node(11, "LoadAudio", (20, 1100), (320, 140), title="Target audio", audio=TARGET_AUDIO),
+        node(12, "TitanAudioObjective", (380, 950), (340, 330), {"imagebind": (10, 0), "audio": (11, 0)},
+             fps=LTX_FPS, audio_start=0.0, weight=1.0, text="", audio_weight=1.0, text_weight=1.0,
+             vision_clips="pairs", spatial_crops="3", clips_per_chunk=0),
+        node(13, "TitanGradientGuess", (820, 1220), (340, 220), **GUESS_KNOBS),
+        node(14, "TitanGuideSampler", (820, 100), (340, 640),
+             {"model": (1, 0), "positive": (5, 0), "negative": (5, 1), "latent_image": (9, 0), "vae": (1, 2),
+              "objective": (12, 0), "guess": (13, 0)}, "TITAN-Guide: ImageBind audio (video)", seed=SEED,
+             steps=STEPS, cfg=4.0, scheduler="normal", denoise=1.0, **LTX_TITAN_KNOBS),
+        node(15, "LTXVSeparateAVLatent", (820, 800), (320, 60), {"av_latent": (14, 0)}),
+        *ltx_outputs(16, 14, (15, 0), (1, 2), "titan/ltx2_imagebind_audio"),
+        node(20, "LTXVAudioVAEDecode", (820, 920), (320, 60), {"samples": (15, 1), "audio_vae": (6, 0)}),
+        node(21, "PreviewAudio", (820, 1040), (320, 120), {"audio": (20, 0)}, "LTX-2's audio (sampled unguided)"),
+    ]
+    files = [(LTX2_CHECKPOINT, "models/checkpoints", "huggingface.co/Lightricks/LTX-2 (model, video and audio VAE)"),
+             (LTX2_TEXT_ENCODER, "models/text_encoders", "huggingface.co/Comfy-Org/ltx-2 split_files/text_encoders"),
+             (IMAGEBIND_WEIGHTS, "models/imagebind", "dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"),
+             (TARGET_AUDIO, "input", "your audio, at least 3.88 s from audio_start: 97 frames at 25 fps")]
+    text = weights_note("TITAN-Guide on LTX-2 text-to-audio+video: the video aligned with a loaded sound through "
+                        "ImageBind. TitanGuideSampler guides the video part of LTX-2's packed audio+video latent; "
+                        "LTX-2's own audio gets no guidance update and follows the guided video through the joint "
+                        "model calls. The target is the loaded audio, not LTX-2's own: guiding toward the generated "
+                        "audio would need the audio latent decoded (audio VAE + vocoder) inside the objective at "
+                        "every step, which this pack does not do yet.", files, LTX_NOTE)
+    return {"nodes": nodes + [note(22, (1200, 900), text, (700, 480))],
+            "groups": [group("LTX-2 19B text-to-audio+video", (0, 0, 800, 1300))]}
+
+
 def hunyuan15_t2v_dover() -> dict:
     """HunyuanVideo 1.5 720p text-to-video (the official template's files and sampling) guided by DOVER."""
     nodes = [
@@ -760,6 +808,7 @@ WORKFLOWS = {
     "cogvideox_native_style.json": cogvideox_native_style,
     "ltxv_i2v_style.json": ltxv_i2v_style,
     "ltx2_t2v_dover.json": ltx2_t2v_dover,
+    "ltx2_imagebind_audio.json": ltx2_imagebind_audio,
     "hunyuan15_t2v_dover.json": hunyuan15_t2v_dover,
 }
 

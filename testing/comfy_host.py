@@ -48,6 +48,7 @@ HOST_VERSION = selected_host()
 NEEDS_NEWER_HOST = {"0.3.64": {
     "cogvideox_native_style.json": "native CogVideoX (CLIPLoader type 'cogvideox', comfy/ldm/cogvideo), ComfyUI 2026",
     "ltx2_t2v_dover.json": "LTX-2's nodes (LTXVEmptyLatentAudio, LTXAVTextEncoderLoader, ...), ComfyUI 2026",
+    "ltx2_imagebind_audio.json": "LTX-2's nodes (LTXVEmptyLatentAudio, LTXAVTextEncoderLoader, ...), ComfyUI 2026",
     "hunyuan15_t2v_dover.json": "HunyuanVideo 1.5's nodes (EmptyHunyuanVideo15Latent, DualCLIPLoader type "
                                 "'hunyuan_video_15'), ComfyUI from late 2025"}}
 

@@ -6,7 +6,8 @@ only: UNETLoader, VAELoader, EmptyLTXVLatentVideo / LTXVImgToVideo (128 channels
 LTXVConditioning, VAEDecode. Prompts are encoded by the tiny SD1.5 checkpoint's CLIP-L (the tiny transformer's
 caption projection takes 768-wide text; the real one T5-XXL, whose fixed 4.7 B configuration cannot be made tiny).
 LTXV's transformer requires the text attention mask that T5 returns and CLIP-L does not: a test-only node
-(tests/host_nodes/text_attention_mask) adds it, so these tests run on their own host with that node folder.
+(tests/host_nodes/text_attention_mask) adds it, so these tests run on their own host with that node folder. Another
+(tests/host_nodes/model_inputs) records the MODEL's plain calls, to check that guidance leaves LTX-2's audio alone.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from safetensors.torch import load_file
 
 import graphs
 from objectives.color import ColorLoss
+from objectives.imagebind_audio import ImageBindAudioLoss, load_imagebind
+from test_nodes_objectives import read_wav, write_wav
 from test_wan import add_sampler, report, video_of
 from testing.comfy_host import HOST_DIR, ComfyExecutionError, ComfyHost, default_custom_node_dirs, default_python
 from tiny_checkpoints import TINY_SD15_FILENAME
+from tiny_objectives import write_tiny_imagebind
 from tiny_video_models import FILES, LTX_NAMES, build_tiny_video_files
 
 TEST_NODES = Path(__file__).resolve().parents[1] / "host_nodes"
@@ -300,4 +304,76 @@ def test_ltx2_bad_input_gives_a_clear_error(ltx_host, overrides, message):
     sources = ltx2_sources(prompt)
     add_sampler(prompt, "bad", sources, graphs.add_color_objective(prompt), save_images=False, **overrides)
     with pytest.raises(ComfyExecutionError, match=message):
+        ltx_host.run(prompt.build(), timeout=300)
+
+
+IMAGEBIND_FILE, AUDIO_FILE, LTX2_FPS = "titan_test_tiny_imagebind_ltx2.pth", "titan_test_ltx2_chirp.wav", 25.0
+
+
+def add_imagebind_audio(prompt: graphs.Prompt, host, audio_file: str = AUDIO_FILE) -> list:
+    """ImageBind audio objective on a WAV through core LoadAudio (the tiny ImageBind and the WAV written into the
+    host's folders first); returns its link."""
+    write_tiny_imagebind(host.models_dir / "imagebind" / IMAGEBIND_FILE)
+    write_wav(host.input_dir / AUDIO_FILE, seconds=1.0, sample_rate=22050, channels=2)
+    prompt.add("imagebind", "TitanImageBindLoader", weights_name=IMAGEBIND_FILE, dtype="fp32")
+    prompt.add("audio", "LoadAudio", audio=audio_file)
+    prompt.add("objective", "TitanAudioObjective", imagebind=graphs.link("imagebind"), audio=graphs.link("audio"),
+               fps=LTX2_FPS, audio_start=0.0, weight=1.0, text="", audio_weight=1.0, text_weight=1.0,
+               vision_clips="pairs", spatial_crops="3", clips_per_chunk=0)
+    return graphs.link("objective")
+
+
+def test_ltx2_video_follows_a_loaded_sound_with_imagebind_and_the_audio_stays_unguided(ltx_host):
+    """LTX-2 + ImageBind: a WAV through core LoadAudio is the target of TitanAudioObjective (fps 25, LTX-2's frame
+    rate); TitanGuideSampler guides the video part of the packed audio+video latent (sampled-gradient guess, all
+    frames). The decoded guided video is closer to the sound than the unguided one at the same seed, by ImageBind's
+    audio-video distance as the objective measures it (built here from the same file and WAV); 3 latent frames decode
+    to 17 frames. Every plain model call is recorded (a test node wraps the MODEL): the two runs start from the same
+    packed latent, and within each guided step the update moves the video part of the model's input while its audio
+    part stays bit-identical (the audio gets no guidance update; it only changes by the sampler's steps)."""
+    prompt = graphs.Prompt()
+    sources = ltx2_sources(prompt)
+    objective = add_imagebind_audio(prompt, ltx_host)
+    for name, end in (("guided", 1.0), ("plain", 0.0)):
+        prompt.add(f"{name}_model", "TestRecordModelInputs", model=sources["model"],
+                   filename=f"ltx2_audio/{name}_inputs.pt")
+        guess = graphs.add_guess(prompt, f"{name}_guess", kind="sampled_gradient", sampled_frames=0)
+        graphs.add_titan_sampler(prompt, name, {**sources, "model": graphs.link(f"{name}_model")}, objective,
+                                 seed=5, steps=3, lookahead=0, strength=0.3, guidance_end=end, guess=guess)
+        prompt.add(f"{name}_report", "PreviewAny", source=graphs.link(name, 1))
+        add_av_outputs(prompt, name, graphs.link(name, 0), sources["vae"])
+    outputs = ltx_host.run(prompt.build(), timeout=900)
+
+    text = report(outputs, "guided")
+    assert "3 latent frame(s) -> 17 frame(s) per video in one VAE call" in text, text
+    videos = {name: video_of(ltx_host, outputs, f"{name}_save_images") for name in ("guided", "plain")}
+    assert videos["plain"].shape == videos["guided"].shape == (1, 17, 3, SIZE, SIZE)
+    loss = ImageBindAudioLoss(load_imagebind(ltx_host.models_dir / "imagebind" / IMAGEBIND_FILE),
+                              read_wav(ltx_host.input_dir / AUDIO_FILE), LTX2_FPS)
+    with torch.no_grad():
+        guided, plain = (float(loss(videos[name])) for name in ("guided", "plain"))
+    assert guided < plain - 0.02 * abs(plain), (guided, plain, text)
+
+    video_size = 128 * 3 * 2 * 2  # the video latent's elements come first in the packed (1, 1, N) latent
+    calls = {name: torch.load(ltx_host.output_dir / "ltx2_audio" / f"{name}_inputs.pt")
+             for name in ("guided", "plain")}
+    assert len(calls["plain"]) == 3 and len(calls["guided"]) == 6, {k: len(v) for k, v in calls.items()}
+    assert torch.equal(calls["guided"][0]["input"], calls["plain"][0]["input"])  # same seed, same packed noise
+    for step in range(3):  # per guided step: the estimate's call at x, then the step's call at the updated x
+        before, after = calls["guided"][2 * step]["input"], calls["guided"][2 * step + 1]["input"]
+        assert before.shape == (1, 1, video_size + 8 * 17 * 16), before.shape
+        assert torch.equal(calls["guided"][2 * step]["timestep"], calls["guided"][2 * step + 1]["timestep"])
+        assert torch.equal(before[..., video_size:], after[..., video_size:]), step  # the audio: untouched
+        assert not torch.allclose(before[..., :video_size], after[..., :video_size], atol=1e-4), step  # video moved
+
+
+def test_ltx2_imagebind_audio_shorter_than_the_video_gives_a_clear_error(ltx_host):
+    """17 frames at LTX-2's 25 fps span 0.68 s: a 0.5 s WAV is refused with the lengths and what to change."""
+    write_wav(ltx_host.input_dir / "titan_test_ltx2_short.wav", seconds=0.5, sample_rate=16000, channels=1)
+    prompt = graphs.Prompt()
+    sources = ltx2_sources(prompt)
+    objective = add_imagebind_audio(prompt, ltx_host, audio_file="titan_test_ltx2_short.wav")
+    add_sampler(prompt, "bad", sources, objective, save_images=False)
+    with pytest.raises(ComfyExecutionError, match=r"the audio is 0\.500 s long but the video spans 0\.680 s starting "
+                                                  r"at 0\.000 s; provide audio at least 0\.680 s long"):
         ltx_host.run(prompt.build(), timeout=300)
