@@ -5,6 +5,11 @@ run starts, so one request profiles one run: benchmarks/host_gpu.py asks for its
 goes to `profile.json` and `profile.txt` in that folder. Phases are the `record_function` labels that
 guidance_core puts around its parts (titan.py, decode.py, video_frames.py); nested phases overlap
 (titan.forward_gradient holds titan.lookahead and titan.decode_and_objective, which holds titan.decode).
+
+Only CPU activity is recorded unless TITAN_PROFILE_CUDA=1: inside ComfyUI's prompt worker thread, CUPTI's
+start failed on an H200 ("External init callback must run in same thread as registerClient") and the prompt
+hung. The CPU side is what the node path is bound by: a phase's CPU time and its operator count show the
+dispatch cost; `cuda_sync_s` is the time spent waiting for the GPU in synchronising calls.
 """
 from __future__ import annotations
 
@@ -37,13 +42,17 @@ def summarize(events, wall_seconds: float, top: int = 15) -> dict:
     phases = {name: {"calls": by_key[name].count, "cpu_s": by_key[name].cpu_time_total / 1e6,
                      "device_s": _device_us(by_key[name]) / 1e6} for name in PHASES if name in by_key}
     launches = sum(e.count for e in events if "LaunchKernel" in e.key or "cuLaunch" in e.key)
+    aten_ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    sync = sum(e.self_cpu_time_total for e in events if "synchronize" in e.key.lower() or e.key in (
+        "aten::_local_scalar_dense", "aten::item")) / 1e6
     device_busy = sum(_device_us(e, self_only=True) for e in events) / 1e6
     operators = [e for e in events if not e.key.startswith("titan.") and not e.key.startswith("ProfilerStep")]
 
     def row(e):
         return {"op": e.key, "calls": e.count, "self_device_s": _device_us(e, True) / 1e6,
                 "self_cpu_s": e.self_cpu_time_total / 1e6}
-    return {"wall_s": wall_seconds, "device_busy_s": device_busy, "kernel_launches": launches, "phases": phases,
+    return {"wall_s": wall_seconds, "device_busy_s": device_busy, "kernel_launches": launches, "aten_ops": aten_ops,
+            "cuda_sync_s": sync, "phases": phases,
             "top_device": [row(e) for e in sorted(operators, key=lambda e: -_device_us(e, True))[:top]],
             "top_cpu": [row(e) for e in sorted(operators, key=lambda e: -e.self_cpu_time_total)[:top]]}
 
@@ -51,8 +60,9 @@ def summarize(events, wall_seconds: float, top: int = 15) -> dict:
 def format_summary(summary: dict) -> str:
     """The summary as a plain-text table."""
     wall = summary["wall_s"]
-    lines = [f"profiled run: {wall:.2f} s wall (profiler on), device busy {summary['device_busy_s']:.2f} s "
-             f"({100 * summary['device_busy_s'] / max(wall, 1e-9):.0f}%), {summary['kernel_launches']} kernel launches",
+    lines = [f"profiled run: {wall:.2f} s wall (profiler on), {summary['aten_ops']} aten ops, waiting in "
+             f"synchronising calls {summary['cuda_sync_s']:.2f} s; device busy {summary['device_busy_s']:.2f} s, "
+             f"{summary['kernel_launches']} kernel launches (0 without TITAN_PROFILE_CUDA=1)",
              f"{'phase':28} {'calls':>6} {'CPU s':>8} {'device s':>9}"]
     lines += [f"{name:28} {p['calls']:6d} {p['cpu_s']:8.2f} {p['device_s']:9.2f}" for name, p in summary["phases"].items()]
     for key, title in (("top_device", "self device time"), ("top_cpu", "self CPU time")):
@@ -71,7 +81,8 @@ def profiled_if_requested(folder: str | None = None) -> Iterator[None]:
         yield
         return
     request.unlink()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    cuda = torch.cuda.is_available() and os.environ.get("TITAN_PROFILE_CUDA") == "1"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     started = time.perf_counter()
     with profile(activities=activities) as profiler:
         yield
