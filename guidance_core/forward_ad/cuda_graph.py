@@ -89,14 +89,6 @@ class GraphedJvp:
                 f"{self.eager_calls} eager JVP(s){check})")
 
 
-def relative_error(a: Tensor, b: Tensor) -> float:
-    """|a - b| / |b| in float64 (0 when both are zero; inf when either is not finite)."""
-    a, b = a.detach().double(), b.detach().double()
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return float("inf")
-    diff, norm = float((a - b).norm()), float(b.norm())
-    return 0.0 if diff == 0 else diff / max(norm, 1e-300)
-
     def _on_stream(self, run):
         self.eager_calls += 1
         self.stream.wait_stream(torch.cuda.current_stream())
@@ -127,3 +119,12 @@ def relative_error(a: Tensor, b: Tensor) -> float:
         self.graph.replay()
         self.replays += 1
         return self.static["loss"].clone(), self.static["h"].clone()
+
+
+def relative_error(a: Tensor, b: Tensor) -> float:
+    """|a - b| / |b| in float64 (0 when both are zero; inf when either is not finite)."""
+    a, b = a.detach().double(), b.detach().double()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("inf")
+    diff, norm = float((a - b).norm()), float(b.norm())
+    return 0.0 if diff == 0 else diff / max(norm, 1e-300)
