@@ -54,6 +54,7 @@ class GraphedJvp:
         key = (f.graph_key(), tuple(x.shape), x.dtype, x.device, v.dtype, tuple(f.sigmas.shape))
         if self.stream is None:
             self.stream = torch.cuda.Stream(device=x.device)
+            self.failure = capture_refusal()
         if key == self.key:
             return self._replay(f, x, v)
         if self.failure is not None or key != self.pending:
@@ -84,7 +85,7 @@ class GraphedJvp:
     def describe(self) -> str:
         """One report line: captures, replays, eager calls, the capture check, or why graphs are off."""
         check = "" if self.check_error is None else f", replay vs eager {self.check_error:.1e}"
-        state = f"off after: {self.failure}" if self.failure else "on"
+        state = f"off: {self.failure}" if self.failure else "on"
         return (f"CUDA graph {state} ({self.captures} capture(s), {self.replays} replay(s), "
                 f"{self.eager_calls} eager JVP(s){check})")
 
@@ -119,6 +120,18 @@ class GraphedJvp:
         self.graph.replay()
         self.replays += 1
         return self.static["loss"].clone(), self.static["h"].clone()
+
+
+def capture_refusal() -> str | None:
+    """Why no capture is tried in this process, or None. With PyTorch's cudaMallocAsync allocator (ComfyUI 0.33's
+    default on CUDA) a failed capture of the node path's JVP left the allocator broken: the eager retry aborted
+    the whole ComfyUI server on an H200 (Fatal Python error: Aborted). ComfyUI's --disable-cuda-malloc selects the
+    native allocator, whose graph pools PyTorch supports."""
+    backend = torch.cuda.get_allocator_backend()
+    if backend == "cudaMallocAsync":
+        return ("PyTorch runs the cudaMallocAsync allocator (ComfyUI's default on CUDA), where a failed capture "
+                "aborted the server; start ComfyUI with --disable-cuda-malloc to allow CUDA graphs")
+    return None
 
 
 def relative_error(a: Tensor, b: Tensor) -> float:

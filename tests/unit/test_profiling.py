@@ -47,7 +47,7 @@ def test_forward_mode_report_line_counts_routes_since_the_run_began():
         assert line == "attention calls math 3; CUDA graph on (1 capture(s), 9 replay(s), 2 eager JVP(s), " \
                        "replay vs eager 3.0e-06)"
         graphs.failure = "RuntimeError at x.py:1: operation not permitted when stream is capturing"
-        assert "CUDA graph off after: RuntimeError at x.py:1" in core.forward_ad_line(Counter(), type(
+        assert "CUDA graph off: RuntimeError at x.py:1" in core.forward_ad_line(Counter(), type(
             "M", (), {"graphs": graphs})())
     finally:
         attention.route_counts["math"] -= 3
@@ -77,3 +77,12 @@ def test_replay_check_error_is_relative_and_flags_non_finite_values():
     assert cuda_graph.relative_error(b + torch.tensor([0.0, 0.05], dtype=torch.float64), b) == pytest.approx(0.01)
     assert cuda_graph.relative_error(torch.tensor([float("nan"), 0.0]), b) == float("inf")
     assert cuda_graph.relative_error(torch.zeros(2), torch.zeros(2)) == 0.0
+
+
+def test_no_capture_is_tried_under_the_cuda_malloc_async_allocator(monkeypatch):
+    """A failed capture under cudaMallocAsync aborted the ComfyUI server on an H200: graphs are refused there up
+    front, with the reason in the report, and allowed with the native allocator."""
+    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "cudaMallocAsync")
+    assert "--disable-cuda-malloc" in cuda_graph.capture_refusal()
+    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "native")
+    assert cuda_graph.capture_refusal() is None
