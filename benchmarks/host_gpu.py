@@ -8,8 +8,9 @@ to a prompt with the host's /object_info (scripts/demo.py's workflow_to_api, as 
 these methods:
   ksampler  the same graph with ComfyUI's KSampler in place of TitanGuideSampler (no guidance),
   titan     as shipped (TITAN-Guide defaults: forward-mode, sampled-gradient guess on 2 frames),
-  titan_graph  the same graph in a host started with TITAN_CUDA_GRAPH=1 (the JVP replayed as a CUDA graph,
-            checked once against the eager JVP; the report's "forward mode" line says whether it ran),
+  titan_graph  the same graph in a host started with TITAN_CUDA_GRAPH=1 and --disable-cuda-malloc (the JVP
+            replayed as a CUDA graph, checked once against the eager JVP; the pack refuses graphs under ComfyUI's
+            default cudaMallocAsync allocator; the report's "forward mode" line says whether it ran),
   freedom   as shipped plus a TitanGuidanceMethod node set to FreeDoM (backprop through the denoiser),
   mpgd      the same with MPGD (manifold-preserving: backprop through the decoder and scorer only),
   exact     the same with the exact gradient (TITAN's look-ahead and update, G by backprop),
@@ -65,6 +66,7 @@ WORKFLOW = REPO_ROOT / "workflows" / "aesthetic_dover_animatediff.json"
 CHECKPOINT, MOTION_MODULE, DOVER = "epicrealism_naturalSinRC1VAE.safetensors", "mm_sd_v15_v2.ckpt", "DOVER.pth"
 METHODS = ("titan", "ksampler", "freedom", "mpgd", "exact", "titan_graph")  # run order: the TITAN rows first
 GRAPH_ENV = {"titan_graph": "1"}  # TITAN_CUDA_GRAPH per row (others: 0)
+ROW_FLAGS = {"titan_graph": ["--disable-cuda-malloc"]}  # CUDA graphs need PyTorch's native allocator
 BASELINES = {"freedom": "freedom", "mpgd": "mpgd", "exact": "exact_gradient"}  # row -> TitanGuidanceMethod method
 VRAM_FLAGS = {"on": [], "off": ["--disable-dynamic-vram"]}
 
@@ -261,9 +263,13 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU, 4 frames 32x32, 2 steps, tiny UNet, VRAM off")
     parser.add_argument("--tiny-base", type=Path, help="--smoke: reuse this tiny SD1.5 checkpoint (tests' cache)")
     parser.add_argument("--profile", action="store_true", help="one more profiled prompt per TITAN row")
+    parser.add_argument("--cpu", action="store_true", help="full-size weights on the CPU (operator counts of the "
+                        "real architecture for --profile at a small --size / --frames; times are the CPU's)")
     options = parser.parse_args(argv)
     if options.smoke:
         options.frames, options.size, options.steps, options.dynamic_vram, options.warm_runs = 4, 32, 2, ["off"], 1
+    if options.cpu:
+        options.dynamic_vram = ["off"]
     if not (options.comfyui / "main.py").is_file():
         parser.error(f"{options.comfyui} is not a ComfyUI folder")
     if not (options.packs / "ComfyUI-AnimateDiff-Evolved").is_dir():
@@ -294,14 +300,16 @@ def main(argv=None) -> int:
             if time.monotonic() > budget_end:
                 results["rows"].append(dict(row, skipped="time budget"))
                 continue
-            extra = ["--front-end-root", str(frontend)] + ([] if version.startswith("0.3.") else VRAM_FLAGS[vram])
+            extra = ["--front-end-root", str(frontend), *ROW_FLAGS.get(method, [])] + \
+                ([] if version.startswith("0.3.") else VRAM_FLAGS[vram])
             os.environ["TITAN_CUDA_GRAPH"] = GRAPH_ENV.get(method, "0")  # the host inherits it
             os.environ["TITAN_PROFILE_DIR"] = str(work / f"profile_{vram}_{method}")
             titan_row = method.startswith("titan")
             if titan_row:
                 row["triton_cache_entries"] = triton_cache_entries()
             host = ComfyHost(work / f"host_{vram}_{method}", comfyui_dir=options.comfyui, python=sys.executable,
-                             custom_node_dirs=[pack_dir, options.packs], cpu=options.smoke, extra_args=extra)
+                             custom_node_dirs=[pack_dir, options.packs], cpu=options.smoke or options.cpu,
+                             extra_args=extra)
             host.prepare()
             for folder in ("checkpoints", "animatediff_models", "dover"):
                 for weight in (models / folder).iterdir():

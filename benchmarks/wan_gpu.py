@@ -9,7 +9,8 @@ way ComfyUI loads a custom node (nodes.load_custom_node) and every node runs in-
 ModelSamplingSD3 (shift 8 for 2.1, 5 for 2.2 5B as the official templates), EmptyHunyuanLatentVideo /
 Wan22ImageToVideoLatent, then per row
   ksampler  ComfyUI's KSampler (no guidance),
-  titan     TitanGuideSampler with the shipped defaults (sampled-gradient guess on 2 latent frames, look-ahead 1),
+  titan     TitanGuideSampler with its defaults and no guess / method input (random guess k=1, look-ahead 1,
+            strength 0.06 on the first 75 % of the steps),
   freedom   TitanGuideSampler + TitanGuidanceMethod(freedom) (backprop through the denoiser and the decode),
 each followed by VAEDecode. The text encoder is left out (UMT5-XXL is offloaded before sampling in the
 official workflow): positive / negative are random (1, 512, 4096) CONDITIONING tensors. The objective is the

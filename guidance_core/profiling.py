@@ -23,7 +23,7 @@ from typing import Iterator
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-PHASES = ("titan.guess", "titan.forward_gradient", "titan.lookahead", "titan.decode_and_objective", "titan.decode",
+PHASES = ("titan.guess_denoise", "titan.guess", "titan.forward_gradient", "titan.lookahead", "titan.decode_and_objective", "titan.decode",
           "titan.sampler_step")
 REQUEST = "profile_next"
 
@@ -35,12 +35,28 @@ def _device_us(event, self_only: bool = False) -> float:
     return next((float(getattr(event, n)) for n in names if hasattr(event, n)), 0.0)
 
 
-def summarize(events, wall_seconds: float, top: int = 15) -> dict:
+def aten_ops_by_phase(events) -> dict:
+    """aten operator calls per innermost phase label ("other": outside every phase), from profiler.events()."""
+    counts: dict = {}
+    for event in events:
+        if not event.name.startswith("aten::"):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("titan."):
+            parent = parent.cpu_parent
+        phase = parent.name if parent is not None else "other"
+        counts[phase] = counts.get(phase, 0) + 1
+    return counts
+
+
+def summarize(events, wall_seconds: float, top: int = 15, ops_by_phase: dict | None = None) -> dict:
     """Phase totals, kernel launches and the operators with the most device and CPU time, from key_averages()."""
     events = list(events)
     by_key = {e.key: e for e in events}
+    ops_by_phase = ops_by_phase or {}
     phases = {name: {"calls": by_key[name].count, "cpu_s": by_key[name].cpu_time_total / 1e6,
-                     "device_s": _device_us(by_key[name]) / 1e6} for name in PHASES if name in by_key}
+                     "device_s": _device_us(by_key[name]) / 1e6, "own_aten_ops": ops_by_phase.get(name, 0)}
+              for name in PHASES if name in by_key}
     launches = sum(e.count for e in events if "LaunchKernel" in e.key or "cuLaunch" in e.key)
     aten_ops = sum(e.count for e in events if e.key.startswith("aten::"))
     sync = sum(e.self_cpu_time_total for e in events if "synchronize" in e.key.lower() or e.key in (
@@ -52,7 +68,7 @@ def summarize(events, wall_seconds: float, top: int = 15) -> dict:
         return {"op": e.key, "calls": e.count, "self_device_s": _device_us(e, True) / 1e6,
                 "self_cpu_s": e.self_cpu_time_total / 1e6}
     return {"wall_s": wall_seconds, "device_busy_s": device_busy, "kernel_launches": launches, "aten_ops": aten_ops,
-            "cuda_sync_s": sync, "phases": phases,
+            "cuda_sync_s": sync, "phases": phases, "aten_ops_outside_phases": ops_by_phase.get("other", 0),
             "top_device": [row(e) for e in sorted(operators, key=lambda e: -_device_us(e, True))[:top]],
             "top_cpu": [row(e) for e in sorted(operators, key=lambda e: -e.self_cpu_time_total)[:top]]}
 
@@ -63,9 +79,12 @@ def format_summary(summary: dict) -> str:
     lines = [f"profiled run: {wall:.2f} s wall (profiler on), {summary['aten_ops']} aten ops, waiting in "
              f"synchronising calls {summary['cuda_sync_s']:.2f} s; device busy {summary['device_busy_s']:.2f} s, "
              f"{summary['kernel_launches']} kernel launches (0 without TITAN_PROFILE_CUDA=1)",
-             f"{'phase':28} {'calls':>6} {'CPU s':>8} {'device s':>9}"]
-    lines += [f"{name:28} {p['calls']:6d} {p['cpu_s']:8.2f} {p['device_s']:9.2f}" for name, p in summary["phases"].items()]
-    for key, title in (("top_device", "self device time"), ("top_cpu", "self CPU time")):
+             f"{'phase':28} {'calls':>6} {'CPU s':>8} {'device s':>9} {'own aten ops':>13}"]
+    lines += [f"{name:28} {p['calls']:6d} {p['cpu_s']:8.2f} {p['device_s']:9.2f} {p['own_aten_ops']:13d}"
+              for name, p in summary["phases"].items()]
+    lines.append(f"aten ops outside every phase: {summary['aten_ops_outside_phases']}")
+    tables = (("top_device", "self device time"),) if summary["device_busy_s"] > 0 else ()
+    for key, title in tables + (("top_cpu", "self CPU time"),):
         lines += ["", f"operators by {title}:", f"{'op':48} {'calls':>7} {'device s':>9} {'CPU s':>8}"]
         lines += [f"{r['op'][:48]:48} {r['calls']:7d} {r['self_device_s']:9.3f} {r['self_cpu_s']:8.3f}"
                   for r in summary[key]]
@@ -88,6 +107,7 @@ def profiled_if_requested(folder: str | None = None) -> Iterator[None]:
         yield
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-    summary = summarize(profiler.key_averages(), time.perf_counter() - started)
+    summary = summarize(profiler.key_averages(), time.perf_counter() - started,
+                        ops_by_phase=aten_ops_by_phase(profiler.events()))
     Path(folder, "profile.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     Path(folder, "profile.txt").write_text(format_summary(summary) + "\n", encoding="utf-8")

@@ -160,15 +160,16 @@ class Titan(LookaheadGuidance):
     def estimate(self, f, x, i, ctx):
         sigma = ctx.sigmas[i]
         needs_denoised = getattr(self.guess, "uses_denoised", True)
-        with torch.no_grad(), record_function("titan.guess"):
+        with torch.no_grad(), record_function("titan.guess_denoise"):
             denoised = ctx.denoise(x, sigma) if needs_denoised else None
         memory = ctx.run_state(self.guess, dict)
         part = ctx.part
         if self.graphs is not None and not part.whole:  # a captured graph would keep the first step's other parts
             raise ValueError("cuda_graph cannot replay guidance of one part of a packed latent; turn it off")
         x = part.get(x)
-        tangents = self.guess(GuessContext(x, sigma, None if denoised is None else part.get(denoised), ctx.loss,
-                                           ctx.layout, ctx.generator, memory))
+        with record_function("titan.guess"):  # a gradient guess backpropagates through the decode and objective
+            tangents = self.guess(GuessContext(x, sigma, None if denoised is None else part.get(denoised), ctx.loss,
+                                               ctx.layout, ctx.generator, memory))
         with record_function("titan.forward_gradient"):
             est = forward_gradient(f, x, tangents, ctx.layout, self.estimator, self.delta, jvp=self.graphs)
         if hasattr(self.guess, "after_estimate") and torch.isfinite(est.gradient).all():

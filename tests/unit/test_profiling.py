@@ -28,7 +28,11 @@ def test_one_requested_run_is_profiled_by_phase(tmp_path):
     assert not (tmp_path / "profile_next").exists()  # one request, one run
     summary = json.loads((tmp_path / "profile.json").read_text())
     phases = summary["phases"]
-    assert phases["titan.forward_gradient"]["calls"] == 4 and phases["titan.guess"]["calls"] == 4
+    assert phases["titan.forward_gradient"]["calls"] == 4 and phases["titan.guess_denoise"]["calls"] == 4
+    assert phases["titan.guess"]["calls"] == 4
+    # every aten op is counted once, under its innermost phase: the unroll's under titan.lookahead
+    assert phases["titan.lookahead"]["own_aten_ops"] > 0 and phases["titan.sampler_step"]["own_aten_ops"] > 0
+    assert sum(p["own_aten_ops"] for p in phases.values()) + summary["aten_ops_outside_phases"] == summary["aten_ops"]
     assert phases["titan.sampler_step"]["calls"] == 4
     assert phases["titan.lookahead"]["calls"] >= 4 and phases["titan.decode_and_objective"]["calls"] >= 4
     assert phases["titan.forward_gradient"]["cpu_s"] >= phases["titan.lookahead"]["cpu_s"] > 0
