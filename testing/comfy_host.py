@@ -58,6 +58,11 @@ def workflow_files(version: str = HOST_VERSION) -> list[Path]:
     newer = NEEDS_NEWER_HOST.get(version, {})
     return [p for p in sorted((REPO_ROOT / "workflows").glob("*.json")) if p.name not in newer]
 HOST_DIR = REPO_ROOT / HOST_DIRS[HOST_VERSION]
+# Threads of a test host that runs full-size layers (the fixed-config CogVideoX and HunyuanVideo 1.5 VAEs, full-size
+# DOVER): wide enough for two threads to pay on the 2-core test machine (HunyuanVideo 1.5's VAE decode and its
+# forward-mode pass measured 1.85x faster than on one). TITAN_TEST_WIDE_THREADS=1 where other work shares the cores:
+# two threads that must wait for a core are far slower than one.
+WIDE_HOST_THREADS = int(os.environ.get("TITAN_TEST_WIDE_THREADS") or 2)
 HOST_SITE_DIR = HOST_DIR / "site"
 PACK_NAME = "titan-guide"
 PACK_LINK_DIR = HOST_DIR / "custom_nodes"
@@ -166,7 +171,7 @@ class ComfyHost:
     """A ComfyUI server process with this pack loaded, on 127.0.0.1 and the CPU."""
 
     def __init__(self, workdir, *, comfyui_dir=None, python=None, custom_node_dirs=None,
-                 extra_args=(), startup_timeout: float = 300.0, cpu: bool = True):
+                 extra_args=(), startup_timeout: float = 300.0, cpu: bool = True, threads=None):
         self.workdir = Path(workdir).resolve()
         self.comfyui_dir = Path(comfyui_dir).resolve() if comfyui_dir else find_comfyui_dir()
         if not (self.comfyui_dir / "main.py").is_file():
@@ -182,6 +187,9 @@ class ComfyHost:
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.cpu = cpu
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        self.threads = threads  # the server's torch threads (OMP_NUM_THREADS); None: $OMP_NUM_THREADS, else 1
         self.base_dir = self.workdir / "comfy_base"
         self.models_dir = self.base_dir / "models"
         self.input_dir = self.workdir / "input"
@@ -269,8 +277,13 @@ class ComfyHost:
             env.setdefault("CUDA_VISIBLE_DEVICES", "")
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        # tiny test models on a shared 2-core machine: one thread is 5-10x faster than two fighting
-        env.setdefault("OMP_NUM_THREADS", "1")
+        # tiny test models on a shared 2-core machine: one thread is 5-10x faster than two fighting; a host for
+        # full-size layers (e.g. a fixed-config video VAE) asks for more with `threads`
+        if self.threads is not None:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle threads sleep rather than spin on a busy core
+        else:
+            env.setdefault("OMP_NUM_THREADS", "1")
         if HOST_SITE_DIR.is_dir():  # this host's own frontend/templates shadow the default host's in .venv
             env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(HOST_SITE_DIR), env.get("PYTHONPATH"))))
         if self._log_file is not None:
