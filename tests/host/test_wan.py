@@ -9,27 +9,16 @@ take 768-wide context; see tiny_video_models.py).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from safetensors.torch import load_file
 
 import graphs
 from objectives.color import ColorLoss
 from testing.comfy_host import ComfyExecutionError
 from tiny_checkpoints import TINY_SD15_FILENAME
-
-GUESSES = {
-    "random": {"kind": "random", "k": 2},
-    "score": {"kind": "score"},
-    "sampled_gradient": {"kind": "sampled_gradient", "sampled_frames": 2},
-    "orthogonal": {"kind": "orthogonal", "k": 2},
-    "antithetic": {"kind": "antithetic", "k": 1},
-    "mixed": {"kind": "mixed", "frame_choice": "fixed", "frame_indices": "0, 8", "random_weight": 0.3},
-}
-
-METHODS = ("exact_gradient", "freedom")
+from video_graphs import (GUESSES, METHODS, add_guided_variants, add_sampler, add_select_in_custom_advanced,
+                          assert_guided_below_unguided, assert_select_matches_the_sampler_node, report, saved_latent,
+                          video_of)
 
 
 def wan_sources(prompt: graphs.Prompt, unet: str, vae: str, *, width=32, height=32, length=9, five_b=False,
@@ -52,25 +41,6 @@ def wan_sources(prompt: graphs.Prompt, unet: str, vae: str, *, width=32, height=
             "vae": graphs.link(f"{prefix}vae")}
 
 
-def add_sampler(prompt, name, sources, objective, *, guess=None, method=None, save_images=True, **knobs):
-    guess_link = graphs.add_guess(prompt, f"{name}_guess", **guess) if guess is not None else None
-    method_link = graphs.add_method(prompt, f"{name}_method", **method) if method is not None else None
-    graphs.add_titan_sampler(prompt, name, sources, objective, seed=5, steps=3, guess=guess_link, method=method_link,
-                             **{"lookahead": 0, **knobs})
-    graphs.add_outputs(prompt, name, f"wan/{name}", sources["vae"], images=save_images)
-
-
-def video_of(host, outputs, node) -> torch.Tensor:
-    """The frames a SaveImage node wrote, as (1, F, 3, H, W) in [0, 1]."""
-    paths = sorted(host.output_files({node: outputs[node]}))
-    frames = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0 for p in paths]
-    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)[None]
-
-
-def report(outputs, name) -> str:
-    return outputs[f"{name}_report"]["text"][0]
-
-
 def test_wan21_every_guess_lowers_the_objective_frames_and_mapping(video_host):
     """Wan 2.1 T2V: for every guess type (and the backprop baselines exact gradient and FreeDoM, which need
     ComfyUI's differentiable RoPE) the guided video is redder than the unguided one at the same seed; the decode
@@ -78,25 +48,15 @@ def test_wan21_every_guess_lowers_the_objective_frames_and_mapping(video_host):
     prompt = graphs.Prompt()
     sources = wan_sources(prompt, "tiny_wan21_t2v.safetensors", "tiny_wan21_vae.safetensors")
     objective = graphs.add_color_objective(prompt)
-    for name, guess in GUESSES.items():
-        add_sampler(prompt, name, sources, objective, guess=guess, strength=0.15)
-    for name in METHODS:
-        add_sampler(prompt, name, sources, objective, method={"method": name, "freedom_rho": 20.0}, strength=0.15)
-    add_sampler(prompt, "plain", sources, objective, guidance_end=0.0)
+    guided = add_guided_variants(prompt, sources, objective)
+    assert guided == [*GUESSES, *METHODS]
     outputs = video_host.run(prompt.build(), timeout=1500)
 
-    plain_video = video_of(video_host, outputs, "plain_save_images")
-    assert plain_video.shape == (1, 9, 3, 32, 32)  # VAEDecode: 1 + 4 (3 - 1) frames
-    color = ColorLoss()
-    unguided = float(color(plain_video))
-    for name in (*GUESSES, *METHODS):
-        text = report(outputs, name)
-        assert "3 latent frame(s) -> 9 frame(s) per video in one VAE call" in text, text
-        guided = float(color(video_of(video_host, outputs, f"{name}_save_images")))
-        assert guided < unguided - 1e-3, (name, guided, unguided, text)
+    assert video_of(video_host, outputs, "plain_save_images").shape == (1, 9, 3, 32, 32)  # VAEDecode: 1 + 4 (3 - 1)
+    assert_guided_below_unguided(video_host, outputs, guided, GUESSES,
+                                 "3 latent frame(s) -> 9 frame(s) per video in one VAE call")
     assert "frames [0, 8]" in report(outputs, "mixed")  # as typed: decoded frames
-    latent = load_file(str(video_host.output_files({"x": outputs["plain_save_latent"]}, key="latents")[0]))
-    assert latent["latent_tensor"].shape == (1, 16, 3, 4, 4)
+    assert saved_latent(video_host, outputs, "plain_save_latent").shape == (1, 16, 3, 4, 4)
 
 
 def test_wan21_keyframes_through_a_sampled_subset_of_latent_frames(video_host):
@@ -161,8 +121,7 @@ def test_wan22_5b_guided_below_unguided_with_its_48_channel_vae(video_host):
     assert float(color(video_of(video_host, outputs, "guided_save_images"))) < float(color(plain)) - 1e-3
 
     def latent(node):
-        (path,) = video_host.output_files({node: outputs[node]}, key="latents")
-        return load_file(str(path))["latent_tensor"]
+        return saved_latent(video_host, outputs, node)
 
     start, guided = latent("input_save"), latent("guided_save_latent")
     assert guided.shape == start.shape == (1, 48, 2, 2, 2)
@@ -208,8 +167,7 @@ def test_wan22_expert_pair_switches_by_noise_level_like_the_official_two_sampler
     outputs = video_host.run(prompt.build(), timeout=1500)
 
     def latent(node):
-        (path,) = video_host.output_files({node: outputs[node]}, key="latents")
-        return load_file(str(path))["latent_tensor"]
+        return saved_latent(video_host, outputs, node)
 
     official, pair = latent("ks_save"), latent("pair_save_latent")
     assert torch.allclose(pair, official, atol=1e-4), float((pair - official).abs().max())
@@ -227,30 +185,9 @@ def test_wan_through_sampler_custom_advanced_matches_the_sampler_node(video_host
     gives the same guided latent as TitanGuideSampler at the same seed."""
     prompt = graphs.Prompt()
     sources = wan_sources(prompt, "tiny_wan21_t2v.safetensors", "tiny_wan21_vae.safetensors")
-    objective = graphs.add_color_objective(prompt)
-    knobs = {**graphs.PROMPT_KNOBS, "lookahead": 0, "strength": 0.15}
-    graphs.add_titan_sampler(prompt, "node", sources, objective, seed=5, steps=3, **knobs)
-    graphs.add_outputs(prompt, "node", "wan/select_node", sources["vae"], report=False)
-    prompt.add("noise", "RandomNoise", noise_seed=5)
-    prompt.add("scheduler", "BasicScheduler", model=sources["model"], scheduler="normal", steps=3, denoise=1.0)
-    prompt.add("guider", "CFGGuider", model=sources["model"], positive=sources["positive"],
-               negative=sources["negative"], cfg=1.0)
-    prompt.add("titan", "TitanGuideSamplerSelect", objective=objective, vae=sources["vae"], **knobs)
-    prompt.add("custom", "SamplerCustomAdvanced", noise=graphs.link("noise"), guider=graphs.link("guider"),
-               sampler=graphs.link("titan"), sigmas=graphs.link("scheduler"), latent_image=sources["latent"])
-    prompt.add("custom_save", "SaveLatent", samples=graphs.link("custom", 0), filename_prefix="wan/select_custom")
-    graphs.add_titan_sampler(prompt, "plain", sources, objective, seed=5, steps=3, **{**knobs, "guidance_end": 0.0})
-    graphs.add_outputs(prompt, "plain", "wan/select_plain", sources["vae"], report=False)
+    add_select_in_custom_advanced(prompt, sources, graphs.add_color_objective(prompt))
     outputs = video_host.run(prompt.build(), timeout=900)
-
-    def latent(node):
-        (path,) = video_host.output_files({node: outputs[node]}, key="latents")
-        return load_file(str(path))["latent_tensor"]
-
-    node, custom = latent("node_save_latent"), latent("custom_save")
-    assert custom.shape == (1, 16, 3, 4, 4)
-    assert torch.allclose(node, custom, atol=1e-4), float((node - custom).abs().max())
-    assert not torch.allclose(node, latent("plain_save_latent"), atol=1e-3)
+    assert_select_matches_the_sampler_node(video_host, outputs, (1, 16, 3, 4, 4))
 
 
 def test_wan_gpu_benchmark_runs_every_row_on_tiny_files(comfyui_dir, tmp_path):
