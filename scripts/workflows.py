@@ -665,14 +665,19 @@ def ltxv_i2v_style() -> dict:
             "groups": [group("LTX-Video 2B image-to-video", (0, 0, 800, 1370))]}
 
 
-def ltx2_t2v_dover() -> dict:
-    """LTX-2 text-to-audio+video: the video guided by DOVER's aesthetic score, the audio sampled with it."""
-    nodes = [
+LTX2_FILES = [(LTX2_CHECKPOINT, "models/checkpoints", "huggingface.co/Lightricks/LTX-2 (model, video and audio VAE)"),
+              (LTX2_TEXT_ENCODER, "models/text_encoders", "huggingface.co/Comfy-Org/ltx-2 split_files/text_encoders")]
+
+
+def ltx2_av_inputs(prompt: str) -> list:
+    """Nodes 1-9 of an LTX-2 text-to-audio+video graph: checkpoint (1: model, video VAE), Gemma text encoder,
+    prompts into LTXVConditioning (5), the audio VAE (6) and the packed empty video+audio latent (9)."""
+    return [
         node(1, "CheckpointLoaderSimple", (20, 100), (320, 100), ckpt_name=LTX2_CHECKPOINT),
         node(2, "LTXAVTextEncoderLoader", (20, 260), (320, 110), title="Gemma 3 text encoder",
              text_encoder=LTX2_TEXT_ENCODER, ckpt_name=LTX2_CHECKPOINT, device="default"),
         node(3, "CLIPTextEncode", (380, 100), (400, 160), {"clip": (2, 0)}, "Positive prompt",
-             text="waves breaking on a rocky shore at sunset, seagulls calling, the roar of the surf"),
+             text=prompt),
         node(4, "CLIPTextEncode", (380, 320), (400, 130), {"clip": (2, 0)}, "Negative prompt",
              text="blurry, low quality, still frame, watermark, overlay, titles, subtitles"),
         node(5, "LTXVConditioning", (380, 510), (320, 80), {"positive": (3, 0), "negative": (4, 0)},
@@ -683,6 +688,24 @@ def ltx2_t2v_dover() -> dict:
         node(8, "LTXVEmptyLatentAudio", (20, 760), (320, 130), {"audio_vae": (6, 0)}, frames_number=97,
              frame_rate=LTX_FPS, batch_size=1),
         node(9, "LTXVConcatAVLatent", (380, 650), (320, 60), {"video_latent": (7, 0), "audio_latent": (8, 0)}),
+    ]
+
+
+def ltx2_av_outputs(first_id: int, sampler: int, prefix: str, audio_title: str) -> list:
+    """LTXVSeparateAVLatent of `sampler`'s latent, the video outputs (ltx_outputs) and the decoded, previewed audio."""
+    return [
+        node(first_id, "LTXVSeparateAVLatent", (820, 800), (320, 60), {"av_latent": (sampler, 0)}),
+        *ltx_outputs(first_id + 1, sampler, (first_id, 0), (1, 2), prefix),
+        node(first_id + 5, "LTXVAudioVAEDecode", (820, 920), (320, 60),
+             {"samples": (first_id, 1), "audio_vae": (6, 0)}),
+        node(first_id + 6, "PreviewAudio", (820, 1040), (320, 120), {"audio": (first_id + 5, 0)}, audio_title),
+    ]
+
+
+def ltx2_t2v_dover() -> dict:
+    """LTX-2 text-to-audio+video: the video guided by DOVER's aesthetic score, the audio sampled with it."""
+    nodes = [
+        *ltx2_av_inputs("waves breaking on a rocky shore at sunset, seagulls calling, the roar of the surf"),
         node(10, "TitanDoverLoader", (20, 950), (320, 90), weights_name=DOVER_WEIGHTS, dtype="fp32"),
         node(11, "TitanAestheticObjective", (20, 1100), (320, 180), {"dover": (10, 0)}, mode="fused", weight=1.0,
              fragment_sampling="random", fragment_seed=0, technical_samples=1),
@@ -691,13 +714,9 @@ def ltx2_t2v_dover() -> dict:
              {"model": (1, 0), "positive": (5, 0), "negative": (5, 1), "latent_image": (9, 0), "vae": (1, 2),
               "objective": (11, 0), "guess": (12, 0)}, "TITAN-Guide: DOVER aesthetics (video)", seed=SEED,
              steps=STEPS, cfg=4.0, scheduler="normal", denoise=1.0, **LTX_TITAN_KNOBS),
-        node(14, "LTXVSeparateAVLatent", (820, 800), (320, 60), {"av_latent": (13, 0)}),
-        *ltx_outputs(15, 13, (14, 0), (1, 2), "titan/ltx2_t2v_dover"),
-        node(19, "LTXVAudioVAEDecode", (820, 920), (320, 60), {"samples": (14, 1), "audio_vae": (6, 0)}),
-        node(20, "PreviewAudio", (820, 1040), (320, 120), {"audio": (19, 0)}, "Audio (sampled unguided)"),
+        *ltx2_av_outputs(14, 13, "titan/ltx2_t2v_dover", "Audio (sampled unguided)"),
     ]
-    files = [(LTX2_CHECKPOINT, "models/checkpoints", "huggingface.co/Lightricks/LTX-2 (model, video and audio VAE)"),
-             (LTX2_TEXT_ENCODER, "models/text_encoders", "huggingface.co/Comfy-Org/ltx-2 split_files/text_encoders"),
+    files = [*LTX2_FILES,
              (DOVER_WEIGHTS, "models/dover", "github.com/VQAssessment/DOVER release DOVER.pth")]
     text = weights_note("TITAN-Guide on LTX-2 text-to-audio+video: aesthetic guidance of the video with DOVER. "
                         "ComfyUI samples LTX-2's video and audio latents packed into one tensor; TitanGuideSampler "
@@ -712,21 +731,7 @@ def ltx2_imagebind_audio() -> dict:
     """LTX-2 text-to-audio+video: the video aligned with a loaded sound through ImageBind, LTX-2's own audio sampled
     with it unguided."""
     nodes = [
-        node(1, "CheckpointLoaderSimple", (20, 100), (320, 100), ckpt_name=LTX2_CHECKPOINT),
-        node(2, "LTXAVTextEncoderLoader", (20, 260), (320, 110), title="Gemma 3 text encoder",
-             text_encoder=LTX2_TEXT_ENCODER, ckpt_name=LTX2_CHECKPOINT, device="default"),
-        node(3, "CLIPTextEncode", (380, 100), (400, 160), {"clip": (2, 0)}, "Positive prompt",
-             text="a drummer playing a fast rhythm on a drum kit in a small club, stage lights"),
-        node(4, "CLIPTextEncode", (380, 320), (400, 130), {"clip": (2, 0)}, "Negative prompt",
-             text="blurry, low quality, still frame, watermark, overlay, titles, subtitles"),
-        node(5, "LTXVConditioning", (380, 510), (320, 80), {"positive": (3, 0), "negative": (4, 0)},
-             frame_rate=LTX_FPS),
-        node(6, "LTXVAudioVAELoader", (20, 430), (320, 80), ckpt_name=LTX2_CHECKPOINT),
-        node(7, "EmptyLTXVLatentVideo", (20, 570), (320, 130), title="97 frames, 768x512", width=768, height=512,
-             length=97, batch_size=1),
-        node(8, "LTXVEmptyLatentAudio", (20, 760), (320, 130), {"audio_vae": (6, 0)}, frames_number=97,
-             frame_rate=LTX_FPS, batch_size=1),
-        node(9, "LTXVConcatAVLatent", (380, 650), (320, 60), {"video_latent": (7, 0), "audio_latent": (8, 0)}),
+        *ltx2_av_inputs("a drummer playing a fast rhythm on a drum kit in a small club, stage lights"),
         node(10, "TitanImageBindLoader", (20, 950), (320, 90), weights_name=IMAGEBIND_WEIGHTS, dtype="fp32"),
         node(11, "LoadAudio", (20, 1100), (320, 140), title="Target audio", audio=TARGET_AUDIO),
         node(12, "TitanAudioObjective", (380, 950), (340, 330), {"imagebind": (10, 0), "audio": (11, 0)},
@@ -737,13 +742,9 @@ def ltx2_imagebind_audio() -> dict:
              {"model": (1, 0), "positive": (5, 0), "negative": (5, 1), "latent_image": (9, 0), "vae": (1, 2),
               "objective": (12, 0), "guess": (13, 0)}, "TITAN-Guide: ImageBind audio (video)", seed=SEED,
              steps=STEPS, cfg=4.0, scheduler="normal", denoise=1.0, **LTX_TITAN_KNOBS),
-        node(15, "LTXVSeparateAVLatent", (820, 800), (320, 60), {"av_latent": (14, 0)}),
-        *ltx_outputs(16, 14, (15, 0), (1, 2), "titan/ltx2_imagebind_audio"),
-        node(20, "LTXVAudioVAEDecode", (820, 920), (320, 60), {"samples": (15, 1), "audio_vae": (6, 0)}),
-        node(21, "PreviewAudio", (820, 1040), (320, 120), {"audio": (20, 0)}, "LTX-2's audio (sampled unguided)"),
+        *ltx2_av_outputs(15, 14, "titan/ltx2_imagebind_audio", "LTX-2's audio (sampled unguided)"),
     ]
-    files = [(LTX2_CHECKPOINT, "models/checkpoints", "huggingface.co/Lightricks/LTX-2 (model, video and audio VAE)"),
-             (LTX2_TEXT_ENCODER, "models/text_encoders", "huggingface.co/Comfy-Org/ltx-2 split_files/text_encoders"),
+    files = [*LTX2_FILES,
              (IMAGEBIND_WEIGHTS, "models/imagebind", "dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"),
              (TARGET_AUDIO, "input", "your audio, at least 3.88 s from audio_start: 97 frames at 25 fps")]
     text = weights_note("TITAN-Guide on LTX-2 text-to-audio+video: the video aligned with a loaded sound through "
