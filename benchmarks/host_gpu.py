@@ -31,9 +31,9 @@ line). `--profile` runs one more prompt per TITAN row under torch.profiler (guid
 kernel launches, top operators) and keeps its summary in the row (`profile`). `--dynamic-vram on|off` picks the mode(s) of ComfyUI
 0.33 (off = --disable-dynamic-vram; on is 0.33's default on CUDA); hosts without the flag (0.3.x) run `off` only.
 
-On the H200 (no internet): first, with internet, `bash benchmarks/gpu_prepare.sh` (wheels into .whl/, the lean
+On the H200 (no internet): first, with internet, `bash benchmarks/gpu_prepare.sh` (the missing packages, the lean
 ComfyUI 0.33.0 and ADE d8d163c archives into .gpu/), then run the command in docs/pending/host_gpu_command.txt,
-carrying [".whl", ".gpu"]. Methods run in the order given (default TITAN, KSampler, FreeDoM, MPGD, exact), each
+carrying [".gpu"]. Methods run in the order given (default TITAN, KSampler, FreeDoM, MPGD, exact), each
 with dynamic VRAM on, then off; the JSON is rewritten after every row and no row starts past --max-minutes (a prompt may overrun it by at most
 2 minutes, then it is recorded as an error), so a cut run still reports the rows it finished.
 
@@ -334,8 +334,9 @@ def main(argv=None) -> int:
                 row["vram_log"] = [line.strip() for line in host.log_text().splitlines()
                                    if "vram" in line.lower()][:6]  # what ComfyUI says about its VRAM mode
                 if titan_row:
+                    sampler_runs = [w["sampler_seconds"] for w in warm_runs]
                     row.update(seconds_first_sampler=first["sampler_seconds"], forward_ad=warm["forward_ad"],
-                               seconds_warm_sampler=statistics.median(w["sampler_seconds"] or 0 for w in warm_runs))
+                               seconds_warm_sampler=None if None in sampler_runs else statistics.median(sampler_runs))
                 if titan_row and options.profile:
                     folder = Path(os.environ["TITAN_PROFILE_DIR"])
                     folder.mkdir(parents=True, exist_ok=True)

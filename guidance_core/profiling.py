@@ -23,8 +23,8 @@ from typing import Iterator
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-PHASES = ("titan.guess_denoise", "titan.guess", "titan.forward_gradient", "titan.lookahead", "titan.decode_and_objective", "titan.decode",
-          "titan.sampler_step")
+PHASES = ("titan.guess_denoise", "titan.guess", "titan.forward_gradient", "titan.lookahead",
+          "titan.decode_and_objective", "titan.decode", "titan.sampler_step")
 REQUEST = "profile_next"
 
 

@@ -7,10 +7,10 @@ Every guidance method's step reports (guidance_core.sampling.SampleResult.report
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 import math
 import resource
 import sys
+from collections import Counter
 
 import numpy as np
 import torch
@@ -184,7 +184,6 @@ def plot_losses(record: RunRecord, width: int = 512, height: int = 320) -> torch
             draw.text((px - 4, bottom + 4), str(xv), fill="black", font=font)
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array)[None]
-
 
 
 def attention_routes() -> Counter:

@@ -89,7 +89,6 @@ class GraphedJvp:
         return (f"CUDA graph {state} ({self.captures} capture(s), {self.replays} replay(s), "
                 f"{self.eager_calls} eager JVP(s){check})")
 
-
     def _on_stream(self, run):
         self.eager_calls += 1
         self.stream.wait_stream(torch.cuda.current_stream())
