@@ -3,10 +3,8 @@
 PyTorch's fused SDPA kernels (flash, memory-efficient, cuDNN, CPU flash) have no forward derivative and raise
 under a JVP, so every JVP runs inside `forward_ad_attention()`, which selects the MATH backend and lets hosts
 (ComfyUI, AnimateDiff-Evolved) install their own forward-AD-capable attention for the same scope.
-group_norm's forward-AD rule views its tangent, which fails when the tangent is strided while the primal is
-contiguous (after attention's transposes), so inside the scope group_norm gets a contiguous copy; and
-layer_norm's forward-AD rule returns a float32 tangent for fp16/bf16 inputs on CUDA, so half-precision
-layer norms run in float32 there and are cast back.
+Convolutions, linear layers and the norms take lean forward rules inside the scope (`rules.py`): the builtin
+rules compute tangents of the frozen weights, and two of them fail on inputs hosts produce.
 
 Inside the scope `torch.nn.functional.scaled_dot_product_attention` is `forward_ad_sdpa`, which picks a path per
 call by shape: on CUDA our own primal+tangent Triton kernel (`triton_attention.py`: one tiled pass, no score
@@ -35,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import triton_attention
-from .rules import contiguous_group_norm, float32_norms, lean_linear_layers, replaced_functions
+from .rules import lean_linear_layers, lean_norms, replaced_functions
 
 _host_contexts: list[Callable[[], ContextManager]] = []
 # the builtin, whatever F.scaled_dot_product_attention is bound to while a scope is active
@@ -228,8 +226,7 @@ def forward_ad_attention() -> Iterator[None]:
         stack.enter_context(replaced_functions({"scaled_dot_product_attention": forward_ad_sdpa}))
         if current_settings().lean_linear:
             stack.enter_context(lean_linear_layers())
-        stack.enter_context(contiguous_group_norm())
-        stack.enter_context(float32_norms())
+        stack.enter_context(lean_norms())
         for factory in list(_host_contexts):
             stack.enter_context(factory())
         yield
