@@ -10,10 +10,10 @@ from typing import Callable, ContextManager
 
 import torch
 from torch import Tensor
-from torch.profiler import record_function
 
 from .forward_gradient import directional_derivative
 from .layout import Layout
+from .profiling import phase
 from .steps import with_checkpointing
 
 
@@ -86,7 +86,7 @@ class DecodedLoss:
     def __call__(self, x0: Tensor, frame_indices: Tensor | None = None, per_frame: bool = False) -> Tensor:
         pixels = latents = None
         if "pixels" in self.objective.spaces:
-            with record_function("titan.decode"):
+            with phase("titan.decode"):
                 pixels = self._per_video(chunked_decode(self.decode, x0, self.chunk_frames, self.layout,
                                                         self.checkpointed))
         with self.scope():

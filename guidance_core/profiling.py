@@ -2,9 +2,11 @@
 
 A run is profiled when the folder named by TITAN_PROFILE_DIR holds a file `profile_next` (removed when the
 run starts, so one request profiles one run: benchmarks/host_gpu.py asks for its last warm run). The summary
-goes to `profile.json` and `profile.txt` in that folder. Phases are the `record_function` labels that
+goes to `profile.json` and `profile.txt` in that folder. Phases are the `phase` labels (record_function) that
 guidance_core puts around its parts (titan.py, decode.py, video_frames.py); nested phases overlap
-(titan.forward_gradient holds titan.lookahead and titan.decode_and_objective, which holds titan.decode).
+(titan.forward_gradient holds titan.lookahead and titan.decode_and_objective, which holds titan.decode). On
+CUDA a profiled run also times each phase between device synchronisations (`phase_seconds_synchronised`): the
+GPU work a CPU-only profile cannot see, at the price of the synchronisations.
 
 Only CPU activity is recorded unless TITAN_PROFILE_CUDA=1: inside ComfyUI's prompt worker thread, CUPTI's
 start failed on an H200 ("External init callback must run in same thread as registerClient") and the prompt
@@ -17,15 +19,37 @@ import contextlib
 import json
 import os
 import time
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 PHASES = ("titan.guess_denoise", "titan.guess", "titan.forward_gradient", "titan.lookahead",
           "titan.decode_and_objective", "titan.decode", "titan.sampler_step")
 REQUEST = "profile_next"
+
+
+# {phase: seconds} while a profiled CUDA run times its phases with synchronisation (see `phase`), else None
+_synchronised_times: ContextVar[dict | None] = ContextVar("titan_phase_times", default=None)
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """A `record_function` label for the profiler; in a profiled CUDA run also the phase's wall time between
+    device synchronisations (GPU work included, which a CPU-only profile cannot see; not while capturing)."""
+    times = _synchronised_times.get()
+    if times is None or torch.cuda.is_current_stream_capturing():
+        with record_function(name):
+            yield
+        return
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    with record_function(name):
+        yield
+    torch.cuda.synchronize()
+    times[name] = times.get(name, 0.0) + time.perf_counter() - started
 
 
 def _device_us(event, self_only: bool = False) -> float:
@@ -83,6 +107,9 @@ def format_summary(summary: dict) -> str:
     lines += [f"{name:28} {p['calls']:6d} {p['cpu_s']:8.2f} {p['device_s']:9.2f} {p['own_aten_ops']:13d}"
               for name, p in summary["phases"].items()]
     lines.append(f"aten ops outside every phase: {summary['aten_ops_outside_phases']}")
+    if summary.get("phase_seconds_synchronised"):
+        lines.append("phase wall time between device synchronisations (GPU work included): " + ", ".join(
+            f"{name} {seconds:.2f} s" for name, seconds in summary["phase_seconds_synchronised"].items()))
     tables = (("top_device", "self device time"),) if summary["device_busy_s"] > 0 else ()
     for key, title in tables + (("top_cpu", "self CPU time"),):
         lines += ["", f"operators by {title}:", f"{'op':48} {'calls':>7} {'device s':>9} {'CPU s':>8}"]
@@ -103,11 +130,17 @@ def profiled_if_requested(folder: str | None = None) -> Iterator[None]:
     cuda = torch.cuda.is_available() and os.environ.get("TITAN_PROFILE_CUDA") == "1"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     started = time.perf_counter()
-    with profile(activities=activities) as profiler:
-        yield
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+    times = {} if torch.cuda.is_available() else None
+    token = _synchronised_times.set(times)
+    try:
+        with profile(activities=activities) as profiler:
+            yield
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+    finally:
+        _synchronised_times.reset(token)
     summary = summarize(profiler.key_averages(), time.perf_counter() - started,
                         ops_by_phase=aten_ops_by_phase(profiler.events()))
+    summary["phase_seconds_synchronised"] = times
     Path(folder, "profile.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     Path(folder, "profile.txt").write_text(format_summary(summary) + "\n", encoding="utf-8")

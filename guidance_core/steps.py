@@ -38,9 +38,15 @@ def with_checkpointing(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return lambda *args: checkpoint(fn, *args, use_reentrant=False)
 
 
+def capturing(tensor: Tensor) -> bool:
+    """Whether no check may read values back: a CUDA graph is being captured on the current stream, or PyTorch's
+    sync debug mode is "error" (GraphedJvp's probe pass before a capture, which must see what the capture sees)."""
+    return tensor.is_cuda and (torch.cuda.is_current_stream_capturing() or torch.cuda.get_sync_debug_mode() == 2)
+
+
 def _is_zero(sigma: Tensor) -> bool:
     """Whether a step ends at sigma 0; never asked while a CUDA graph is captured (unroll never passes 0 then)."""
-    if sigma.is_cuda and torch.cuda.is_current_stream_capturing():
+    if capturing(sigma):
         return False
     return float(sigma) == 0.0
 
@@ -113,8 +119,7 @@ def unroll(denoise: Denoiser, x: Tensor, sigmas: Tensor, step: str = "euler", ch
     step_fn = get_step(step)
     if len(sigmas) < 2:
         raise ValueError(f"unroll needs at least one sigma and the final 0, got {len(sigmas)} value(s)")
-    capturing = sigmas.is_cuda and torch.cuda.is_current_stream_capturing()
-    if not capturing and not (bool((sigmas[:-1] > 0).all()) and float(sigmas[-1]) == 0.0):
+    if not capturing(sigmas) and not (bool((sigmas[:-1] > 0).all()) and float(sigmas[-1]) == 0.0):
         raise ValueError(f"unroll needs positive sigmas ending in one 0, got {sigmas.tolist()}")
     sigmas = sigmas.clone()  # inference-mode sigmas cannot be saved for backward
     call = with_checkpointing(denoise) if checkpointed else denoise

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
-from torch.profiler import record_function
 
 from .forward_ad.cuda_graph import GraphedJvp
 from .forward_gradient import ESTIMATORS, forward_gradient
 from .guesses import GuessContext, RandomGuess
 from .layout import Layout
+from .profiling import phase
 from .sampling import SamplingContext
 from .steps import lookahead_sigmas, unroll
 from .update import apply_update, clip_per_sample, guided_steps, make_optimizer, strength_schedule
@@ -37,9 +37,9 @@ class Traverse:
 
     def __call__(self, z: Tensor) -> Tensor:
         x = z if self.base is None else self.ctx.part.put(self.base, z)
-        with record_function("titan.lookahead"):  # phase labels: guidance_core.profiling reads them
+        with phase("titan.lookahead"):  # phase labels: guidance_core.profiling reads them
             x0 = unroll(self.ctx.denoise, x, self.sigmas, self.ctx.step, self.checkpointed)
-        with record_function("titan.decode_and_objective"):
+        with phase("titan.decode_and_objective"):
             return self.ctx.loss(self.ctx.part.get(x0), per_frame=self.per_frame)
 
     def at(self, x: Tensor) -> "Traverse":
@@ -111,7 +111,7 @@ class LookaheadGuidance:
         """Guide the latent at sigmas[i] and step to sigmas[i+1]."""
         window = guided_steps(ctx.steps, self.start, self.end)
         if i not in window or ctx.loss is None:
-            with record_function("titan.sampler_step"):
+            with phase("titan.sampler_step"):
                 return ctx.plain_step(x, i), None
         weight = float(strength_schedule(self.schedule, len(window))[i - window.start])
         rule = ctx.run_state(self, lambda: make_optimizer(self.optimizer, self.strength, ctx.layout))
@@ -136,7 +136,7 @@ class LookaheadGuidance:
             if ctx.observer is not None:
                 ctx.observer(i=i, x=part.get(x), gradient=grad, f=f, method=self)
             x = part.put(x, apply_update(part.get(x), grad, rule, self.strength * weight, scale))
-        with record_function("titan.sampler_step"):
+        with phase("titan.sampler_step"):
             return ctx.plain_step(x, i), report
 
 
@@ -160,17 +160,17 @@ class Titan(LookaheadGuidance):
     def estimate(self, f, x, i, ctx):
         sigma = ctx.sigmas[i]
         needs_denoised = getattr(self.guess, "uses_denoised", True)
-        with torch.no_grad(), record_function("titan.guess_denoise"):
+        with torch.no_grad(), phase("titan.guess_denoise"):
             denoised = ctx.denoise(x, sigma) if needs_denoised else None
         memory = ctx.run_state(self.guess, dict)
         part = ctx.part
         if self.graphs is not None and not part.whole:  # a captured graph would keep the first step's other parts
             raise ValueError("cuda_graph cannot replay guidance of one part of a packed latent; turn it off")
         x = part.get(x)
-        with record_function("titan.guess"):  # a gradient guess backpropagates through the decode and objective
+        with phase("titan.guess"):  # a gradient guess backpropagates through the decode and objective
             tangents = self.guess(GuessContext(x, sigma, None if denoised is None else part.get(denoised), ctx.loss,
                                                ctx.layout, ctx.generator, memory))
-        with record_function("titan.forward_gradient"):
+        with phase("titan.forward_gradient"):
             est = forward_gradient(f, x, tangents, ctx.layout, self.estimator, self.delta, jvp=self.graphs)
         if hasattr(self.guess, "after_estimate") and torch.isfinite(est.gradient).all():
             self.guess.after_estimate(memory, est.gradient, ctx.layout)

@@ -27,9 +27,9 @@ from typing import Callable, ContextManager, Sequence
 
 import torch
 from torch import Tensor
-from torch.profiler import record_function
 
 from .layout import Layout
+from .profiling import phase
 
 
 RULES = ("causal", "causal_odd", "uniform")
@@ -214,7 +214,7 @@ class CausalVideoLoss:
         with self.scope():
             total = None
             if self.pixel is not None:
-                with record_function("titan.decode"):
+                with phase("titan.decode"):
                     pixels = self.decode(x0)
                 indices = None
                 if frame_indices is not None:  # a subset decoded on its own (decode checked its frame count)

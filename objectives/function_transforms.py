@@ -78,5 +78,6 @@ def constant(values: Sequence[float] | Sequence[int], device: torch.device, dtyp
 
 
 def capturing(tensor: torch.Tensor) -> bool:
-    """Whether a CUDA graph is being captured on the current stream (then no check may read values back)."""
-    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
+    """Whether no check may read values back: a CUDA graph is being captured on the current stream, or PyTorch's
+    sync debug mode is "error" (GraphedJvp's probe pass before a capture, which must see what the capture sees)."""
+    return tensor.is_cuda and (torch.cuda.is_current_stream_capturing() or torch.cuda.get_sync_debug_mode() == 2)

@@ -8,11 +8,14 @@ traverse must not synchronise with the CPU (guidance_core's unroll, denoisers, d
 
 A shape is captured the second time it is seen: the first call runs eagerly on the capture stream (lazy
 initialisation, kernel autotuning, objectives filling their constant caches), so a key seen once (the last
-step's shorter look-ahead) costs nothing extra. One graph is kept at a time: its memory pool holds one JVP's
-peak. If capture fails (something in the traverse reads a value back or copies from host memory), the
-reason is kept in `failure`, a warning says so, and every later call runs eagerly. A capture is also checked
-once against an eager pass at the same inputs (`check_error`, relative): a graph that read something not in
-its static buffers (a host's weights moved, a Python-side constant) differs there and is dropped the same way.
+step's shorter look-ahead) costs nothing extra. The second call runs eagerly too, under PyTorch's sync debug
+mode set to "error": a traverse that reads a value back to the CPU (`.item()`, `bool(t)`, a blocking copy) would
+fail the capture, so it is never captured, and the reason names the line. Then the graph is captured (capture
+records, it computes nothing: that step's values are the eager pass's). The first replay, at the next step's
+inputs, is checked against an eager pass (`check_error`, relative): a graph that baked in something outside its
+static buffers (a Python float of sigma, a host's weights that moved) differs there and is dropped. One graph
+is kept at a time: its memory pool holds one JVP's peak. Any failure is kept in `failure`, a warning says so,
+and every later call runs eagerly.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ class GraphedJvp:
         self.captures = self.replays = self.eager_calls = 0
         self.failure: str | None = None
         self.check_error: float | None = None
+        self.checked = False
         self.tolerance = 1e-2  # relative; a stale graph is off by O(1), kernel reordering by far less than this
 
     def __call__(self, f, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,27 +59,34 @@ class GraphedJvp:
         if self.stream is None:
             self.stream = torch.cuda.Stream(device=x.device)
             self.failure = capture_refusal()
+        eager = (lambda: forward_gradient.directional_derivative(f, x, v))
         if key == self.key:
-            return self._replay(f, x, v)
+            return self._replay(f, x, v) if self.checked else self._checked_replay(f, x, v)
         if self.failure is not None or key != self.pending:
             self.pending = key
-            return self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v))
+            return self._on_stream(eager)
+        try:
+            result = self._on_stream(eager, sync_debug=True)
+        except RuntimeError as error:
+            if "synchronizing" not in str(error):
+                raise
+            self.pending, self.failure = None, f"the traverse reads a value back from the GPU ({_where(error)})"
+            warnings.warn(f"no CUDA graph for the guidance JVP: {self.failure}; running it eagerly")
+            return self._on_stream(eager)
         try:
             self._capture(f, x, v, key)
         except Exception as error:  # the traverse is not capturable: run eagerly from now on, and say so
             self.graph, self.static, self.key = None, {}, None
-            where = next((f"{frame.filename}:{frame.lineno}" for frame in reversed(traceback.extract_tb(error.__traceback__))
-                          if "/torch/" not in frame.filename), "?")
-            self.failure = f"{type(error).__name__} at {where}: {str(error).splitlines()[0] if str(error) else ''}"
+            self.failure = f"{type(error).__name__} at {_where(error)}: {str(error).splitlines()[0] if str(error) else ''}"
             warnings.warn(f"CUDA graph capture of the guidance JVP failed ({self.failure}); running it eagerly")
             torch.cuda.synchronize(x.device)
-            return self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v))
-        return self._checked_replay(f, x, v)
+        return result
 
     def _checked_replay(self, f, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         loss, h = self._replay(f, x, v)
         eager_loss, eager_h = self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v))
         self.check_error = max(relative_error(loss, eager_loss), relative_error(h, eager_h))
+        self.checked = True
         if not self.check_error <= self.tolerance:
             self.graph, self.static, self.key = None, {}, None
             self.failure = f"the replay differs from the eager JVP by {self.check_error:.2e} (relative)"
@@ -89,13 +100,20 @@ class GraphedJvp:
         return (f"CUDA graph {state} ({self.captures} capture(s), {self.replays} replay(s), "
                 f"{self.eager_calls} eager JVP(s){check})")
 
-    def _on_stream(self, run):
+    def _on_stream(self, run, sync_debug: bool = False):
         self.eager_calls += 1
         self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):
-            loss, h = run()
-            loss, h = loss.detach().clone(), h.detach().clone()
-        torch.cuda.current_stream().wait_stream(self.stream)
+        previous = torch.cuda.get_sync_debug_mode()
+        try:
+            with torch.cuda.stream(self.stream):
+                if sync_debug:
+                    torch.cuda.set_sync_debug_mode("error")
+                loss, h = run()
+                torch.cuda.set_sync_debug_mode(previous)
+                loss, h = loss.detach().clone(), h.detach().clone()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+            torch.cuda.current_stream().wait_stream(self.stream)
         return loss, h
 
     def _capture(self, f, x: Tensor, v: Tensor, key) -> None:
@@ -109,7 +127,7 @@ class GraphedJvp:
         with torch.cuda.graph(graph, stream=self.stream):
             static["loss"], static["h"] = forward_gradient.directional_derivative(traverse, static["x"], static["v"])
         torch.cuda.current_stream().wait_stream(self.stream)
-        self.graph, self.static, self.key, self.pending = graph, static, key, None
+        self.graph, self.static, self.key, self.pending, self.checked = graph, static, key, None, False
         self.captures += 1
 
     def _replay(self, f, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,6 +149,12 @@ def capture_refusal() -> str | None:
         return ("PyTorch runs the cudaMallocAsync allocator (ComfyUI's default on CUDA), where a failed capture "
                 "aborted the server; start ComfyUI with --disable-cuda-malloc to allow CUDA graphs")
     return None
+
+
+def _where(error: BaseException) -> str:
+    """file:line of the innermost frame outside torch in an exception's traceback."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "/torch/" not in f.filename]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
 def relative_error(a: Tensor, b: Tensor) -> float:
