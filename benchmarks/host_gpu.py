@@ -27,8 +27,9 @@ Each row: {"case", "method", "dynamic_vram", "peak_gb", "report_peak_gb", "secon
 `seconds_warm_sampler` (the sampler node's own time from its report: the rest of a prompt is loading and the
 other nodes), `triton_cache_entries` (files in Triton's on-disk kernel cache when the row's host started: 0 means
 the first prompt compiled the JVP attention kernels) and `forward_ad` (the report's attention-route / CUDA-graph
-line). `--profile` runs one more prompt per TITAN row under torch.profiler (guidance_core/profiling.py: phases,
-kernel launches, top operators) and keeps its summary in the row (`profile`). `--dynamic-vram on|off` picks the mode(s) of ComfyUI
+line). `--profile` runs one more prompt per TITAN row, profiled (guidance_core/profiling.py), and keeps its
+summary in the row (`profile`): on the CPU torch.profiler's phases and operators, on CUDA each phase's time
+between device synchronisations (torch.profiler hung ComfyUI's prompt thread on an H200, CPU activity alone too). `--dynamic-vram on|off` picks the mode(s) of ComfyUI
 0.33 (off = --disable-dynamic-vram; on is 0.33's default on CUDA); hosts without the flag (0.3.x) run `off` only.
 
 On the H200 (no internet): first, with internet, `bash benchmarks/gpu_prepare.sh` (the missing packages, the lean
@@ -341,8 +342,9 @@ def main(argv=None) -> int:
                     folder = Path(os.environ["TITAN_PROFILE_DIR"])
                     folder.mkdir(parents=True, exist_ok=True)
                     (folder / "profile_next").touch()
-                    run_prompt(host, prompts(info, options.frames, options.size, options.steps, 99,
-                                             options.smoke)[method], timeout=left())
+                    # synchronised phases cost little: a profiled prompt past twice the slowest warm run has hung
+                    run_prompt(host, prompts(info, options.frames, options.size, options.steps, 99, options.smoke)[
+                        method], timeout=min(left(), 2 * max(w["seconds"] for w in warm_runs) + 60))
                     row["profile"] = json.loads((folder / "profile.json").read_text(encoding="utf-8"))
                     print(f"[host_gpu] profile of one warm {method} run:\n" + (folder / "profile.txt").read_text(),
                           flush=True)

@@ -8,10 +8,11 @@ guidance_core puts around its parts (titan.py, decode.py, video_frames.py); nest
 CUDA a profiled run also times each phase between device synchronisations (`phase_seconds_synchronised`): the
 GPU work a CPU-only profile cannot see, at the price of the synchronisations.
 
-Only CPU activity is recorded unless TITAN_PROFILE_CUDA=1: inside ComfyUI's prompt worker thread, CUPTI's
-start failed on an H200 ("External init callback must run in same thread as registerClient") and the prompt
-hung. The CPU side is what the node path is bound by: a phase's CPU time and its operator count show the
-dispatch cost; `cuda_sync_s` is the time spent waiting for the GPU in synchronising calls.
+On a CUDA machine torch.profiler is not started unless TITAN_PROFILE_CUDA=1: inside ComfyUI's prompt worker
+thread its start failed on an H200 ("External init callback must run in same thread as registerClient") and the
+prompt hung, with CPU activity alone too. There a profiled run records only the synchronised phase times
+below; operator counts come from a CPU run of the same networks (benchmarks/host_gpu.py --cpu), since they do
+not depend on the device. `cuda_sync_s` is the time spent waiting for the GPU in synchronising calls.
 """
 from __future__ import annotations
 
@@ -100,6 +101,11 @@ def summarize(events, wall_seconds: float, top: int = 15, ops_by_phase: dict | N
 def format_summary(summary: dict) -> str:
     """The summary as a plain-text table."""
     wall = summary["wall_s"]
+    synchronised = summary.get("phase_seconds_synchronised") or {}
+    timing = ["phase wall time between device synchronisations (GPU work included):"] + [
+        f"  {name:28} {seconds:8.2f} s" for name, seconds in synchronised.items()] if synchronised else []
+    if "aten_ops" not in summary:  # a CUDA run without torch.profiler
+        return "\n".join([f"profiled run: {wall:.2f} s wall (synchronised phases, no torch.profiler)"] + timing)
     lines = [f"profiled run: {wall:.2f} s wall (profiler on), {summary['aten_ops']} aten ops, waiting in "
              f"synchronising calls {summary['cuda_sync_s']:.2f} s; device busy {summary['device_busy_s']:.2f} s, "
              f"{summary['kernel_launches']} kernel launches (0 without TITAN_PROFILE_CUDA=1)",
@@ -107,9 +113,7 @@ def format_summary(summary: dict) -> str:
     lines += [f"{name:28} {p['calls']:6d} {p['cpu_s']:8.2f} {p['device_s']:9.2f} {p['own_aten_ops']:13d}"
               for name, p in summary["phases"].items()]
     lines.append(f"aten ops outside every phase: {summary['aten_ops_outside_phases']}")
-    if summary.get("phase_seconds_synchronised"):
-        lines.append("phase wall time between device synchronisations (GPU work included): " + ", ".join(
-            f"{name} {seconds:.2f} s" for name, seconds in summary["phase_seconds_synchronised"].items()))
+    lines += timing
     tables = (("top_device", "self device time"),) if summary["device_busy_s"] > 0 else ()
     for key, title in tables + (("top_cpu", "self CPU time"),):
         lines += ["", f"operators by {title}:", f"{'op':48} {'calls':>7} {'device s':>9} {'CPU s':>8}"]
@@ -127,20 +131,22 @@ def profiled_if_requested(folder: str | None = None) -> Iterator[None]:
         yield
         return
     request.unlink()
-    cuda = torch.cuda.is_available() and os.environ.get("TITAN_PROFILE_CUDA") == "1"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    on_gpu = torch.cuda.is_available()
+    use_profiler = not on_gpu or os.environ.get("TITAN_PROFILE_CUDA") == "1"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     started = time.perf_counter()
-    times = {} if torch.cuda.is_available() else None
+    times = {} if on_gpu else None
     token = _synchronised_times.set(times)
     try:
-        with profile(activities=activities) as profiler:
+        with profile(activities=activities) if use_profiler else contextlib.nullcontext() as profiler:
             yield
-            if torch.cuda.is_available():
+            if on_gpu:
                 torch.cuda.synchronize()
     finally:
         _synchronised_times.reset(token)
-    summary = summarize(profiler.key_averages(), time.perf_counter() - started,
-                        ops_by_phase=aten_ops_by_phase(profiler.events()))
+    wall = time.perf_counter() - started
+    summary = summarize(profiler.key_averages(), wall, ops_by_phase=aten_ops_by_phase(profiler.events())) \
+        if use_profiler else {"wall_s": wall, "phases": {}}
     summary["phase_seconds_synchronised"] = times
     Path(folder, "profile.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     Path(folder, "profile.txt").write_text(format_summary(summary) + "\n", encoding="utf-8")
