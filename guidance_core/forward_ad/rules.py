@@ -83,10 +83,6 @@ def _tangent(t) -> bool:
     return t is not None and fwAD.unpack_dual(t).tangent is not None
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def _channel_view(weight, ndim: int):
     return None if weight is None else weight.reshape(weight.shape[0], *[1] * (ndim - 2))
 
@@ -97,56 +93,59 @@ def _affine(normed, weight, bias):
     return normed * weight if bias is None else torch.addcmul(bias, normed, weight)
 
 
-def _normalised_tangent(t, normed, rstd, dims):
-    """d(x_hat) for x_hat = (x - mean) * rstd over `dims`: rstd * (t - mean(t) - x_hat * mean(x_hat * t))."""
-    return (t - t.mean(dims, keepdim=True) - normed * (normed * t).mean(dims, keepdim=True)) * rstd
+def _scaled(t, weight):
+    return t if weight is None else t * weight
 
+
+# A norm without its affine part has a symmetric Jacobian, rstd * (I - 11^T / n - x_hat x_hat^T / n) for
+# group / layer norm and rstd * (I - x x^T rstd^2 / n) for RMS norm, so its JVP is its vector-Jacobian product:
+# the tangent is the fused backward kernel applied to the input's tangent (one kernel, float accumulation for
+# half inputs), times the weight.
 
 def _lean_group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
-    """F.group_norm with the lean forward rule (73 aten ops per JVP against the builtin rule's 193)."""
+    """F.group_norm with the lean forward rule (tangent from the fused backward kernel; see above)."""
     primal, tangent = fwAD.unpack_dual(input)
     if tangent is None or _tangent(weight) or _tangent(bias):
         if tangent is not None:  # the builtin rule views its tangent: a strided one needs a contiguous copy
             input = input.clone(memory_format=torch.contiguous_format)
         return _norm_builtin["group_norm"](input, num_groups, weight, bias, eps)
     n, c = primal.shape[0], primal.shape[1]
+    hw = primal[0, 0].numel()
     primal = primal.contiguous()  # as F.group_norm does; a no-op for the usual contiguous activation
-    normed, _, rstd = torch.native_group_norm(primal, None, None, n, c, primal[0, 0].numel(), num_groups, eps)
-    work = _work_dtype(primal.dtype)
-    groups = (n, num_groups, -1)
-    t = _normalised_tangent(tangent.reshape(groups).to(work), normed.reshape(groups).to(work),
-                            rstd.reshape(n, num_groups, 1).to(work), -1).reshape(primal.shape)
+    normed, mean, rstd = torch.native_group_norm(primal, None, None, n, c, hw, num_groups, eps)
+    t = torch.ops.aten.native_group_norm_backward(tangent.contiguous(), primal, mean, rstd, None, n, c, hw,
+                                                  num_groups, [True, False, False])[0]
     w, b = _channel_view(weight, primal.dim()), _channel_view(bias, primal.dim())
-    return fwAD.make_dual(_affine(normed, w, b), (t if w is None else t * w).to(primal.dtype))
+    return fwAD.make_dual(_affine(normed, w, b), _scaled(t, w))
 
 
 def _lean_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    """F.layer_norm with the lean forward rule; the tangent is computed in float32 for half inputs (CUDA's fused
-    builtin rule returned a float32 tangent for them, which SDPA and matmuls refused)."""
+    """F.layer_norm with the lean forward rule. The tangent has the input's dtype (CUDA's fused builtin rule gave
+    a float32 tangent for half inputs, which SDPA and matmuls refused)."""
     primal, tangent = fwAD.unpack_dual(input)
     if tangent is None or _tangent(weight) or _tangent(bias):
         return _upcast_half(_norm_builtin["layer_norm"], input, normalized_shape, weight, bias, eps)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    normed, _, rstd = torch.native_layer_norm(primal, shape, None, None, eps)
-    work = _work_dtype(primal.dtype)
-    dims = tuple(range(-len(shape), 0))
-    t = _normalised_tangent(tangent.to(work), normed.to(work), rstd.to(work), dims)
-    return fwAD.make_dual(_affine(normed, weight, bias), (t if weight is None else t * weight).to(primal.dtype))
+    primal = primal.contiguous()
+    normed, mean, rstd = torch.native_layer_norm(primal, shape, None, None, eps)
+    t = torch.ops.aten.native_layer_norm_backward(tangent.contiguous(), primal, shape, mean, rstd, None, None,
+                                                  [True, False, False])[0]
+    return fwAD.make_dual(_affine(normed, weight, bias), _scaled(t, weight))
 
 
 def _lean_rms_norm(input, normalized_shape, weight=None, eps=None):
-    """F.rms_norm with the lean forward rule (tangent in float32 for half inputs, as layer_norm's)."""
+    """F.rms_norm with the lean forward rule (tangent in the input's dtype, as layer_norm's)."""
     primal, tangent = fwAD.unpack_dual(input)
     if tangent is None or _tangent(weight):
         return _upcast_half(_norm_builtin["rms_norm"], input, normalized_shape, weight, eps)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    out = _norm_builtin["rms_norm"](primal, shape, weight, eps)
     dims = tuple(range(-len(shape), 0))
-    work = _work_dtype(primal.dtype)
+    work = torch.float32 if primal.dtype in (torch.float16, torch.bfloat16) else primal.dtype
     x, t = primal.to(work), tangent.to(work)
     rstd = torch.rsqrt(x.square().mean(dims, keepdim=True) + (torch.finfo(primal.dtype).eps if eps is None else eps))
     t = (t - x * rstd.square() * (x * t).mean(dims, keepdim=True)) * rstd
-    out = _norm_builtin["rms_norm"](primal, shape, weight, eps)
-    return fwAD.make_dual(out, (t if weight is None else t * weight).to(primal.dtype))
+    return fwAD.make_dual(out, _scaled(t, weight).to(primal.dtype))
 
 
 def _upcast_half(norm, input, *args):
@@ -164,9 +163,10 @@ LEAN_NORMS = {"group_norm": _lean_group_norm, "layer_norm": _lean_layer_norm, "r
 def lean_norms():
     """Scope in which F.group_norm / layer_norm / rms_norm use the lean forward rules (restored on exit).
 
-    The builtin rules cost several times the norm: group_norm's dispatched 193 aten ops against 73 (zero
-    tangents of the frozen affine parameters materialised and multiplied). The lean rules compute the normalised primal once and its tangent as
-    rstd * (t - mean(t) - x_hat * mean(x_hat * t)), times the weight. They also fix two builtin-rule faults:
-    group_norm's rule views its tangent (a strided tangent failed), and CUDA's fused layer_norm / rms_norm
-    rules give a float32 tangent for a half input (an H200 JVP of fp16 Wan 2.1 failed in SDPA on it)."""
+    The builtin rules cost several times the norm: group_norm's dispatched 193 aten ops (zero tangents of the
+    frozen affine parameters materialised and multiplied). The lean rules run the normalisation once and take
+    the tangent from the fused backward kernel (group / layer norm), times the weight. They also fix two
+    builtin-rule faults: group_norm's rule views its tangent (a strided tangent failed), and CUDA's fused
+    layer_norm / rms_norm rules give a float32 tangent for a half input (an H200 JVP of fp16 Wan 2.1 failed in
+    SDPA on it)."""
     return replaced_functions(LEAN_NORMS)
