@@ -184,9 +184,14 @@ def _chunked_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, m
     budget = current_settings().max_score_bytes if max_score_bytes is None else max_score_bytes
     queries = q.shape[-2]
     rows = math.prod(q.shape[:-2]) if q.dim() > 2 else 1
-    per_query = rows * k.shape[-2] * q.element_size() * 2  # scores and their tangent
+    per_query = rows * k.shape[-2] * q.element_size() * 4  # scores, probabilities and two tangent-sized terms
     chunk = max(1, budget // max(per_query, 1))
     kwargs = dict(dropout_p=dropout_p, scale=scale, enable_gqa=enable_gqa)
+    plain = attn_mask is None and not dropout_p and not is_causal and not enable_gqa and k.shape[:-2] == q.shape[:-2]
+    duals = [fwAD.unpack_dual(t) for t in (q, k, v)]
+    if plain and any(d.tangent is not None for d in duals):
+        parts = [lean_math_attention(*duals, slice(start, start + chunk), scale) for start in range(0, queries, chunk)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
     if chunk >= queries or is_causal:  # causal masks depend on absolute query positions: one call
         return _builtin_sdpa(q, k, v, attn_mask, is_causal=is_causal, **kwargs)
     outs = []
@@ -196,6 +201,33 @@ def _chunked_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, m
             mask = mask[..., start:start + chunk, :]
         outs.append(_builtin_sdpa(q[..., start:start + chunk, :], k, v, mask, **kwargs))
     return torch.cat(outs, dim=-2)
+
+
+def lean_math_attention(q, k, v, rows: slice, scale: float | None):
+    """softmax(q k^T s) v and its tangent for query rows `rows`, written out (q, k, v: unpacked duals):
+    dS = (dq k^T + q dk^T) s, dP = P * (dS - rowsum(P * dS)), dO = dP v + P dv. The builtin MATH rule dispatches
+    several times the kernels (scale applied to q and k with zero-tangent scalars, a safe softmax with its masks,
+    products with zero tangents for cross-attention's constant keys and values)."""
+    (qp, qt), (kp, kt), (vp, vt) = q, k, v
+    qp = qp[..., rows, :]
+    qt = None if qt is None else qt[..., rows, :]
+    scale = qp.shape[-1] ** -0.5 if scale is None else scale
+    kp_t = kp.transpose(-2, -1)
+    probs = torch.softmax(torch.matmul(qp, kp_t) * scale, dim=-1)
+    out = torch.matmul(probs, vp)
+    scores_t = None if qt is None else torch.matmul(qt, kp_t)
+    if kt is not None:
+        term = torch.matmul(qp, kt.transpose(-2, -1))
+        scores_t = term if scores_t is None else scores_t + term
+    out_t = None
+    if scores_t is not None:
+        weighted = probs * scores_t
+        probs_t = torch.addcmul(weighted, probs, weighted.sum(-1, keepdim=True), value=-1) * scale
+        out_t = torch.matmul(probs_t, vp)
+    if vt is not None:
+        term = torch.matmul(probs, vt)
+        out_t = term if out_t is None else out_t + term
+    return fwAD.make_dual(out, out_t)
 
 
 def forward_ad_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
