@@ -60,8 +60,9 @@ def _device_us(event, self_only: bool = False) -> float:
     return next((float(getattr(event, n)) for n in names if hasattr(event, n)), 0.0)
 
 
-def aten_ops_by_phase(events) -> dict:
-    """aten operator calls per innermost phase label ("other": outside every phase), from profiler.events()."""
+def aten_ops_by_phase(events, names: dict | None = None) -> dict:
+    """aten operator calls per innermost phase label ("other": outside every phase), from profiler.events();
+    `names`, if given, receives {phase: {operator: calls}}."""
     counts: dict = {}
     for event in events:
         if not event.name.startswith("aten::"):
@@ -71,6 +72,9 @@ def aten_ops_by_phase(events) -> dict:
             parent = parent.cpu_parent
         phase = parent.name if parent is not None else "other"
         counts[phase] = counts.get(phase, 0) + 1
+        if names is not None:
+            by_name = names.setdefault(phase, {})
+            by_name[event.name] = by_name.get(event.name, 0) + 1
     return counts
 
 
@@ -145,8 +149,12 @@ def profiled_if_requested(folder: str | None = None) -> Iterator[None]:
     finally:
         _synchronised_times.reset(token)
     wall = time.perf_counter() - started
-    summary = summarize(profiler.key_averages(), wall, ops_by_phase=aten_ops_by_phase(profiler.events())) \
+    names: dict = {}
+    summary = summarize(profiler.key_averages(), wall, ops_by_phase=aten_ops_by_phase(profiler.events(), names)) \
         if use_profiler else {"wall_s": wall, "phases": {}}
+    for phase_name, by_name in names.items():  # each phase's most frequent operators
+        if phase_name in summary["phases"]:
+            summary["phases"][phase_name]["top_ops"] = dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:12])
     summary["phase_seconds_synchronised"] = times
     Path(folder, "profile.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     Path(folder, "profile.txt").write_text(format_summary(summary) + "\n", encoding="utf-8")

@@ -9,6 +9,7 @@ import dataclasses
 from . import baselines
 from . import update as core_update
 from .guesses import EXPANSIONS, FRAME_CHOICES, GUESS_KINDS, make_guess
+from .forward_gradient import DEFAULT_ESTIMATOR
 from .titan import Titan
 from .steps import STEPS, derived_seed
 from .update import strength_schedule
@@ -167,8 +168,9 @@ class MethodSpec:
                           schedule=settings.schedule, optimizer=settings.optimizer, iterations=settings.iterations,
                           max_grad_norm=settings.max_grad_norm or None, per_frame=settings.per_frame, **window)
             if self.kind == "titan":
-                estimator = o.get("estimator", "jvp")
-                return Titan(guess=guess, estimator=estimator, cuda_graph=cuda_graph and estimator == "jvp", **common)
+                estimator = o.get("estimator", DEFAULT_ESTIMATOR)
+                return Titan(guess=guess, estimator=estimator,
+                             cuda_graph=cuda_graph and estimator in ("jvp", "dual"), **common)
             return baselines.ExactGradient(checkpointed=self.checkpointed, **common)
         # node option name -> constructor argument; absent options keep the baseline's own default
         renames = {"freedom": {"freedom_rho": "rho", "freedom_schedule": "rho_schedule", "freedom_repeats": "repeats"},

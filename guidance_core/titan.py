@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .forward_ad.cuda_graph import GraphedJvp
-from .forward_gradient import ESTIMATORS, forward_gradient
+from .forward_gradient import DEFAULT_ESTIMATOR, ESTIMATORS, forward_gradient
 from .guesses import GuessContext, RandomGuess
 from .layout import Layout
 from .profiling import phase
@@ -145,7 +145,7 @@ class Titan(LookaheadGuidance):
     """TITAN-Guide: the gradient of f comes from forward-mode passes along the guess's tangents."""
 
     guess: object = field(default_factory=RandomGuess)
-    estimator: str = "jvp"
+    estimator: str = DEFAULT_ESTIMATOR
     delta: float = 1e-3
     cuda_graph: bool = False  # replay the JVP as a CUDA graph (fixed look-ahead; see cuda_graph.py)
 
@@ -153,9 +153,10 @@ class Titan(LookaheadGuidance):
         super().__post_init__()
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {ESTIMATORS}")
-        if self.cuda_graph and self.estimator != "jvp":
-            raise ValueError(f"cuda_graph replays torch.func.jvp; it needs estimator 'jvp', got {self.estimator!r}")
-        self.graphs = GraphedJvp() if self.cuda_graph else None
+        if self.cuda_graph and self.estimator not in ("jvp", "dual"):
+            raise ValueError(f"cuda_graph replays a forward-mode pass; it needs estimator 'dual' or 'jvp', got "
+                             f"{self.estimator!r}")
+        self.graphs = GraphedJvp(self.estimator) if self.cuda_graph else None
 
     def estimate(self, f, x, i, ctx):
         sigma = ctx.sigmas[i]

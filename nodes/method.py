@@ -6,7 +6,7 @@ from ..comfy_v3 import io
 
 from .. import guidance_core as core
 from ..guidance_core.baselines import BASELINE_UPDATES, freedom, mpgd
-from ..guidance_core.forward_gradient import ESTIMATORS
+from ..guidance_core.forward_gradient import DEFAULT_ESTIMATOR, ESTIMATORS
 from ..guidance_core.run_config import METHOD_DESCRIPTIONS, METHOD_KINDS, GuidanceSettings, MethodSpec
 from .run_harness import checked_inputs
 from .sockets import SENT_VALUE_INPUTS, TitanMethod, node_schema
@@ -21,9 +21,9 @@ class TitanGuidanceMethod(io.ComfyNode):
         return node_schema(cls, "TITAN Guidance Method", hidden=SENT_VALUE_INPUTS, inputs=[
                 io.Combo.Input("method", options=list(METHOD_KINDS), default="titan",
                                tooltip="; ".join(f"{k}: {METHOD_DESCRIPTIONS[k]}" for k in METHOD_KINDS) + "."),
-                io.Combo.Input("estimator", options=list(ESTIMATORS), default="jvp",
-                               tooltip="titan: jvp (torch.func.jvp), dual (autograd.forward_ad: tolerates in-place "
-                                       "ops and hooks) or central_difference (two forward passes, no AD)."),
+                io.Combo.Input("estimator", options=list(ESTIMATORS), default=DEFAULT_ESTIMATOR,
+                               tooltip="titan: dual (autograd.forward_ad, the fastest), jvp (torch.func.jvp, the same "
+                                       "values) or central_difference (two forward passes, no AD)."),
                 io.Boolean.Input("checkpoint", default=False, tooltip="exact_gradient / freedom / tfg: recompute "
                                  "activations in the backward pass (less memory, more time)."),
                 io.Combo.Input("baseline_update", options=list(BASELINE_UPDATES), default="plain",

@@ -29,7 +29,7 @@ PROMPT_KNOBS = {**GUIDANCE_DEFAULTS, "strength": 0.1, "guidance_end": 1.0, "opti
 GUESS_DEFAULTS = {"kind": "random", "k": 1, "sampled_frames": 2, "frame_choice": "even", "frame_indices": "",
                   "expansion": "tile", "random_weight": 0.5}
 
-METHOD_DEFAULTS = {"method": "titan", "estimator": "jvp", "checkpoint": False, "baseline_update": "plain",
+METHOD_DEFAULTS = {"method": "titan", "estimator": "dual", "checkpoint": False, "baseline_update": "plain",
                    "freedom_rho": 1.0,
                    "freedom_schedule": "sqrt_alpha", "freedom_repeats": 1, "mpgd_scale": 1.0,
                    "mpgd_schedule": "constant", "mpgd_iterations": 1, "tfg_rho": 1.0, "tfg_mu": 1.0,

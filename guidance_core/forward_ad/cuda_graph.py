@@ -40,7 +40,8 @@ def requested() -> bool:
 class GraphedJvp:
     """`(f(x), <grad f(x), v>)` for a traverse `f` with `.sigmas`, `.with_sigmas()` and `.graph_key()`."""
 
-    def __init__(self):
+    def __init__(self, estimator: str = "dual"):
+        self.estimator = estimator  # "dual" or "jvp" (forward_gradient.directional_derivative's)
         self.key = None
         self.pending = None
         self.graph = None
@@ -59,7 +60,7 @@ class GraphedJvp:
         if self.stream is None:
             self.stream = torch.cuda.Stream(device=x.device)
             self.failure = capture_refusal()
-        eager = (lambda: forward_gradient.directional_derivative(f, x, v))
+        eager = (lambda: forward_gradient.directional_derivative(f, x, v, self.estimator))
         if key == self.key:
             return self._replay(f, x, v) if self.checked else self._checked_replay(f, x, v)
         if self.failure is not None or key != self.pending:
@@ -84,7 +85,7 @@ class GraphedJvp:
 
     def _checked_replay(self, f, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         loss, h = self._replay(f, x, v)
-        eager_loss, eager_h = self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v))
+        eager_loss, eager_h = self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v, self.estimator))
         self.check_error = max(relative_error(loss, eager_loss), relative_error(h, eager_h))
         self.checked = True
         if not self.check_error <= self.tolerance:
@@ -125,7 +126,8 @@ class GraphedJvp:
         graph = torch.cuda.CUDAGraph()
         self.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.graph(graph, stream=self.stream):
-            static["loss"], static["h"] = forward_gradient.directional_derivative(traverse, static["x"], static["v"])
+            static["loss"], static["h"] = forward_gradient.directional_derivative(traverse, static["x"], static["v"],
+                                                                                            self.estimator)
         torch.cuda.current_stream().wait_stream(self.stream)
         self.graph, self.static, self.key, self.pending, self.checked = graph, static, key, None, False
         self.captures += 1

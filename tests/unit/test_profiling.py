@@ -67,12 +67,16 @@ def test_cuda_graph_switch_reads_the_environment_and_refuses_other_values(monkey
         core.cuda_graph_requested()
 
 
-def test_method_spec_builds_graphs_only_for_the_jvp_estimator():
+def test_method_spec_builds_graphs_only_for_forward_mode_estimators():
     settings = core.GuidanceSettings()
     guess = core.RandomGuess()
-    assert core.MethodSpec("titan", ()).build(settings, guess, cuda_graph=True).graphs is not None
+    graphs = core.MethodSpec("titan", ()).build(settings, guess, cuda_graph=True).graphs
+    assert graphs is not None and graphs.estimator == "dual"  # the default estimator
     assert core.MethodSpec("titan", ()).build(settings, guess).graphs is None
-    assert core.MethodSpec("titan", (("estimator", "dual"),)).build(settings, guess, cuda_graph=True).graphs is None
+    assert core.MethodSpec("titan", (("estimator", "jvp"),)).build(settings, guess, cuda_graph=True).graphs.estimator \
+        == "jvp"
+    assert core.MethodSpec("titan", (("estimator", "central_difference"),)).build(
+        settings, guess, cuda_graph=True).graphs is None
 
 
 def test_replay_check_error_is_relative_and_flags_non_finite_values():

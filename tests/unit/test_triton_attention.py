@@ -134,6 +134,16 @@ def test_dual_attention_under_torch_func_jvp():
     assert relative_error(out, expected) < 2e-5 and relative_error(out_t, expected_t) < 2e-5
 
 
+def test_dual_attention_under_autograd_forward_ad():
+    """The default estimator ("dual") hands the kernel autograd.forward_ad duals, not torch.func's wrappers."""
+    fwAD = torch.autograd.forward_ad
+    q, k, v, q_t, k_t, v_t = inputs(23, 18, 40)
+    with fwAD.dual_level():
+        out = fwAD.unpack_dual(ta.dual_attention(fwAD.make_dual(q, q_t), fwAD.make_dual(k, k_t), v))
+    expected, expected_t = reference(q, k, v, q_t, k_t, None)
+    assert relative_error(out.primal, expected) < 2e-5 and relative_error(out.tangent, expected_t) < 2e-5
+
+
 def test_dual_attention_without_tangents_returns_the_plain_output():
     q, k, v, *_ = inputs(18, 18, 32)
     out = ta.dual_attention(q, k, v)
