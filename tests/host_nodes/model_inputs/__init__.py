@@ -1,6 +1,7 @@
 """A test-only node for host tests of packed latents (LTX-2's audio+video): it returns a clone of the MODEL whose every
-plain model call (outside forward-mode passes, whose inputs are functorch-wrapped) appends the call's timestep and
-input latent to a list saved with torch.save as output/<filename> after each call. The input MODEL is not changed."""
+plain model call (outside forward-mode passes, whose inputs are forward-AD duals or functorch-wrapped) appends the
+call's timestep and input latent to a list saved with torch.save as output/<filename> after each call. The input
+MODEL is not changed."""
 
 import os
 
@@ -26,7 +27,9 @@ class TestRecordModelInputs:
 
         def record(apply_model, args):
             x = args["input"]
-            if not torch._C._functorch.is_functorch_wrapped_tensor(x):
+            forward_mode = torch._C._functorch.is_functorch_wrapped_tensor(x) or \
+                torch.autograd.forward_ad.unpack_dual(x).tangent is not None
+            if not forward_mode:
                 calls.append({"timestep": args["timestep"].detach().float().cpu().clone(),
                               "input": x.detach().float().cpu().clone()})
                 torch.save(calls, path)
