@@ -105,10 +105,11 @@ def _scaled(t, weight):
 def _lean_group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     """F.group_norm with the lean forward rule (tangent from the fused backward kernel; see above)."""
     primal, tangent = fwAD.unpack_dual(input)
-    if tangent is None or _tangent(weight) or _tangent(bias):
-        if tangent is not None:  # the builtin rule views its tangent: a strided one needs a contiguous copy
-            input = input.clone(memory_format=torch.contiguous_format)
+    if tangent is None:
         return _norm_builtin["group_norm"](input, num_groups, weight, bias, eps)
+    if _tangent(weight) or _tangent(bias):  # the builtin rule views its tangent: a strided one needs a copy
+        return _norm_builtin["group_norm"](input.clone(memory_format=torch.contiguous_format), num_groups, weight,
+                                           bias, eps)
     n, c = primal.shape[0], primal.shape[1]
     hw = primal[0, 0].numel()
     primal = primal.contiguous()  # as F.group_norm does; a no-op for the usual contiguous activation
@@ -123,7 +124,9 @@ def _lean_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """F.layer_norm with the lean forward rule. The tangent has the input's dtype (CUDA's fused builtin rule gave
     a float32 tangent for half inputs, which SDPA and matmuls refused)."""
     primal, tangent = fwAD.unpack_dual(input)
-    if tangent is None or _tangent(weight) or _tangent(bias):
+    if tangent is None:
+        return _norm_builtin["layer_norm"](input, normalized_shape, weight, bias, eps)
+    if _tangent(weight) or _tangent(bias):
         return _upcast_half(_norm_builtin["layer_norm"], input, normalized_shape, weight, bias, eps)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     primal = primal.contiguous()
@@ -136,7 +139,9 @@ def _lean_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def _lean_rms_norm(input, normalized_shape, weight=None, eps=None):
     """F.rms_norm with the lean forward rule (tangent in the input's dtype, as layer_norm's)."""
     primal, tangent = fwAD.unpack_dual(input)
-    if tangent is None or _tangent(weight):
+    if tangent is None:
+        return _norm_builtin["rms_norm"](input, normalized_shape, weight, eps)
+    if _tangent(weight):
         return _upcast_half(_norm_builtin["rms_norm"], input, normalized_shape, weight, eps)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     out = _norm_builtin["rms_norm"](primal, shape, weight, eps)
@@ -149,7 +154,8 @@ def _lean_rms_norm(input, normalized_shape, weight=None, eps=None):
 
 
 def _upcast_half(norm, input, *args):
-    """The builtin norm, in float32 for a half input (cast back): the fallback when weights carry tangents."""
+    """The builtin norm, in float32 for a half input (cast back): the fallback when weights carry tangents (the
+    builtin rule's tangent would be float32 on CUDA)."""
     if input.dtype not in (torch.float16, torch.bfloat16):
         return norm(input, *args)
     up = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
@@ -163,7 +169,7 @@ LEAN_NORMS = {"group_norm": _lean_group_norm, "layer_norm": _lean_layer_norm, "r
 def lean_norms():
     """Scope in which F.group_norm / layer_norm / rms_norm use the lean forward rules (restored on exit).
 
-    The builtin rules cost several times the norm: group_norm's dispatched 193 aten ops (zero tangents of the
+    The builtin rules cost several times the norm: group_norm's dispatched 187 aten ops (zero tangents of the
     frozen affine parameters materialised and multiplied). The lean rules run the normalisation once and take
     the tangent from the fused backward kernel (group / layer norm), times the weight. They also fix two
     builtin-rule faults: group_norm's rule views its tangent (a strided tangent failed), and CUDA's fused
