@@ -27,6 +27,8 @@ from typing import Iterator
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from .steps import reads_forbidden
+
 PHASES = ("titan.guess_denoise", "titan.guess", "titan.forward_gradient", "titan.lookahead",
           "titan.decode_and_objective", "titan.decode", "titan.sampler_step")
 REQUEST = "profile_next"
@@ -39,9 +41,10 @@ _synchronised_times: ContextVar[dict | None] = ContextVar("titan_phase_times", d
 @contextlib.contextmanager
 def phase(name: str) -> Iterator[None]:
     """A `record_function` label for the profiler; in a profiled CUDA run also the phase's wall time between
-    device synchronisations (GPU work included, which a CPU-only profile cannot see; not while capturing)."""
+    device synchronisations (GPU work included, which a CPU-only profile cannot see; not while capturing or in
+    GraphedJvp's probe pass, where a synchronisation would fail)."""
     times = _synchronised_times.get()
-    if times is None or torch.cuda.is_current_stream_capturing():
+    if times is None or reads_forbidden():
         with record_function(name):
             yield
         return

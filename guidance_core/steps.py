@@ -38,10 +38,16 @@ def with_checkpointing(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return lambda *args: checkpoint(fn, *args, use_reentrant=False)
 
 
+def reads_forbidden() -> bool:
+    """Whether nothing may synchronise with the GPU (call only where CUDA is in use): a CUDA graph is being
+    captured on the current stream, or PyTorch's sync debug mode is "error" (GraphedJvp's probe pass before a
+    capture, which must see what the capture sees)."""
+    return torch.cuda.is_current_stream_capturing() or torch.cuda.get_sync_debug_mode() == 2
+
+
 def capturing(tensor: Tensor) -> bool:
-    """Whether no check may read values back: a CUDA graph is being captured on the current stream, or PyTorch's
-    sync debug mode is "error" (GraphedJvp's probe pass before a capture, which must see what the capture sees)."""
-    return tensor.is_cuda and (torch.cuda.is_current_stream_capturing() or torch.cuda.get_sync_debug_mode() == 2)
+    """Whether no check may read `tensor`'s values back (see `reads_forbidden`)."""
+    return tensor.is_cuda and reads_forbidden()
 
 
 def _is_zero(sigma: Tensor) -> bool:
