@@ -17,6 +17,7 @@ from .forward_ad.attention import forward_ad_attention
 from .layout import Layout
 
 ESTIMATORS = ("jvp", "dual", "central_difference")
+FORWARD_MODE_ESTIMATORS = ("jvp", "dual")  # one forward-mode pass each: what a CUDA graph can replay
 # autograd.forward_ad's dual tensors: the same JVP as torch.func.jvp (equal to the last bit on the SD1.5 UNet) with
 # less dispatch per operator (functorch wraps every intermediate): 59 against 81 ms for a small SD1.5-layout UNet's
 # JVP on one CPU thread, where both are bound by dispatch, as the node path is on a GPU

@@ -9,7 +9,7 @@ import dataclasses
 from . import baselines
 from . import update as core_update
 from .guesses import EXPANSIONS, FRAME_CHOICES, GUESS_KINDS, make_guess
-from .forward_gradient import DEFAULT_ESTIMATOR
+from .forward_gradient import DEFAULT_ESTIMATOR, FORWARD_MODE_ESTIMATORS
 from .titan import Titan
 from .steps import STEPS, derived_seed
 from .update import strength_schedule
@@ -170,7 +170,7 @@ class MethodSpec:
             if self.kind == "titan":
                 estimator = o.get("estimator", DEFAULT_ESTIMATOR)
                 return Titan(guess=guess, estimator=estimator,
-                             cuda_graph=cuda_graph and estimator in ("jvp", "dual"), **common)
+                             cuda_graph=cuda_graph and estimator in FORWARD_MODE_ESTIMATORS, **common)
             return baselines.ExactGradient(checkpointed=self.checkpointed, **common)
         # node option name -> constructor argument; absent options keep the baseline's own default
         renames = {"freedom": {"freedom_rho": "rho", "freedom_schedule": "rho_schedule", "freedom_repeats": "repeats"},

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .forward_ad.cuda_graph import GraphedJvp
-from .forward_gradient import DEFAULT_ESTIMATOR, ESTIMATORS, forward_gradient
+from .forward_gradient import DEFAULT_ESTIMATOR, ESTIMATORS, FORWARD_MODE_ESTIMATORS, forward_gradient
 from .guesses import GuessContext, RandomGuess
 from .layout import Layout
 from .profiling import phase
@@ -153,7 +153,7 @@ class Titan(LookaheadGuidance):
         super().__post_init__()
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {ESTIMATORS}")
-        if self.cuda_graph and self.estimator not in ("jvp", "dual"):
+        if self.cuda_graph and self.estimator not in FORWARD_MODE_ESTIMATORS:
             raise ValueError(f"cuda_graph replays a forward-mode pass; it needs estimator 'dual' or 'jvp', got "
                              f"{self.estimator!r}")
         self.graphs = GraphedJvp(self.estimator) if self.cuda_graph else None

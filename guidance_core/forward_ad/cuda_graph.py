@@ -60,32 +60,32 @@ class GraphedJvp:
         if self.stream is None:
             self.stream = torch.cuda.Stream(device=x.device)
             self.failure = capture_refusal()
-        eager = (lambda: forward_gradient.directional_derivative(f, x, v, self.estimator))
         if key == self.key:
             return self._replay(f, x, v) if self.checked else self._checked_replay(f, x, v)
         if self.failure is not None or key != self.pending:
             self.pending = key
-            return self._on_stream(eager)
+            return self._eager(f, x, v)
         try:
-            result = self._on_stream(eager, sync_debug=True)
+            result = self._eager(f, x, v, sync_debug=True)
         except RuntimeError as error:
             if "synchronizing" not in str(error):
                 raise
             self.pending, self.failure = None, f"the traverse reads a value back from the GPU ({_where(error)})"
             warnings.warn(f"no CUDA graph for the guidance JVP: {self.failure}; running it eagerly")
-            return self._on_stream(eager)
+            return self._eager(f, x, v)
         try:
             self._capture(f, x, v, key)
         except Exception as error:  # the traverse is not capturable: run eagerly from now on, and say so
             self.graph, self.static, self.key = None, {}, None
-            self.failure = f"{type(error).__name__} at {_where(error)}: {str(error).splitlines()[0] if str(error) else ''}"
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            self.failure = f"{type(error).__name__} at {_where(error)}: {first_line}"
             warnings.warn(f"CUDA graph capture of the guidance JVP failed ({self.failure}); running it eagerly")
             torch.cuda.synchronize(x.device)
         return result
 
     def _checked_replay(self, f, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         loss, h = self._replay(f, x, v)
-        eager_loss, eager_h = self._on_stream(lambda: forward_gradient.directional_derivative(f, x, v, self.estimator))
+        eager_loss, eager_h = self._eager(f, x, v)
         self.check_error = max(relative_error(loss, eager_loss), relative_error(h, eager_h))
         self.checked = True
         if not self.check_error <= self.tolerance:
@@ -101,7 +101,8 @@ class GraphedJvp:
         return (f"CUDA graph {state} ({self.captures} capture(s), {self.replays} replay(s), "
                 f"{self.eager_calls} eager JVP(s){check})")
 
-    def _on_stream(self, run, sync_debug: bool = False):
+    def _eager(self, f, x: Tensor, v: Tensor, sync_debug: bool = False) -> tuple[Tensor, Tensor]:
+        """One eager forward-mode pass on the capture stream (`sync_debug`: any synchronisation raises)."""
         self.eager_calls += 1
         self.stream.wait_stream(torch.cuda.current_stream())
         previous = torch.cuda.get_sync_debug_mode()
@@ -109,8 +110,7 @@ class GraphedJvp:
             with torch.cuda.stream(self.stream):
                 if sync_debug:
                     torch.cuda.set_sync_debug_mode("error")
-                loss, h = run()
-                torch.cuda.set_sync_debug_mode(previous)
+                loss, h = forward_gradient.directional_derivative(f, x, v, self.estimator)
                 loss, h = loss.detach().clone(), h.detach().clone()
         finally:
             torch.cuda.set_sync_debug_mode(previous)

@@ -22,12 +22,16 @@ _builtin = {"conv1d": torch.conv1d, "conv2d": torch.conv2d, "conv3d": torch.conv
             "linear": torch._C._nn.linear}
 
 
+def _tangent(t) -> bool:
+    """Whether `t` (a tensor or None) carries a forward-mode tangent."""
+    return t is not None and fwAD.unpack_dual(t).tangent is not None
+
+
 def _lean(op_name: str, x, weight, bias, options: tuple):
     """op(x, W, b) and, when only x carries a tangent, op(x_t, W) as the output's tangent; else the builtin."""
     op = _builtin[op_name]
     primal, tangent = fwAD.unpack_dual(x)
-    if tangent is None or fwAD.unpack_dual(weight).tangent is not None or (
-            bias is not None and fwAD.unpack_dual(bias).tangent is not None):
+    if tangent is None or _tangent(weight) or _tangent(bias):
         return op(x, weight, bias, *options)
     return fwAD.make_dual(op(primal, weight, bias, *options), op(tangent, weight, None, *options))
 
@@ -77,10 +81,6 @@ def attributes_replaced(objects, name: str, value) -> Iterator[None]:
 def lean_linear_layers():
     """Scope in which F.conv1d/2d/3d and F.linear use the lean forward rule (restored on exit)."""
     return replaced_functions(LEAN)
-
-
-def _tangent(t) -> bool:
-    return t is not None and fwAD.unpack_dual(t).tangent is not None
 
 
 def _channel_view(weight, ndim: int):
