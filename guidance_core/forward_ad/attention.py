@@ -190,8 +190,7 @@ def _chunked_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, m
     plain = attn_mask is None and not dropout_p and not is_causal and not enable_gqa and k.shape[:-2] == q.shape[:-2]
     duals = [fwAD.unpack_dual(t) for t in (q, k, v)]
     if plain and any(d.tangent is not None for d in duals):
-        parts = [lean_math_attention(*duals, slice(start, start + chunk), scale) for start in range(0, queries, chunk)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+        return lean_math_attention(*duals, chunk, scale)
     if chunk >= queries or is_causal:  # causal masks depend on absolute query positions: one call
         return _builtin_sdpa(q, k, v, attn_mask, is_causal=is_causal, **kwargs)
     outs = []
@@ -203,31 +202,43 @@ def _chunked_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, m
     return torch.cat(outs, dim=-2)
 
 
-def lean_math_attention(q, k, v, rows: slice, scale: float | None):
-    """softmax(q k^T s) v and its tangent for query rows `rows`, written out (q, k, v: unpacked duals):
-    dS = (dq k^T + q dk^T) s, dP = P * (dS - rowsum(P * dS)), dO = dP v + P dv. The builtin MATH rule dispatches
-    several times the kernels (scale applied to q and k with zero-tangent scalars, a safe softmax with its masks,
-    products with zero tangents for cross-attention's constant keys and values)."""
+def lean_math_attention(q, k, v, chunk: int, scale: float | None):
+    """softmax(q k^T s) v and its tangent, `chunk` query rows at a time, written out (q, k, v: unpacked duals
+    with equal leading dims): dS = (dq k^T + q dk^T) s, dP = P * (dS - rowsum(P * dS)), dO = dP v + P dv. The
+    builtin MATH rule dispatches several times the kernels (scale applied to q and k with zero-tangent scalars, a
+    safe softmax with its masks, products with zero tangents for cross-attention's constant keys and values).
+    Each input is flattened to (batch, tokens, dim) once: a head-split view (b, h, n, d) cannot fold into one
+    batch dim, and every matmul would copy it again; the scale and the sums ride in baddbmm."""
     (qp, qt), (kp, kt), (vp, vt) = q, k, v
-    qp = qp[..., rows, :]
-    qt = None if qt is None else qt[..., rows, :]
+    lead, queries = qp.shape[:-2], qp.shape[-2]
     scale = qp.shape[-1] ** -0.5 if scale is None else scale
-    kp_t = kp.transpose(-2, -1)
-    probs = torch.softmax(torch.matmul(qp, kp_t) * scale, dim=-1)
-    out = torch.matmul(probs, vp)
-    scores_t = None if qt is None else torch.matmul(qt, kp_t)
-    if kt is not None:
-        term = torch.matmul(qp, kt.transpose(-2, -1))
-        scores_t = term if scores_t is None else scores_t + term
-    out_t = None
-    if scores_t is not None:
-        weighted = probs * scores_t
-        probs_t = torch.addcmul(weighted, probs, weighted.sum(-1, keepdim=True), value=-1) * scale
-        out_t = torch.matmul(probs_t, vp)
-    if vt is not None:
-        term = torch.matmul(probs, vt)
-        out_t = term if out_t is None else out_t + term
-    return fwAD.make_dual(out, out_t)
+    qp, qt, kp, kt, vp, vt = (None if t is None else t.reshape(-1, *t.shape[-2:]) for t in (qp, qt, kp, kt, vp, vt))
+    kp_t, kt_t = kp.transpose(1, 2), None if kt is None else kt.transpose(1, 2)
+    outs, out_ts = [], []
+    for start in range(0, queries, chunk):
+        rows = slice(start, start + chunk)
+        q_rows = qp[:, rows]
+        probs = torch.softmax(_scaled_bmm(None, q_rows, kp_t, scale), dim=-1)
+        outs.append(torch.bmm(probs, vp))
+        scores_t = None if qt is None else _scaled_bmm(None, qt[:, rows], kp_t, scale)
+        if kt_t is not None:
+            scores_t = _scaled_bmm(scores_t, q_rows, kt_t, scale)
+        out_t = None
+        if scores_t is not None:
+            weighted = probs * scores_t
+            out_t = torch.bmm(torch.addcmul(weighted, probs, weighted.sum(-1, keepdim=True), value=-1), vp)
+        if vt is not None:
+            out_t = torch.bmm(probs, vt) if out_t is None else out_t.baddbmm_(probs, vt)
+        out_ts.append(out_t)
+    out, out_t = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) for parts in (outs, out_ts))
+    return fwAD.make_dual(out.reshape(*lead, queries, -1), out_t.reshape(*lead, queries, -1))
+
+
+def _scaled_bmm(add, a, b, scale: float):
+    """scale * (a @ b), added in place to `add` (a tensor of ours) if given: one kernel either way."""
+    if add is None:
+        return torch.baddbmm(a.new_empty(a.shape[0], a.shape[1], b.shape[2]), a, b, beta=0, alpha=scale)
+    return add.baddbmm_(a, b, alpha=scale)
 
 
 def forward_ad_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,

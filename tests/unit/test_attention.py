@@ -86,6 +86,41 @@ def test_lean_math_attention_equals_autograd_and_dispatches_fewer_ops(with_tange
     assert lean * 4 <= builtin * 3, (lean, builtin)
 
 
+@pytest.mark.parametrize("with_tangent", ["qkv", "q"])
+def test_lean_math_attention_copies_each_head_split_input_once(with_tangent):
+    """Attention inputs arrive as head-split views (b, n, h, d) -> (b, h, n, d), which cannot fold into one batch
+    dim: the lean rule copies each such input (value or tangent) once, not once per product it enters (it did:
+    the query went into two products, the keys and values into two each). Values and tangents stay exact."""
+    from torch.profiler import ProfilerActivity, profile
+    import torch.autograd.forward_ad as fwAD
+    g = torch.Generator().manual_seed(3)
+
+    def head_split(tokens):
+        return torch.randn(2, tokens, 3, 8, generator=g, dtype=torch.float64).transpose(1, 2)
+    q, k, v = head_split(20), head_split(11), head_split(11)
+    tangents = {"q": head_split(20), "k": head_split(11), "v": head_split(11)}
+
+    def attend():
+        with fwAD.dual_level():
+            duals = {n: fwAD.make_dual(t, tangents[n]) if n in with_tangent else t
+                     for n, t in zip("qkv", (q, k, v))}
+            out = attention.chunked_math_sdpa(duals["q"], duals["k"], duals["v"], scale=0.3)
+            return fwAD.unpack_dual(out)
+    value, tangent = attend()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        attend()
+    copies = sum(1 for e in prof.events() if e.name == "aten::copy_" and not any(
+        p.name == "aten::baddbmm_" for p in [e.cpu_parent] if p is not None))  # CPU's baddbmm_ copies its result
+    assert copies <= 3 + len(with_tangent), copies
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = _explicit(*leaves, None, 0.3)
+    assert torch.allclose(value, out.detach(), rtol=1e-12)
+    reference = torch.autograd.functional.jvp(lambda *a: _explicit(*a, None, 0.3), (q, k, v),
+                                              tuple(tangents[n] if n in with_tangent else torch.zeros_like(t)
+                                                    for n, t in zip("qkv", (q, k, v))))[1]
+    assert torch.allclose(tangent, reference, rtol=1e-10, atol=1e-12)
+
+
 def test_routed_sdpa_inside_the_scope_only_and_counts_math_on_cpu():
     """Inside forward_ad_attention F.scaled_dot_product_attention is the router (CPU: MATH); restored after."""
     original = F.scaled_dot_product_attention
