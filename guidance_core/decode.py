@@ -6,6 +6,7 @@ memory of the whole guidance step by the cost of one chunk: decoding dominates J
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, ContextManager
 
 import torch
@@ -95,25 +96,46 @@ class DecodedLoss:
             return self.objective.loss(pixels, latents, per_frame=per_frame, frame_indices=frame_indices)
 
     def plan_chunk(self, x: Tensor, frames: int, setting: int) -> str:
-        """Set `chunk_frames` (`setting`, or 0 = automatic: the most frames whose forward-mode decode fits half the
-        free GPU memory, measured on one frame; all frames on the CPU); returns the report line."""
+        """Set `chunk_frames` (`setting`, or 0 = automatic: `plan_chunk_frames`, measured on one frame; all frames
+        on the CPU); returns the report line."""
         if "pixels" not in self.objective.spaces:
             return ""
         if setting:
             self.chunk_frames = setting
             return f"{min(setting, frames)} of {frames} frame(s) per VAE call (set by decode_chunk_frames)"
         self.chunk_frames = plan_chunk_frames(self.decode, x, self.layout)
-        how = "planned from free GPU memory" if x.is_cuda else "all at once on the CPU"
+        how = f"about {DECODE_CALL_BYTES / 2**30:g} GiB of forward-mode decode per call, at most half the free GPU " \
+            "memory" if x.is_cuda else "all at once on the CPU"
         return f"{self.chunk_frames} of {frames} frame(s) per VAE call (automatic: {how})"
 
 
-def plan_chunk_frames(decode: Callable[[Tensor], Tensor], z: Tensor, layout: Layout = Layout(),
-                      free_fraction: float = 0.5) -> int:
-    """Frames per decode chunk whose forward-mode pass fits in `free_fraction` of free CUDA memory.
+# Forward-mode decode per VAE call worth spending memory on. A decode's time is its arithmetic, which grows with the
+# frames, plus a fixed cost of dispatching each call; both the arithmetic and the memory of a frame grow with its
+# pixels, so chunks of a fixed size in bytes keep the dispatch share fixed at every resolution. Above this the H200
+# decoded no faster (README, "Node path on a GPU": 16 frames per call against fewer); below it it slows.
+DECODE_CALL_BYTES = 2 * 2**30
 
-    Measures one frame's JVP decode (its peak above what is allocated now) and divides the free memory (the
-    device's plus the caching allocator's unused blocks) by it. Resets CUDA's peak-memory counter. On the
-    CPU, where no allocator statistics exist, every frame is decoded at once.
+
+def frames_per_chunk(frames: int, per_frame_bytes: float, free_bytes: float, free_fraction: float = 0.5,
+                     call_bytes: float = DECODE_CALL_BYTES) -> int:
+    """Frames per decode call: enough to fill `call_bytes`, no more than fit in `free_fraction` of `free_bytes`,
+    at least one; then evened out over the calls (16 frames at 7 per call: 6, 6, 4, not 7, 7, 2)."""
+    if not 0 < free_fraction <= 1:
+        raise ValueError(f"free_fraction must be in (0, 1], got {free_fraction}")
+    per_frame = max(per_frame_bytes, 1)
+    filling = frames if call_bytes >= frames * per_frame else math.ceil(call_bytes / per_frame)
+    chunk = max(1, min(frames, int(free_bytes * free_fraction // per_frame), filling))
+    calls = math.ceil(frames / chunk)
+    return math.ceil(frames / calls)
+
+
+def plan_chunk_frames(decode: Callable[[Tensor], Tensor], z: Tensor, layout: Layout = Layout(),
+                      free_fraction: float = 0.5, call_bytes: float = DECODE_CALL_BYTES) -> int:
+    """Frames per decode chunk (`frames_per_chunk`) from one frame's forward-mode decode on CUDA.
+
+    Measures one frame's JVP decode (its peak above what is allocated now) and the free memory (the device's plus
+    the caching allocator's unused blocks). Resets CUDA's peak-memory counter. On the CPU, where no allocator
+    statistics exist, every frame is decoded at once.
     """
     if not 0 < free_fraction <= 1:
         raise ValueError(f"free_fraction must be in (0, 1], got {free_fraction}")
@@ -128,4 +150,4 @@ def plan_chunk_frames(decode: Callable[[Tensor], Tensor], z: Tensor, layout: Lay
     per_frame = max(torch.cuda.max_memory_allocated(z.device) - base, 1)
     free = torch.cuda.mem_get_info(z.device)[0] + torch.cuda.memory_reserved(z.device) \
         - torch.cuda.memory_allocated(z.device)
-    return max(1, min(frames, int(free * free_fraction // per_frame)))
+    return frames_per_chunk(frames, per_frame, free, free_fraction, call_bytes)

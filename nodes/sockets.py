@@ -71,9 +71,9 @@ def guidance_inputs() -> list:
                                  "losses only)."),
         io.Int.Input("decode_chunk_frames", default=0, min=0, max=4096,
                      tooltip="Decode this many frames at a time inside the objective. 0 = automatic: on a GPU "
-                             "the most frames whose forward-mode decode fits in half the free memory (measured "
-                             "on one frame at the start), on the CPU all at once. Lower values lower peak "
-                             "memory; the result is the same for image VAEs."),
+                             "frames for about 2 GiB of forward-mode decode per call, within half the free memory "
+                             "(measured on one frame at the start), on the CPU all at once. Lower values lower "
+                             "peak memory; the result is the same for image VAEs."),
         io.Int.Input("frames_per_video", default=0, min=0, max=4096,
                      tooltip="Frames of one video in the latent batch (AnimateDiff-style latents keep frames in the "
                              "batch). 0 = the whole batch is one video. The batch must be a multiple of it."),

@@ -276,6 +276,23 @@ def test_plan_chunk_frames_on_cpu_decodes_everything_and_checks_its_input():
         core.plan_chunk_frames(lambda t: t, z, layout, free_fraction=0)
 
 
+def test_decode_chunks_fill_a_fixed_size_in_bytes_not_the_free_memory():
+    """On a card with memory to spare the automatic decode chunk stops at about DECODE_CALL_BYTES per call (the
+    H200 planned all 16 frames of the shipped workflow into one call from half its free memory), evened out over
+    the calls; free memory still caps it, and one frame is the floor."""
+    from guidance_core.decode import DECODE_CALL_BYTES, frames_per_chunk
+    gib = 2**30
+    assert DECODE_CALL_BYTES == 2 * gib
+    assert frames_per_chunk(16, 0.3 * gib, 100 * gib) == 6  # 7 frames fill 2 GiB: 3 calls of 6, 6, 4
+    assert frames_per_chunk(16, 0.1 * gib, 100 * gib) == 16  # 20 frames would fill it: one call
+    assert frames_per_chunk(16, 1.5 * gib, 100 * gib) == 2  # the budget is reached, not stopped short of
+    assert frames_per_chunk(16, 0.3 * gib, 2 * gib) == 3  # half of 2 GiB free holds 3 frames
+    assert frames_per_chunk(16, 5 * gib, 1 * gib) == 1
+    assert frames_per_chunk(16, 0.3 * gib, 100 * gib, call_bytes=float("inf")) == 16
+    with pytest.raises(ValueError, match="free_fraction"):
+        frames_per_chunk(16, gib, gib, free_fraction=1.5)
+
+
 def _layers_net():
     torch.manual_seed(0)
     return torch.nn.Sequential(
