@@ -34,26 +34,32 @@ PHASES = ("titan.guess_denoise", "titan.guess", "titan.forward_gradient", "titan
 REQUEST = "profile_next"
 
 
-# {phase: seconds} while a profiled CUDA run times its phases with synchronisation (see `phase`), else None
-_synchronised_times: ContextVar[dict | None] = ContextVar("titan_phase_times", default=None)
+# while a profiled CUDA run times its phases with synchronisation (see `phase`): {"seconds": {phase: s},
+# "peak_raised_gb": {phase: GB}}, else None
+_synchronised_log: ContextVar[dict | None] = ContextVar("titan_phase_log", default=None)
 
 
 @contextlib.contextmanager
 def phase(name: str) -> Iterator[None]:
     """A `record_function` label for the profiler; in a profiled CUDA run also the phase's wall time between
     device synchronisations (GPU work included, which a CPU-only profile cannot see; not while capturing or in
-    GraphedJvp's probe pass, where a synchronisation would fail)."""
-    times = _synchronised_times.get()
-    if times is None or reads_forbidden():
+    GraphedJvp's probe pass, where a synchronisation would fail), and the allocated-memory peak the phase raised
+    the run's to, if it did (the phase that sets the run's peak is the one with the highest)."""
+    log = _synchronised_log.get()
+    if log is None or reads_forbidden():
         with record_function(name):
             yield
         return
     torch.cuda.synchronize()
-    started = time.perf_counter()
+    started, peak_before = time.perf_counter(), torch.cuda.max_memory_allocated()
     with record_function(name):
         yield
     torch.cuda.synchronize()
+    times, raised = log["seconds"], log["peak_raised_gb"]
     times[name] = times.get(name, 0.0) + time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated()
+    if peak > peak_before:
+        raised[name] = max(raised.get(name, 0.0), round(peak / 2**30, 3))
 
 
 def _device_us(event, self_only: bool = False) -> float:
@@ -109,8 +115,11 @@ def format_summary(summary: dict) -> str:
     """The summary as a plain-text table."""
     wall = summary["wall_s"]
     synchronised = summary.get("phase_seconds_synchronised") or {}
-    timing = ["phase wall time between device synchronisations (GPU work included):"] + [
-        f"  {name:28} {seconds:8.2f} s" for name, seconds in synchronised.items()] if synchronised else []
+    raised = summary.get("phase_peak_raised_gb") or {}
+    timing = ["phase wall time between device synchronisations (GPU work included); allocated peak the phase "
+              "raised the run's to:"] + [
+        f"  {name:28} {seconds:8.2f} s" + (f"   peak -> {raised[name]:.2f} GiB" if name in raised else "")
+        for name, seconds in synchronised.items()] if synchronised else []
     if "aten_ops" not in summary:  # a CUDA run without torch.profiler
         return "\n".join([f"profiled run: {wall:.2f} s wall (synchronised phases, no torch.profiler)"] + timing)
     lines = [f"profiled run: {wall:.2f} s wall (profiler on), {summary['aten_ops']} aten ops, waiting in "
@@ -142,15 +151,15 @@ def profiled_if_requested(folder: str | None = None) -> Iterator[None]:
     use_profiler = not on_gpu or os.environ.get("TITAN_PROFILE_CUDA") == "1"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     started = time.perf_counter()
-    times = {} if on_gpu else None
-    token = _synchronised_times.set(times)
+    log = {"seconds": {}, "peak_raised_gb": {}} if on_gpu else None
+    token = _synchronised_log.set(log)
     try:
         with profile(activities=activities) if use_profiler else contextlib.nullcontext() as profiler:
             yield
             if on_gpu:
                 torch.cuda.synchronize()
     finally:
-        _synchronised_times.reset(token)
+        _synchronised_log.reset(token)
     wall = time.perf_counter() - started
     names: dict = {}
     summary = summarize(profiler.key_averages(), wall, ops_by_phase=aten_ops_by_phase(profiler.events(), names)) \
@@ -158,6 +167,7 @@ def profiled_if_requested(folder: str | None = None) -> Iterator[None]:
     for phase_name, by_name in names.items():  # each phase's most frequent operators
         if phase_name in summary["phases"]:
             summary["phases"][phase_name]["top_ops"] = dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:12])
-    summary["phase_seconds_synchronised"] = times
+    summary["phase_seconds_synchronised"] = None if log is None else log["seconds"]
+    summary["phase_peak_raised_gb"] = None if log is None else log["peak_raised_gb"]
     Path(folder, "profile.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     Path(folder, "profile.txt").write_text(format_summary(summary) + "\n", encoding="utf-8")

@@ -94,3 +94,32 @@ def test_no_capture_is_tried_under_the_cuda_malloc_async_allocator(monkeypatch):
     assert "--disable-cuda-malloc" in cuda_graph.capture_refusal()
     monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "native")
     assert cuda_graph.capture_refusal() is None
+
+
+def test_synchronised_phases_record_their_time_and_the_peak_they_raise(monkeypatch):
+    """On CUDA a profiled run times each phase between synchronisations and notes the allocated peak a phase
+    raised the run's to, so the phase that sets the peak is named (the counter here is a stand-in for CUDA's)."""
+    from guidance_core import profiling
+    gib = 2**30
+    allocator = {"peak": 1 * gib}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: allocator["peak"])
+    monkeypatch.setattr(profiling, "reads_forbidden", lambda: False)
+    log = {"seconds": {}, "peak_raised_gb": {}}
+    token = profiling._synchronised_log.set(log)
+    try:
+        with profiling.phase("titan.guess"):
+            pass
+        with profiling.phase("titan.lookahead"):
+            allocator["peak"] = 3 * gib
+        with profiling.phase("titan.decode_and_objective"), profiling.phase("titan.decode"):
+            allocator["peak"] = 5.5 * gib
+        with profiling.phase("titan.lookahead"):
+            pass
+    finally:
+        profiling._synchronised_log.reset(token)
+    assert log["peak_raised_gb"] == {"titan.lookahead": 3.0, "titan.decode": 5.5, "titan.decode_and_objective": 5.5}
+    assert set(log["seconds"]) == {"titan.guess", "titan.lookahead", "titan.decode", "titan.decode_and_objective"}
+    text = profiling.format_summary({"wall_s": 1.0, "phases": {}, "phase_seconds_synchronised": log["seconds"],
+                                     "phase_peak_raised_gb": log["peak_raised_gb"]})
+    assert "titan.decode" in text and "peak -> 5.50 GiB" in text and "peak -> 3.00 GiB" in text
