@@ -8,6 +8,8 @@ to a prompt with the host's /object_info (scripts/demo.py's workflow_to_api, as 
 these methods:
   ksampler  the same graph with ComfyUI's KSampler in place of TitanGuideSampler (no guidance),
   titan     as shipped (TITAN-Guide defaults: forward-mode, sampled-gradient guess on 2 frames),
+  titan_restarted  the same graph in another fresh host: run after `titan`, its first prompt is a restarted
+            ComfyUI's, with the JVP attention kernels already in Triton's on-disk cache,
   titan_graph  the same graph in a host started with TITAN_CUDA_GRAPH=1 and --disable-cuda-malloc (the JVP
             replayed as a CUDA graph, checked once against the eager JVP; the pack refuses graphs under ComfyUI's
             default cudaMallocAsync allocator; the report's "forward mode" line says whether it ran),
@@ -26,10 +28,13 @@ Each row: {"case", "method", "dynamic_vram", "peak_gb", "report_peak_gb", "secon
 "model_calls", "host"} (plus "error" if the row failed), and for TITAN rows `seconds_first_sampler` /
 `seconds_warm_sampler` (the sampler node's own time from its report: the rest of a prompt is loading and the
 other nodes), `triton_cache_entries` (files in Triton's on-disk kernel cache when the row's host started: 0 means
-the first prompt compiled the JVP attention kernels) and `forward_ad` (the report's attention-route / CUDA-graph
-line). `--profile` runs one more prompt per TITAN row, profiled (guidance_core/profiling.py), and keeps its
-summary in the row (`profile`): on the CPU torch.profiler's phases and operators, on CUDA each phase's time
-between device synchronisations (torch.profiler hung ComfyUI's prompt thread on an H200, CPU activity alone too). `--dynamic-vram on|off` picks the mode(s) of ComfyUI
+the first prompt compiled the JVP attention kernels), `forward_ad` (the report's attention-route / CUDA-graph
+line) and `decode_chunk` (the report's frames per VAE call). `--decode-chunks 16 8 4` runs one more warm prompt
+per value in the titan row with `decode_chunk_frames` set (`decode_chunk_runs`: time and peaks against the
+automatic chunk). `--profile` runs one more prompt per TITAN row, profiled (guidance_core/profiling.py), and
+keeps its summary in the row (`profile`): on the CPU torch.profiler's phases and operators, on CUDA each
+phase's time between device synchronisations and the allocated peak it raised (torch.profiler hung ComfyUI's
+prompt thread on an H200, CPU activity alone too). `--dynamic-vram on|off` picks the mode(s) of ComfyUI
 0.33 (off = --disable-dynamic-vram; on is 0.33's default on CUDA); hosts without the flag (0.3.x) run `off` only.
 
 On the H200 (no internet): first, with internet, `bash benchmarks/gpu_prepare.sh` (the missing packages, the lean
@@ -65,7 +70,7 @@ from testing.comfy_host import ComfyHost  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "aesthetic_dover_animatediff.json"
 CHECKPOINT, MOTION_MODULE, DOVER = "epicrealism_naturalSinRC1VAE.safetensors", "mm_sd_v15_v2.ckpt", "DOVER.pth"
-METHODS = ("titan", "ksampler", "freedom", "mpgd", "exact", "titan_graph")  # run order: the TITAN rows first
+METHODS = ("titan", "ksampler", "freedom", "mpgd", "exact", "titan_restarted", "titan_graph")
 GRAPH_ENV = {"titan_graph": "1"}  # TITAN_CUDA_GRAPH per row (others: 0)
 ROW_FLAGS = {"titan_graph": ["--disable-cuda-malloc"]}  # CUDA graphs need PyTorch's native allocator
 BASELINES = {"freedom": "freedom", "mpgd": "mpgd", "exact": "exact_gradient"}  # row -> TitanGuidanceMethod method
@@ -122,7 +127,7 @@ def prompts(object_info: dict, frames: int, size: int, steps: int, seed: int, sm
         base[sampler]["inputs"]["frames_per_video"] = frames
     if smoke:  # the tiny ADE checkpoint's one level fits only the 320-wide temporal modules
         _smoke_motion_blocks(base, by_type, object_info)
-    rows = {"titan": base, "titan_graph": base}
+    rows = {"titan": base, "titan_graph": base, "titan_restarted": base}
 
     # KSampler instead of TitanGuideSampler; nodes fed by its report / loss plot go.
     stock = json.loads(json.dumps(base))
@@ -239,7 +244,8 @@ def run_prompt(host: ComfyHost, prompt: dict, timeout: float) -> dict:
     return {"seconds": round(seconds, 2), "peak_gb": None if memory.peak is None else round(memory.peak / 1024, 2),
             "report_peak_gb": None if torch_peak_mib is None else round(torch_peak_mib / 1024, 2),
             "model_calls": None if calls is None else int(calls),
-            "sampler_seconds": report_value(outputs, r"time: ([\d.]+) s"), "forward_ad": report_line(outputs, "forward mode:")}
+            "sampler_seconds": report_value(outputs, r"time: ([\d.]+) s"), "forward_ad": report_line(outputs, "forward mode:"),
+            "decode_chunk": report_line(outputs, "decode chunk:")}
 
 
 def host_version(comfyui: Path) -> str:
@@ -264,6 +270,9 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU, 4 frames 32x32, 2 steps, tiny UNet, VRAM off")
     parser.add_argument("--tiny-base", type=Path, help="--smoke: reuse this tiny SD1.5 checkpoint (tests' cache)")
     parser.add_argument("--profile", action="store_true", help="one more profiled prompt per TITAN row")
+    parser.add_argument("--decode-chunks", type=int, nargs="*", default=[],
+                        help="the titan row also runs one warm prompt per value with decode_chunk_frames set to it "
+                             "(time and peak against the automatic chunk: `decode_chunk_runs`)")
     parser.add_argument("--cpu", action="store_true", help="full-size weights on the CPU (operator counts of the "
                         "real architecture for --profile at a small --size / --frames; times are the CPU's)")
     options = parser.parse_args(argv)
@@ -337,8 +346,16 @@ def main(argv=None) -> int:
                 if titan_row:
                     sampler_runs = [w["sampler_seconds"] for w in warm_runs]
                     row.update(seconds_first_sampler=first["sampler_seconds"], forward_ad=warm["forward_ad"],
+                               decode_chunk=warm["decode_chunk"],
                                seconds_warm_sampler=None if None in sampler_runs else statistics.median(sampler_runs))
-                if titan_row and options.profile:
+                for chunk in options.decode_chunks if method == "titan" else ():
+                    graph = prompts(info, options.frames, options.size, options.steps, 43, options.smoke)[method]
+                    sampler_id = next(n for n, node in graph.items() if node["class_type"] == "TitanGuideSampler")
+                    graph[sampler_id]["inputs"]["decode_chunk_frames"] = chunk
+                    result = run_prompt(host, graph, timeout=left())
+                    row.setdefault("decode_chunk_runs", []).append(dict(result, decode_chunk_frames=chunk))
+                    print(f"[host_gpu] decode chunk {chunk}: {json.dumps(result)}", flush=True)
+                if titan_row and options.profile and method != "titan_restarted":  # its prompts are the titan row's
                     folder = Path(os.environ["TITAN_PROFILE_DIR"])
                     folder.mkdir(parents=True, exist_ok=True)
                     (folder / "profile_next").touch()

@@ -17,7 +17,7 @@ def test_host_gpu_benchmark_smoke_runs_titan_and_ksampler(tmp_path, tiny_sd15_ch
     out = tmp_path / "host_gpu.json"
     command = [default_python(), str(REPO_ROOT / "benchmarks" / "host_gpu.py"), "--smoke", "--comfyui",
                str(find_comfyui_dir()), "--packs", str(VENDOR_PACKS_DIR), "--tiny-base", str(tiny_sd15_checkpoint),
-               "--out", str(out), "--methods", "titan", "ksampler", "--profile"]
+               "--out", str(out), "--methods", "titan", "ksampler", "--profile", "--decode-chunks", "3"]
     # the TITAN row's forward-mode pass through full-size DOVER is most of the time: its hosts (ComfyHost, which
     # keeps a given OMP_NUM_THREADS) run on two threads
     env = dict(os.environ, OMP_NUM_THREADS=str(WIDE_HOST_THREADS), OMP_WAIT_POLICY="PASSIVE")
@@ -42,7 +42,12 @@ def test_host_gpu_benchmark_smoke_runs_titan_and_ksampler(tmp_path, tiny_sd15_ch
     assert 0 < titan["seconds_first_sampler"] < titan["seconds_first"] and titan["seconds_warm_sampler"] > 0
     assert titan["forward_ad"].startswith("attention calls math "), titan["forward_ad"]  # the CPU's route, no graph
     assert titan["profile"]["phases"]["titan.forward_gradient"]["calls"] >= 1, titan["profile"]
-    assert "profile" not in ksampler and "forward_ad" not in ksampler
+    assert titan["decode_chunk"] == "4 of 4 frame(s) per VAE call (automatic: all at once on the CPU)"
+    (chunked,) = titan["decode_chunk_runs"]  # --decode-chunks 3: one more warm prompt with the knob set
+    assert chunked["decode_chunk_frames"] == 3 and chunked["seconds"] > 0 and chunked["model_calls"] == titan[
+        "model_calls"]
+    assert chunked["decode_chunk"] == "3 of 4 frame(s) per VAE call (set by decode_chunk_frames)"
+    assert "profile" not in ksampler and "forward_ad" not in ksampler and "decode_chunk_runs" not in ksampler
     assert "ComfyUI" in completed.stdout
 
 
