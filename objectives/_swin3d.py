@@ -6,7 +6,7 @@ parameter names follow the upstream layout exactly so that the official ``DOVER.
 loads with ``strict=True``; the computation reproduces the upstream inference path
 (including its quirks, noted where they occur). Everything is written with ops that have
 forward-mode AD formulas and without in-place updates, so ``torch.func.jvp`` passes through.
-Attention is explicit ``matmul + softmax`` (no fused SDPA kernels).
+Attention is explicit ``matmul + softmax`` (no fused SDPA kernels), a few windows at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ Triple = Tuple[int, int, int]
 
 # Value that upstream uses to mask attention across shifted-window regions (not -inf).
 SHIFT_MASK_VALUE = -100.0
+# Bytes of one score-sized term (B x windows x heads x N x N) that window attention makes at a time.
+WINDOW_SCORE_BYTES = 32 * 2**20
 
 
 def effective_window_and_shift(size: Sequence[int], window: Sequence[int], shift: Sequence[int]) -> Tuple[Triple, Triple]:
@@ -203,27 +205,39 @@ class FragmentWindowAttention3D(nn.Module):
         return table[index].reshape(num_tokens, num_tokens, -1).permute(2, 0, 1)  # nH, N, N
 
     def forward(self, windows: torch.Tensor, fragment_gate: torch.Tensor, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Attend within each window; ``windows`` is (B * nW, N, C), gate/mask are (nW, N, N)."""
+        """Attend within each window; ``windows`` is (B * nW, N, C), gate/mask are (nW, N, N). The score-sized
+        terms (scores, bias, softmax and, in a JVP, their tangents) are made for a few windows at a time, at
+        most WINDOW_SCORE_BYTES per term: all 128 windows of the first stage at once peaked at 2.4 GiB in a
+        forward-mode pass over 16 frames."""
         batch_windows, num_tokens, channels = windows.shape
-        heads = self.num_heads
-        qkv = self.qkv(windows).reshape(batch_windows, num_tokens, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv[0], qkv[1], qkv[2]
-        scores = (query * self.scale) @ key.transpose(-2, -1)  # B*nW, nH, N, N
+        heads, num_windows = self.num_heads, fragment_gate.shape[0]
+        qkv = self.qkv(windows).reshape(batch_windows // num_windows, num_windows, num_tokens, 3, heads,
+                                        channels // heads).permute(3, 0, 1, 4, 2, 5)  # 3, B, nW, nH, N, d
+        per_window = (batch_windows // num_windows) * heads * num_tokens ** 2 * windows.element_size()
+        calls = -(-num_windows // max(1, WINDOW_SCORE_BYTES // per_window))
+        step = -(-num_windows // calls)
+        parts = [self._attend(qkv[:, :, start:start + step], fragment_gate[start:start + step],
+                              None if shift_mask is None else shift_mask[start:start + step])
+                 for start in range(0, num_windows, step)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # B, nW, N, nH, d
+        return self.proj(out.reshape(batch_windows, num_tokens, channels))
 
-        num_windows = fragment_gate.shape[0]
+    def _attend(self, qkv: torch.Tensor, fragment_gate: torch.Tensor, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Windows' attention: qkv (3, B, w, nH, N, d), gate/mask (w, N, N) -> (B, w, N, nH, d)."""
+        query, key, value = qkv[0], qkv[1], qkv[2]
+        num_tokens = query.shape[-2]
+        scores = (query * self.scale) @ key.transpose(-2, -1)  # B, w, nH, N, N
         relative = self._bias_from(self.relative_position_bias_table, num_tokens)
         if self.fragment_position_bias_table is not None:
             fragment = self._bias_from(self.fragment_position_bias_table, num_tokens)
-            gate = fragment_gate[:, None]  # nW, 1, N, N
-            bias = relative[None] * gate + fragment[None] * (1.0 - gate)  # nW, nH, N, N
+            gate = fragment_gate[:, None]  # w, 1, N, N
+            bias = relative[None] * gate + fragment[None] * (1.0 - gate)  # w, nH, N, N
         else:
             bias = relative[None]
-        scores = scores.reshape(batch_windows // num_windows, num_windows, heads, num_tokens, num_tokens) + bias[None]
+        scores = scores + bias[None]
         if shift_mask is not None:
             scores = scores + shift_mask[None, :, None]
-        weights = torch.softmax(scores.reshape(batch_windows, heads, num_tokens, num_tokens), dim=-1)
-        out = (weights @ value).transpose(1, 2).reshape(batch_windows, num_tokens, channels)
-        return self.proj(out)
+        return (torch.softmax(scores, dim=-1) @ value).transpose(-3, -2)
 
 
 class SwinBlock3D(nn.Module):

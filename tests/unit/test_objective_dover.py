@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from torch.func import jvp
 
+from objectives import _swin3d
 from objectives.dover import (
     FULL_CONFIG,
     OFFICIAL_ARCHITECTURE,
@@ -196,8 +197,13 @@ def naive_block_attention(block, x):
     return out[None]
 
 
-@pytest.mark.parametrize("block_index,fragment_bias", [(0, True), (1, True), (1, False)])
-def test_window_attention_matches_token_by_token_definition(block_index, fragment_bias):
+@pytest.mark.parametrize("block_index,fragment_bias,windows_per_call", [
+    (0, True, "all"), (1, True, "all"), (1, False, "all"), (0, True, 1), (1, True, 1)])
+def test_window_attention_matches_token_by_token_definition(block_index, fragment_bias, windows_per_call,
+                                                            monkeypatch):
+    """Also with one window per score-sized chunk (WINDOW_SCORE_BYTES tiny), as large videos run."""
+    if windows_per_call == 1:
+        monkeypatch.setattr(_swin3d, "WINDOW_SCORE_BYTES", 1)
     torch.manual_seed(2)
     swin = DoverModel(**{**TINY_MODEL, "technical_window_size": (2, 2, 2), "technical_fragment_biases": (fragment_bias,) * 4}).double()
     with torch.no_grad():
@@ -257,6 +263,24 @@ def test_jvp_matches_autograd_directional_derivative(views, frames):
         expected = (grad * direction).sum()
         assert abs(tangent[b].item()) > 0
         assert tangent[b].item() == pytest.approx(expected.item(), rel=1e-8)
+
+
+def test_window_chunks_leave_the_loss_and_its_jvp_unchanged(monkeypatch):
+    """Window attention in chunks of a few windows (the forward-mode pass's memory bound) gives the same loss and
+    tangent as all windows at once, in float64."""
+    loss_fn = DoverLoss(tiny_model(), mode="technical", views=TINY_VIEWS)
+    video = random_video(frames=4)
+    direction = torch.randn(video.shape, dtype=video.dtype, generator=torch.Generator().manual_seed(5))
+    whole = jvp(loss_fn, (video,), (direction,))
+    calls = []
+    attend = _swin3d.FragmentWindowAttention3D._attend
+    monkeypatch.setattr(_swin3d.FragmentWindowAttention3D, "_attend",
+                        lambda self, *a: calls.append(a[0].shape[2]) or attend(self, *a))
+    monkeypatch.setattr(_swin3d, "WINDOW_SCORE_BYTES", 1)
+    chunked = jvp(loss_fn, (video,), (direction,))
+    assert max(calls) == 1 and len(calls) > 4  # one window per call
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("mode", ["fused", "technical"])
