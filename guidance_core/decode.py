@@ -109,10 +109,12 @@ class DecodedLoss:
         return f"{self.chunk_frames} of {frames} frame(s) per VAE call (automatic: {how})"
 
 
-# Forward-mode decode per VAE call worth spending memory on. A decode's time is its arithmetic, which grows with the
-# frames, plus a fixed cost of dispatching each call; both the arithmetic and the memory of a frame grow with its
-# pixels, so chunks of a fixed size in bytes keep the dispatch share fixed at every resolution. Above this the H200
-# decoded no faster (README, "Node path on a GPU": 16 frames per call against fewer); below it it slows.
+# Forward-mode decode per VAE call, the memory-first default. A decode's time is its arithmetic, which grows with
+# the frames, plus a fixed cost of dispatching each call; both the arithmetic and the memory of a frame grow with
+# its pixels, so calls of a fixed size in bytes keep the dispatch share fixed at every resolution. Half the free
+# memory put all 16 frames of the shipped workflow in one call on an H200 (3.5 GiB, TITAN's peak); at 2 GiB they
+# take two calls, an estimated 0.6 s more per video there (one more call of ~2,800 operators per guided step;
+# benchmarks/forward_mode_memory.py, README "Node path on a GPU"), not yet measured on a GPU.
 DECODE_CALL_BYTES = 2 * 2**30
 
 
