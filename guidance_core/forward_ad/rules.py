@@ -12,6 +12,7 @@ but cost about 1 ms of Python per call under torch.func, more than it saved.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator
 
 import torch
@@ -111,7 +112,7 @@ def _lean_group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
         return _norm_builtin["group_norm"](input.clone(memory_format=torch.contiguous_format), num_groups, weight,
                                            bias, eps)
     n, c = primal.shape[0], primal.shape[1]
-    hw = primal[0, 0].numel()
+    hw = math.prod(primal.shape[2:])  # not primal[0, 0].numel(): two select calls per norm
     primal = primal.contiguous()  # as F.group_norm does; a no-op for the usual contiguous activation
     normed, mean, rstd = torch.native_group_norm(primal, None, None, n, c, hw, num_groups, eps)
     t = torch.ops.aten.native_group_norm_backward(tangent.contiguous(), primal, mean, rstd, None, n, c, hw,
