@@ -88,12 +88,6 @@ def _channel_view(weight, ndim: int):
     return None if weight is None else weight.reshape(weight.shape[0], *[1] * (ndim - 2))
 
 
-def _affine(normed, weight, bias):
-    if weight is None:
-        return normed if bias is None else normed + bias
-    return normed * weight if bias is None else torch.addcmul(bias, normed, weight)
-
-
 def _scaled(t, weight):
     return t if weight is None else t * weight
 
@@ -114,11 +108,11 @@ def _lean_group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     n, c = primal.shape[0], primal.shape[1]
     hw = math.prod(primal.shape[2:])  # not primal[0, 0].numel(): two select calls per norm
     primal = primal.contiguous()  # as F.group_norm does; a no-op for the usual contiguous activation
-    normed, mean, rstd = torch.native_group_norm(primal, None, None, n, c, hw, num_groups, eps)
+    # the affine part fused into the value's kernel, as the builtin; the statistics do not depend on it
+    out, mean, rstd = torch.native_group_norm(primal, weight, bias, n, c, hw, num_groups, eps)
     t = torch.ops.aten.native_group_norm_backward(tangent.contiguous(), primal, mean, rstd, None, n, c, hw,
                                                   num_groups, [True, False, False])[0]
-    w, b = _channel_view(weight, primal.dim()), _channel_view(bias, primal.dim())
-    return fwAD.make_dual(_affine(normed, w, b), _scaled(t, w))
+    return fwAD.make_dual(out, _scaled(t, _channel_view(weight, primal.dim())))
 
 
 def _lean_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -131,10 +125,10 @@ def _lean_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
         return _upcast_half(_norm_builtin["layer_norm"], input, normalized_shape, weight, bias, eps)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     primal = primal.contiguous()
-    normed, mean, rstd = torch.native_layer_norm(primal, shape, None, None, eps)
+    out, mean, rstd = torch.native_layer_norm(primal, shape, weight, bias, eps)
     t = torch.ops.aten.native_layer_norm_backward(tangent.contiguous(), primal, shape, mean, rstd, None, None,
                                                   [True, False, False])[0]
-    return fwAD.make_dual(_affine(normed, weight, bias), _scaled(t, weight))
+    return fwAD.make_dual(out, _scaled(t, weight))
 
 
 def _lean_rms_norm(input, normalized_shape, weight=None, eps=None):
