@@ -267,7 +267,7 @@ def test_jvp_matches_autograd_directional_derivative(views, frames):
 
 def test_window_chunks_leave_the_loss_and_its_jvp_unchanged(monkeypatch):
     """Window attention in chunks of a few windows (the forward-mode pass's memory bound) gives the same loss and
-    tangent as all windows at once, in float64."""
+    tangent as all windows at once, in float64; a pass that records a graph for backprop is not chunked."""
     loss_fn = DoverLoss(tiny_model(), mode="technical", views=TINY_VIEWS)
     video = random_video(frames=4)
     direction = torch.randn(video.shape, dtype=video.dtype, generator=torch.Generator().manual_seed(5))
@@ -281,6 +281,9 @@ def test_window_chunks_leave_the_loss_and_its_jvp_unchanged(monkeypatch):
     assert max(calls) == 1 and len(calls) > 4  # one window per call
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    calls.clear()  # backprop keeps every chunk's terms for its backward: no chunks while a graph is recorded
+    loss_fn(video.clone().requires_grad_()).sum().backward()
+    assert calls and min(calls) > 1
 
 
 @pytest.mark.parametrize("mode", ["fused", "technical"])
