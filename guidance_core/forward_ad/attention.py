@@ -187,10 +187,12 @@ def _chunked_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, m
     per_query = rows * k.shape[-2] * q.element_size() * 4  # scores, probabilities and two tangent-sized terms
     chunk = max(1, budget // max(per_query, 1))
     kwargs = dict(dropout_p=dropout_p, scale=scale, enable_gqa=enable_gqa)
-    plain = attn_mask is None and not dropout_p and not is_causal and not enable_gqa and k.shape[:-2] == q.shape[:-2]
+    additive = attn_mask is None or (attn_mask.is_floating_point() and attn_mask.dim() >= 2
+                                     and fwAD.unpack_dual(attn_mask).tangent is None)
+    plain = additive and not dropout_p and not is_causal and not enable_gqa and k.shape[:-2] == q.shape[:-2]
     duals = [fwAD.unpack_dual(t) for t in (q, k, v)]
     if plain and any(d.tangent is not None for d in duals):
-        return lean_math_attention(*duals, chunk, scale)
+        return lean_math_attention(*duals, chunk, scale, attn_mask)
     if chunk >= queries or is_causal:  # causal masks depend on absolute query positions: one call
         return _builtin_sdpa(q, k, v, attn_mask, is_causal=is_causal, **kwargs)
     outs = []
@@ -202,9 +204,10 @@ def _chunked_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, m
     return torch.cat(outs, dim=-2)
 
 
-def lean_math_attention(q, k, v, chunk: int, scale: float | None):
-    """softmax(q k^T s) v and its tangent, `chunk` query rows at a time, written out (q, k, v: unpacked duals
-    with equal leading dims): dS = (dq k^T + q dk^T) s, dP = P * (dS - rowsum(P * dS)), dO = dP v + P dv. The
+def lean_math_attention(q, k, v, chunk: int, scale: float | None, mask: torch.Tensor | None = None):
+    """softmax(q k^T s + mask) v and its tangent, `chunk` query rows at a time, written out (q, k, v: unpacked
+    duals with equal leading dims; `mask` None or an additive constant broadcastable to the scores): dS = (dq k^T +
+    q dk^T) s, dP = P * (dS - rowsum(P * dS)), dO = dP v + P dv. The
     builtin MATH rule dispatches several times the kernels (scale applied to q and k with zero-tangent scalars, a
     safe softmax with its masks, products with zero tangents for cross-attention's constant keys and values).
     Each input is flattened to (batch, tokens, dim) once: a head-split view (b, h, n, d) cannot fold into one
@@ -214,11 +217,14 @@ def lean_math_attention(q, k, v, chunk: int, scale: float | None):
     scale = qp.shape[-1] ** -0.5 if scale is None else scale
     qp, qt, kp, kt, vp, vt = (None if t is None else t.reshape(-1, *t.shape[-2:]) for t in (qp, qt, kp, kt, vp, vt))
     kp_t, kt_t = kp.transpose(1, 2), None if kt is None else kt.transpose(1, 2)
+    if mask is not None:  # (batch, queries or 1, keys), a view where the mask already has the scores' batch
+        mask = mask.to(qp.dtype).expand(*lead, *mask.shape[-2:]).reshape(-1, *mask.shape[-2:])
     outs, out_ts = [], []
     for start in range(0, queries, chunk):
         rows = slice(start, start + chunk)
         q_rows = qp[:, rows]
-        probs = torch.softmax(_scaled_bmm(None, q_rows, kp_t, scale), dim=-1)
+        add = None if mask is None else mask[:, rows] if mask.shape[1] > 1 else mask
+        probs = torch.softmax(_scaled_bmm(add, q_rows, kp_t, scale, in_place=False), dim=-1)
         outs.append(torch.bmm(probs, vp))
         scores_t = None if qt is None else _scaled_bmm(None, qt[:, rows], kp_t, scale)
         if kt_t is not None:
@@ -234,11 +240,12 @@ def lean_math_attention(q, k, v, chunk: int, scale: float | None):
     return fwAD.make_dual(out.reshape(*lead, queries, -1), out_t.reshape(*lead, queries, -1))
 
 
-def _scaled_bmm(add, a, b, scale: float):
-    """scale * (a @ b), added in place to `add` (a tensor of ours) if given: one kernel either way."""
+def _scaled_bmm(add, a, b, scale: float, in_place: bool = True):
+    """add + scale * (a @ b) in one kernel (add None: scale * (a @ b)); in place into `add` (a tensor of ours)
+    unless `in_place` is False (a mask of the caller's, broadcast over rows or batch)."""
     if add is None:
         return torch.baddbmm(a.new_empty(a.shape[0], a.shape[1], b.shape[2]), a, b, beta=0, alpha=scale)
-    return add.baddbmm_(a, b, alpha=scale)
+    return add.baddbmm_(a, b, alpha=scale) if in_place else torch.baddbmm(add, a, b, alpha=scale)
 
 
 def forward_ad_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
