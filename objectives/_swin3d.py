@@ -6,7 +6,8 @@ parameter names follow the upstream layout exactly so that the official ``DOVER.
 loads with ``strict=True``; the computation reproduces the upstream inference path
 (including its quirks, noted where they occur). Everything is written with ops that have
 forward-mode AD formulas and without in-place updates, so ``torch.func.jvp`` passes through.
-Attention is explicit ``matmul + softmax`` (no fused SDPA kernels), a few windows at a time.
+Window attention is ``F.scaled_dot_product_attention`` with the biases and the shift mask as one additive
+mask, a few windows at a time in forward mode.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .function_transforms import on_device, outside_function_transforms
+from .function_transforms import on_device, outside_function_transforms, sdpa_usable
 
 Triple = Tuple[int, int, int]
 
@@ -226,21 +227,28 @@ class FragmentWindowAttention3D(nn.Module):
         return self.proj(out.reshape(batch_windows, num_tokens, channels))
 
     def _attend(self, qkv: torch.Tensor, fragment_gate: torch.Tensor, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Windows' attention: qkv (3, B, w, nH, N, d), gate/mask (w, N, N) -> (B, w, N, nH, d)."""
-        query, key, value = qkv[0], qkv[1], qkv[2]
-        num_tokens = query.shape[-2]
-        scores = (query * self.scale) @ key.transpose(-2, -1)  # B, w, nH, N, N
+        """Windows' attention: qkv (3, B, w, nH, N, d), gate/mask (w, N, N) -> (B, w, N, nH, d). The biases and
+        the shift mask are one additive mask of scaled_dot_product_attention (in guidance_core's forward-mode
+        scope its written-out rule takes it; with a backward, PyTorch's kernels)."""
+        batch, windows, heads, num_tokens, head_dim = qkv.shape[1:]
         relative = self._bias_from(self.relative_position_bias_table, num_tokens)
         if self.fragment_position_bias_table is not None:
             fragment = self._bias_from(self.fragment_position_bias_table, num_tokens)
             gate = fragment_gate[:, None]  # w, 1, N, N
-            bias = relative[None] * gate + fragment[None] * (1.0 - gate)  # w, nH, N, N
+            mask = relative[None] * gate + fragment[None] * (1.0 - gate)  # w, nH, N, N
         else:
-            bias = relative[None]
-        scores = scores + bias[None]
+            mask = relative[None].expand(windows, -1, -1, -1)
         if shift_mask is not None:
-            scores = scores + shift_mask[None, :, None]
-        return (torch.softmax(scores, dim=-1) @ value).transpose(-3, -2)
+            mask = mask + shift_mask[:, None]
+        if batch > 1:
+            mask = mask.expand(batch, -1, -1, -1, -1).reshape(batch * windows, heads, num_tokens, num_tokens)
+        query, key, value = (t.reshape(batch * windows, heads, num_tokens, head_dim) for t in qkv)
+        mask = mask.to(query.dtype)
+        if sdpa_usable():
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=self.scale)
+        else:  # torch.func.jvp around PyTorch's own SDPA, which has no forward rule
+            out = torch.softmax((query * self.scale) @ key.transpose(-2, -1) + mask, dim=-1) @ value
+        return out.reshape(batch, windows, heads, num_tokens, head_dim).transpose(-3, -2)
 
 
 class SwinBlock3D(nn.Module):

@@ -19,6 +19,18 @@ def inside_function_transform() -> bool:
     return torch._C._functorch.maybe_current_level() is not None
 
 
+_BUILTIN_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
+def sdpa_usable() -> bool:
+    """Whether F.scaled_dot_product_attention can be called here: outside every torch.func transform and dual level
+    (PyTorch's fused kernels have no forward-mode rule), or replaced by a router that has one (guidance_core's,
+    inside its forward-mode scope)."""
+    if torch.nn.functional.scaled_dot_product_attention is not _BUILTIN_SDPA:
+        return True
+    return not inside_function_transform() and torch.autograd.forward_ad._current_level < 0
+
+
 @contextlib.contextmanager
 def outside_function_transforms() -> Iterator[bool]:
     """Suspend the torch.func transforms active around the caller for the body; yields whether it could.

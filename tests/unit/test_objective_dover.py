@@ -265,6 +265,32 @@ def test_jvp_matches_autograd_directional_derivative(views, frames):
         assert tangent[b].item() == pytest.approx(expected.item(), rel=1e-8)
 
 
+def test_window_attention_in_the_forward_mode_scope_equals_the_explicit_path():
+    """Inside guidance_core's forward-mode scope DOVER's window attention goes through the routed SDPA (the written-
+    out rule with the biases as an additive mask); the loss and tangent equal the explicit softmax path that
+    torch.func.jvp takes around PyTorch's own SDPA, in float64. sdpa_usable says which one applies."""
+    import torch.autograd.forward_ad as fwAD
+    import guidance_core as core
+    from guidance_core.forward_ad import attention
+    from objectives.function_transforms import sdpa_usable
+    loss_fn = DoverLoss(tiny_model(), mode="fused", views=TINY_VIEWS)
+    video = random_video(frames=4)
+    direction = torch.randn(video.shape, dtype=video.dtype, generator=torch.Generator().manual_seed(6))
+    explicit = jvp(loss_fn, (video,), (direction,))
+    before = attention.route_counts["math"]
+    with core.forward_ad_attention():
+        routed = jvp(loss_fn, (video,), (direction,))
+        assert sdpa_usable()
+    assert attention.route_counts["math"] > before  # the windows went through the router
+    for a, b in zip(explicit, routed):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    assert sdpa_usable()
+    assert jvp(lambda v: torch.tensor(float(sdpa_usable()), dtype=v.dtype) + v.sum(), (video,), (direction,))[0] \
+        == video.sum()  # inside torch.func.jvp: not usable
+    with fwAD.dual_level():
+        assert not sdpa_usable()
+
+
 def test_window_chunks_leave_the_loss_and_its_jvp_unchanged(monkeypatch):
     """Window attention in chunks of a few windows (the forward-mode pass's memory bound) gives the same loss and
     tangent as all windows at once, in float64; a pass that records a graph for backprop is not chunked."""
