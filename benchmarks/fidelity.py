@@ -485,7 +485,7 @@ def save_pareto(rows: list[dict], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def save_grid(rows: list[dict], path: pathlib.Path, frames=(0, 5, 10, 15), videos: int = 4) -> None:
+def save_grid(rows: list[dict], path: pathlib.Path, frames=(0, 5, 10, 15), videos: int = 4, note: str = "") -> None:
     """PNG: unguided, the shipped default and each method's selected point, 4 videos x 4 frames each."""
     import matplotlib
     matplotlib.use("Agg")
@@ -509,11 +509,48 @@ def save_grid(rows: list[dict], path: pathlib.Path, frames=(0, 5, 10, 15), video
                      f"{row['success_rate']:.2f}, F_target {row.get('frechet_target') or float('nan'):.1f}, hf x"
                      f"{row.get('hf_ratio') or float('nan'):.2f}, flicker x{row.get('frame_diff_ratio') or float('nan'):.2f}",
                      fontsize=8, loc="left")
-    fig.suptitle(f"target {shown[0]['target']}; same initial noise in every row; frames {list(frames)}", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(f"target {shown[0]['target']}; same initial noise in every row; frames {list(frames)}{note}",
+                 fontsize=9)
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.2 + 0.15 * note.count("\n")) / height))  # room for the title lines
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def redraw_grids(result: dict, targets: list[dict], args, videos: int = 4) -> None:
+    """The grids of `targets` from a finished sweep (`result`, fidelity.json): each shown row's first `videos`
+    videos sampled again from the sweep's noise on args.device, with the row's figures from `result`. The shipped
+    default is drawn at today's strength and must have a row at it (run the defaults command first)."""
+    models = load_models(args.device)
+    settings = result["settings"]
+    noise = initial_noise(videos, settings["seed"])  # the sweep's first videos: the noise is drawn video-major
+    for target in targets:
+        name = target_text(target)
+        rows = [r for r in result["rows"] if r.get("target") == name and r.get("status") == "ok"]
+        default = [r for r in rows if r.get("default")]
+        if not default or default[0]["strength"] != gc.Titan.strength:
+            raise ValueError(f"{args.out} has no default row for {name} at the shipped strength "
+                             f"{gc.Titan.strength:g}; run the defaults command (--methods none --append) first")
+        shown = []
+        order = {"unguided": 0}  # unguided, the shipped default, then the methods in the sweep's order
+        for row in sorted(rows, key=lambda r: order.get(r["method"], 1 if r.get("default") else 2)):
+            if row["method"] == "unguided":
+                method = None
+            elif row.get("default"):
+                method = shipped_default()
+            elif row.get("selected") and row["method"] in SWEEPS:
+                method = SWEEPS[row["method"]][0](row["strength"])
+            else:
+                continue
+            out = generate(models, method, noise, target, settings["steps"], videos, settings["seed"])
+            shown.append(dict(row, videos=out["videos"]))
+            print(f"[grid] {name}: {row['method']} {row['strength']:g} re-sampled in {out['seconds']:.1f} s",
+                  flush=True)
+        device = "the GPU" if models.device.type == "cuda" else "the CPU"
+        save_grid(shown, args.figures / f"fidelity_grid_{slug(name)}.png",
+                  note=f"\npictures: the first {videos} videos re-sampled on {device}; figures: {result['device']}, "
+                       f"{settings['videos']} videos per point")
 
 
 def merge_results(previous: dict, new: dict) -> dict:
@@ -563,9 +600,17 @@ def main(argv=None) -> None:
     parser.add_argument("--append", action="store_true", help="merge into an existing --out (other targets stay)")
     parser.add_argument("--smoke", action="store_true", help=f"CPU, tiny: {SMOKE_SETTINGS}")
     parser.add_argument("--plot-only", action="store_true", help="redraw the Pareto picture from --out and exit")
+    parser.add_argument("--grid-only", action="store_true",
+                        help="redraw the picture grids of --targets from --out: the rows a grid shows (unguided, the "
+                             "shipped default, each method's selected point) re-sampled for their first 4 videos on "
+                             "--device at their recorded strength (the default at today's), titled with --out's "
+                             "figures; then exit")
     args = parser.parse_args(argv)
     if args.plot_only:
         save_pareto(json.loads(args.out.read_text())["rows"], args.figures / "fidelity_pareto.png")
+        return
+    if args.grid_only:
+        redraw_grids(json.loads(args.out.read_text()), [parse_target(t) for t in args.targets], args)
         return
     if args.smoke:
         args.device = "cpu"
