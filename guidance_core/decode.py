@@ -113,7 +113,7 @@ class DecodedLoss:
 # the frames, plus a fixed cost of dispatching each call; both the arithmetic and the memory of a frame grow with
 # its pixels, so calls of a fixed size in bytes keep the dispatch share fixed at every resolution. Half the free
 # memory put all 16 frames of the shipped workflow in one call on an H200 (3.5 GiB, TITAN's peak); at 2 GiB they
-# take two calls, an estimated 0.6 s more per video there (one more call of ~2,800 operators per guided step;
+# take two calls, an estimated 0.6-0.9 s more per video there (one more call of ~2,800 operators per guided step;
 # benchmarks/forward_mode_memory.py, README "Node path on a GPU"), not yet measured on a GPU.
 DECODE_CALL_BYTES = 2 * 2**30
 
