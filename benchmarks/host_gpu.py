@@ -152,6 +152,13 @@ def prompts(object_info: dict, frames: int, size: int, steps: int, seed: int, sm
     return rows
 
 
+def with_decode_chunk(prompt: dict, frames: int) -> dict:
+    """`prompt` with the guided sampler's decode_chunk_frames set to `frames` (0: automatic)."""
+    (sampler,) = [node for node in prompt.values() if node["class_type"] == "TitanGuideSampler"]
+    sampler["inputs"]["decode_chunk_frames"] = frames
+    return prompt
+
+
 def with_defaults(object_info: dict, class_type: str, **given) -> dict:
     """An API node of `class_type`: its widgets' defaults, then `given`."""
     spec = object_info[class_type]["input"]
@@ -349,9 +356,8 @@ def main(argv=None) -> int:
                                decode_chunk=warm["decode_chunk"],
                                seconds_warm_sampler=None if None in sampler_runs else statistics.median(sampler_runs))
                 for chunk in options.decode_chunks if method == "titan" else ():
-                    graph = prompts(info, options.frames, options.size, options.steps, 43, options.smoke)[method]
-                    sampler_id = next(n for n, node in graph.items() if node["class_type"] == "TitanGuideSampler")
-                    graph[sampler_id]["inputs"]["decode_chunk_frames"] = chunk
+                    graph = with_decode_chunk(prompts(info, options.frames, options.size, options.steps, 43,
+                                                      options.smoke)[method], chunk)
                     result = run_prompt(host, graph, timeout=left())
                     row.setdefault("decode_chunk_runs", []).append(dict(result, decode_chunk_frames=chunk))
                     print(f"[host_gpu] decode chunk {chunk}: {json.dumps(result)}", flush=True)
