@@ -26,9 +26,10 @@ Triple = Tuple[int, int, int]
 # Value that upstream uses to mask attention across shifted-window regions (not -inf).
 SHIFT_MASK_VALUE = -100.0
 # Bytes of one score-sized term (B x windows x heads x N x N) that window attention makes at a time in a pass
-# that records no autograd graph (forward mode). 16 frames at 256x256, forward mode, live tensors counted on the
-# CPU: all 128 first-stage windows at once 1.83 GiB and 14,567 operator calls; 128 MiB 1.19 GiB and +4 % calls;
-# 32 MiB 0.71 GiB and +57 % (the path is dispatch-bound; the decode chunk, 1.8 GiB, stays above it).
+# that records no autograd graph (forward mode). 16 frames at 256x256 in guidance_core's forward-mode scope, live
+# tensors counted on the CPU (benchmarks/forward_mode_memory.py): all 128 first-stage windows at once 1.97 GiB and
+# 13,121 operator calls; 128 MiB 1.26 GiB and +3 % calls; 32 MiB 0.73 GiB and +39 % (the path is dispatch-bound;
+# the decode chunk, 1.8 GiB, stays above it).
 WINDOW_SCORE_BYTES = 128 * 2**20
 
 
