@@ -225,6 +225,8 @@ def lean_math_attention(q, k, v, chunk: int, scale: float | None, mask: torch.Te
         q_rows = qp[:, rows]
         add = None if mask is None else mask[:, rows] if mask.shape[1] > 1 else mask
         probs = torch.softmax(_scaled_bmm(add, q_rows, kp_t, scale, in_place=False), dim=-1)
+        if add is not None:  # a row the mask hides entirely attends to nothing, as the builtin's safe softmax
+            probs = probs.nan_to_num_(nan=0.0)
         outs.append(torch.bmm(probs, vp))
         scores_t = None if qt is None else _scaled_bmm(None, qt[:, rows], kp_t, scale)
         if kt_t is not None:

@@ -123,6 +123,23 @@ def test_lean_math_attention_with_an_additive_mask_equals_autograd(mask_shape, w
     assert lean < builtin, (lean, builtin)
 
 
+def test_lean_math_attention_gives_a_fully_masked_row_zeros_as_the_builtin_does():
+    """A query row whose mask is -inf everywhere: value and tangent 0, as the builtin MATH rule's safe softmax
+    gives (a plain softmax would give NaN); the other rows as the builtin."""
+    q, k, v = _qkv((1, 2, 6, 8), keys=5)
+    tangents = _qkv((1, 2, 6, 8), keys=5, seed=1)
+    mask = torch.zeros(1, 1, 6, 5, dtype=torch.float64)
+    mask[..., 2, :] = float("-inf")
+    mask[..., 4, 1:] = float("-inf")
+    lean = torch.func.jvp(lambda *a: attention.chunked_math_sdpa(*a, mask), (q, k, v), tangents)
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+        builtin = torch.func.jvp(lambda *a: F.scaled_dot_product_attention(*a, mask), (q, k, v), tangents)
+    for a, b in zip(lean, builtin):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert (lean[0][..., 2, :] == 0).all() and (lean[1][..., 2, :] == 0).all()
+
+
 @pytest.mark.parametrize("with_tangent", ["qkv", "q"])
 def test_lean_math_attention_copies_each_head_split_input_once(with_tangent):
     """Attention inputs arrive as head-split views (b, n, h, d) -> (b, h, n, d), which cannot fold into one batch
