@@ -49,53 +49,12 @@ def test_chunked_math_jvp_equals_autograd_in_float64(with_mask):
     assert abs(float(reference)) > 1e-3
 
 
-@pytest.mark.parametrize("with_tangent", ["qkv", "q", "k", "v", "kv"])
-def test_lean_math_attention_equals_autograd_and_dispatches_fewer_ops(with_tangent):
-    """Without a mask the MATH route writes the attention JVP out (lean_math_attention): equal to autograd in
-    float64 whichever inputs carry tangents (cross-attention: only the query), over query chunks, in at least a
-    quarter fewer aten ops than the builtin MATH rule (130 against 183 with three tangents: its safe softmax's
-    masks and scalar tensors are gone; the compute kernels drop from about 25 to 8 plus the products)."""
+def _lean_jvp_checked_against_autograd(with_tangent: str, mask):
+    """The routed MATH SDPA's value and JVP (tangents on the inputs named in `with_tangent`, forced into query
+    chunks) against autograd in float64; returns (aten ops of its JVP, of the builtin MATH rule's JVP)."""
     from torch.profiler import ProfilerActivity, profile
     q, k, v = _qkv((2, 3, 50, 8), keys=37)
     tangents = dict(zip("qkv", _qkv((2, 3, 50, 8), keys=37, seed=1)))
-    weights = torch.randn(2, 3, 50, 8, dtype=torch.float64)
-    inputs = {"q": q, "k": k, "v": v}
-    names = list(with_tangent)
-
-    def f(*duals, budget=7 * 6 * 37 * 8 * 4):
-        args = dict(inputs, **dict(zip(names, duals)))
-        return (attention.chunked_math_sdpa(args["q"], args["k"], args["v"], scale=0.3, max_score_bytes=budget)
-                * weights).sum()
-
-    value, derivative = torch.func.jvp(f, tuple(inputs[n] for n in names), tuple(tangents[n] for n in names))
-    leaves = {n: t.clone().requires_grad_() for n, t in inputs.items()}
-    grads = torch.autograd.grad((_explicit(leaves["q"], leaves["k"], leaves["v"], None, 0.3) * weights).sum(),
-                                [leaves[n] for n in names])
-    reference = sum((g * tangents[n]).sum() for g, n in zip(grads, names))
-    assert torch.allclose(value, (_explicit(q, k, v, None, 0.3) * weights).sum(), rtol=1e-12)
-    assert torch.allclose(derivative, reference, rtol=1e-10) and abs(float(reference)) > 1e-3
-
-    def ops(attend):
-        primals, tans = tuple(inputs[n] for n in names), tuple(tangents[n] for n in names)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            torch.func.jvp(lambda *d: attend(**dict(inputs, **dict(zip(names, d)))), primals, tans)
-        return sum(1 for e in prof.events() if e.name.startswith("aten::"))
-    lean = ops(lambda q, k, v: attention.chunked_math_sdpa(q, k, v, scale=0.3))
-    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
-        builtin = ops(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3))
-    assert lean * 4 <= builtin * 3, (lean, builtin)
-
-
-@pytest.mark.parametrize("mask_shape", [(2, 3, 50, 37), (3, 50, 37), (1, 37), (2, 1, 50, 1)])
-@pytest.mark.parametrize("with_tangent", ["qkv", "q", "kv"])
-def test_lean_math_attention_with_an_additive_mask_equals_autograd(mask_shape, with_tangent):
-    """A constant additive float mask (DOVER's window biases, shifted-window masks) keeps the written-out rule,
-    broadcast as SDPA broadcasts it, over query chunks: value and tangent equal autograd in float64, and fewer aten
-    ops than the builtin MATH rule."""
-    from torch.profiler import ProfilerActivity, profile
-    q, k, v = _qkv((2, 3, 50, 8), keys=37)
-    tangents = dict(zip("qkv", _qkv((2, 3, 50, 8), keys=37, seed=1)))
-    mask = torch.randn(mask_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     weights = torch.randn(2, 3, 50, 8, dtype=torch.float64)
     inputs, names = {"q": q, "k": k, "v": v}, list(with_tangent)
 
@@ -120,6 +79,27 @@ def test_lean_math_attention_with_an_additive_mask_equals_autograd(mask_shape, w
     lean = ops(lambda q, k, v: attention.chunked_math_sdpa(q, k, v, mask, scale=0.3))
     with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
         builtin = ops(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, scale=0.3))
+    return lean, builtin
+
+
+@pytest.mark.parametrize("with_tangent", ["qkv", "q", "k", "v", "kv"])
+def test_lean_math_attention_equals_autograd_and_dispatches_fewer_ops(with_tangent):
+    """Without a mask the MATH route writes the attention JVP out (lean_math_attention): equal to autograd in
+    float64 whichever inputs carry tangents (cross-attention: only the query), over query chunks, in at least a
+    quarter fewer aten ops than the builtin MATH rule (130 against 183 with three tangents: its safe softmax's
+    masks and scalar tensors are gone; the compute kernels drop from about 25 to 8 plus the products)."""
+    lean, builtin = _lean_jvp_checked_against_autograd(with_tangent, None)
+    assert lean * 4 <= builtin * 3, (lean, builtin)
+
+
+@pytest.mark.parametrize("mask_shape", [(2, 3, 50, 37), (3, 50, 37), (1, 37), (2, 1, 50, 1)])
+@pytest.mark.parametrize("with_tangent", ["qkv", "q", "kv"])
+def test_lean_math_attention_with_an_additive_mask_equals_autograd(mask_shape, with_tangent):
+    """A constant additive float mask (DOVER's window biases, shifted-window masks) keeps the written-out rule,
+    broadcast as SDPA broadcasts it, over query chunks: value and tangent equal autograd in float64, and fewer aten
+    ops than the builtin MATH rule."""
+    mask = torch.randn(mask_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    lean, builtin = _lean_jvp_checked_against_autograd(with_tangent, mask)
     assert lean < builtin, (lean, builtin)
 
 
