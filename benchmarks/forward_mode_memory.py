@@ -94,19 +94,15 @@ def sd_vae(dtype: torch.dtype):
 
 def sd15_unet():
     import comfy.ldm.modules.attention as comfy_attention
-    import comfy.ops
     import comfy.supported_models
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from tiny_checkpoints import FULL_SD15_UNET_CONFIG
 
     # ComfyUI's attention on CUDA (SDPA, which the pack routes in forward mode); on the CPU it picks sub-quadratic
     comfy_attention.optimized_attention = comfy_attention.attention_pytorch
-    config = comfy.supported_models.SD15(dict(FULL_SD15_UNET_CONFIG))
+    config = comfy.supported_models.SD15(dict(FULL_SD15_UNET_CONFIG))  # as tests/tiny_checkpoints.py builds it
     config.set_inference_dtype(torch.float32, None)
-    unet_config = dict(config.unet_config)
-    unet_config.pop("disable_unet_model_creation", None)
     torch.manual_seed(0)
-    unet = UNetModel(**unet_config, device="cpu", operations=comfy.ops.disable_weight_init)
+    unet = config.get_model({}).diffusion_model
     for parameter in unet.parameters():
         parameter.data.normal_(0, 0.02)
     return unet.requires_grad_(False)
