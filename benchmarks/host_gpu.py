@@ -10,6 +10,9 @@ these methods:
   titan     as shipped (TITAN-Guide defaults: forward-mode, sampled-gradient guess on 2 frames),
   titan_restarted  the same graph in another fresh host: run after `titan`, its first prompt is a restarted
             ComfyUI's, with the JVP attention kernels already in Triton's on-disk cache,
+  titan_autotune  the same graph in a fresh host with TITAN_TRITON_AUTOTUNE=1 and its own empty Triton cache: the JVP
+            attention kernel times every candidate tile per call class, as before the default tile (its first prompt
+            against titan's shows what autotuning costs, its warm runs what it gains),
   titan_graph  the same graph in a host started with TITAN_CUDA_GRAPH=1 and --disable-cuda-malloc (the JVP
             replayed as a CUDA graph, checked once against the eager JVP; the pack refuses graphs under ComfyUI's
             default cudaMallocAsync allocator; the report's "forward mode" line says whether it ran),
@@ -29,12 +32,13 @@ Each row: {"case", "method", "dynamic_vram", "peak_gb", "report_peak_gb", "secon
 `seconds_warm_sampler` (the sampler node's own time from its report: the rest of a prompt is loading and the
 other nodes), `triton_cache_entries` (files in Triton's on-disk kernel cache when the row's host started: 0 means
 the first prompt compiled the JVP attention kernels), `forward_ad` (the report's attention-route / CUDA-graph
-line) and `decode_chunk` (the report's frames per VAE call). `--decode-chunks 16 8 4` runs one more warm prompt
-per value in the titan row with `decode_chunk_frames` set (`decode_chunk_runs`: time and peaks against the
-automatic chunk). `--profile` runs one more prompt per TITAN row, profiled (guidance_core/profiling.py), and
-keeps its summary in the row (`profile`): on the CPU torch.profiler's phases and operators, on CUDA each
-phase's time between device synchronisations and the allocated peak it raised (torch.profiler hung ComfyUI's
-prompt thread on an H200, CPU activity alone too). `--dynamic-vram on|off` picks the mode(s) of ComfyUI
+line) and `decode_chunk` (the report's frames per VAE call); titan_autotune's `autotune_choices` are the
+autotuner's picks from its Triton cache. `--decode-chunks 16 8 4` runs one more warm prompt per value in the titan
+row with `decode_chunk_frames` set (`decode_chunk_runs`: time and peaks against the automatic chunk). `--profile`
+runs one more prompt in the titan and titan_graph rows, profiled (guidance_core/profiling.py), and keeps its summary
+in the row (`profile`): on the CPU torch.profiler's phases and operators, on CUDA each phase's time between device
+synchronisations and the allocated peak it raised (torch.profiler hung ComfyUI's prompt thread on an H200, CPU
+activity alone too). `--dynamic-vram on|off` picks the mode(s) of ComfyUI
 0.33 (off = --disable-dynamic-vram; on is 0.33's default on CUDA); hosts without the flag (0.3.x) run `off` only.
 
 On the H200 (no internet): first, with internet, `bash benchmarks/gpu_prepare.sh` (the missing packages, the lean
@@ -70,8 +74,9 @@ from testing.comfy_host import ComfyHost  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "aesthetic_dover_animatediff.json"
 CHECKPOINT, MOTION_MODULE, DOVER = "epicrealism_naturalSinRC1VAE.safetensors", "mm_sd_v15_v2.ckpt", "DOVER.pth"
-METHODS = ("titan", "ksampler", "freedom", "mpgd", "exact", "titan_restarted", "titan_graph")
-GRAPH_ENV = {"titan_graph": "1"}  # TITAN_CUDA_GRAPH per row (others: 0)
+METHODS = ("titan", "ksampler", "freedom", "mpgd", "exact", "titan_restarted", "titan_autotune", "titan_graph")
+ROW_ENV = {"titan_graph": {"TITAN_CUDA_GRAPH": "1"},  # the host inherits these; other rows get the defaults
+           "titan_autotune": {"TITAN_TRITON_AUTOTUNE": "1", "TRITON_CACHE_DIR": "{work}/triton_cache_autotune"}}
 ROW_FLAGS = {"titan_graph": ["--disable-cuda-malloc"]}  # CUDA graphs need PyTorch's native allocator
 BASELINES = {"freedom": "freedom", "mpgd": "mpgd", "exact": "exact_gradient"}  # row -> TitanGuidanceMethod method
 VRAM_FLAGS = {"on": [], "off": ["--disable-dynamic-vram"]}
@@ -127,7 +132,7 @@ def prompts(object_info: dict, frames: int, size: int, steps: int, seed: int, sm
         base[sampler]["inputs"]["frames_per_video"] = frames
     if smoke:  # the tiny ADE checkpoint's one level fits only the 320-wide temporal modules
         _smoke_motion_blocks(base, by_type, object_info)
-    rows = {"titan": base, "titan_graph": base, "titan_restarted": base}
+    rows = {"titan": base, "titan_graph": base, "titan_restarted": base, "titan_autotune": base}
 
     # KSampler instead of TitanGuideSampler; nodes fed by its report / loss plot go.
     stock = json.loads(json.dumps(base))
@@ -234,6 +239,21 @@ def report_line(outputs: dict, prefix: str) -> str | None:
     return None
 
 
+def set_row_env(method: str, defaults: dict, work: Path) -> None:
+    """The environment a row's host inherits: ROW_ENV's values for this row, `defaults` for the rest (None: unset)."""
+    for name, default in defaults.items():
+        value = ROW_ENV.get(method, {}).get(name, default)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value.format(work=work)
+
+
+def autotune_choices(cache: Path) -> list:
+    """The autotuner's results in a Triton cache folder (`cache_results=True` writes one JSON per tuned key)."""
+    return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(cache.rglob("*.autotune.json"))]
+
+
 def triton_cache_entries() -> int:
     """Files in Triton's on-disk kernel cache (TRITON_CACHE_DIR or ~/.triton/cache)."""
     folder = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
@@ -309,6 +329,8 @@ def main(argv=None) -> int:
     case = f"{WORKFLOW.stem} {options.frames}x{options.size}x{options.size} {options.steps} steps"
 
     results = {"host": version, "workflow": WORKFLOW.name, "device": None, "rows": []}
+    defaults = {"TITAN_CUDA_GRAPH": "0", "TITAN_TRITON_AUTOTUNE": "0",
+                "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR")}
     options.out.parent.mkdir(parents=True, exist_ok=True)
     failed = False
     for method in options.methods:
@@ -319,7 +341,7 @@ def main(argv=None) -> int:
                 continue
             extra = ["--front-end-root", str(frontend), *ROW_FLAGS.get(method, [])] + \
                 ([] if version.startswith("0.3.") else VRAM_FLAGS[vram])
-            os.environ["TITAN_CUDA_GRAPH"] = GRAPH_ENV.get(method, "0")  # the host inherits it
+            set_row_env(method, defaults, work)
             os.environ["TITAN_PROFILE_DIR"] = str(work / f"profile_{vram}_{method}")
             titan_row = method.startswith("titan")
             if titan_row:
@@ -361,7 +383,7 @@ def main(argv=None) -> int:
                     result = run_prompt(host, graph, timeout=left())
                     row.setdefault("decode_chunk_runs", []).append(dict(result, decode_chunk_frames=chunk))
                     print(f"[host_gpu] decode chunk {chunk}: {json.dumps(result)}", flush=True)
-                if titan_row and options.profile and method != "titan_restarted":  # its prompts are the titan row's
+                if method in ("titan", "titan_graph") and options.profile:  # restarted / autotune: titan's prompts
                     folder = Path(os.environ["TITAN_PROFILE_DIR"])
                     folder.mkdir(parents=True, exist_ok=True)
                     (folder / "profile_next").touch()
@@ -380,6 +402,8 @@ def main(argv=None) -> int:
                 print(host.log_tail(60), flush=True)
             finally:
                 host.stop()
+            if method == "titan_autotune":  # what the autotuner picked per call class (its cache is removed below)
+                row["autotune_choices"] = autotune_choices(Path(os.environ["TRITON_CACHE_DIR"]))
             results["rows"].append(row)
             options.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
             print(f"[host_gpu] {json.dumps(row)}", flush=True)

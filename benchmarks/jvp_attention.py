@@ -19,8 +19,11 @@ element, up to 4 heads, 64 query rows spread over the sequence; a row depends on
     python -m benchmarks.jvp_attention --check   # compiled kernel against float64, small shapes, every variant
     python -m benchmarks.jvp_attention --table                         # the JSON's rows as a markdown table
     python -m benchmarks.jvp_attention --quick --out /tmp/jvp_attention_smoke.json   # CPU, seconds
-Each (shape group, dtype) set compiles and autotunes the kernel once per head dim (seconds per tile config);
-the first call's time (compile + autotune) is in the JSON as first_call_s.
+Each (shape group, dtype) set compiles the kernel's default tile once per head dim and tangent set (about a second);
+ours_autotuned (CUDA) times every candidate tile first (TITAN_TRITON_AUTOTUNE=1); the first call's time (compile,
+and autotuning there) is in the JSON as first_call_s, the tile each ran in "tile".
+    python -m benchmarks.jvp_attention --compile-cost --out benchmarks/results/jvp_attention_compile.json
+compiles the shipped workflow's attention calls for sm_90 on any machine: autotuned tiles against default ones.
 """
 from __future__ import annotations
 
@@ -85,7 +88,7 @@ SHAPES = {
     ],
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-IMPLEMENTATIONS = ("flash_fwd", "ours", "ours_dual", "math", "jvpfa")
+IMPLEMENTATIONS = ("flash_fwd", "ours", "ours_dual", "ours_autotuned", "math", "jvpfa")
 
 
 def jvpfa_kernel():
@@ -165,8 +168,15 @@ def implementations(q, k, v, q_t, k_t, v_t) -> dict:
     if reason is None:
         runs["ours"] = lambda: triton_attention.jvp_attention(q, k, v, q_t, k_t, v_t)
         runs["ours_dual"] = lambda: torch.func.jvp(triton_attention.dual_attention, (q, k, v), (q_t, k_t, v_t))
+        if q.is_cuda:
+            def autotuned():
+                with autotune_env():
+                    return triton_attention.jvp_attention(q, k, v, q_t, k_t, v_t)
+            runs["ours_autotuned"] = autotuned
+        else:
+            runs["ours_autotuned"] = "autotuning runs on CUDA only (the interpreter has one tile)"
     else:
-        runs["ours"] = runs["ours_dual"] = reason
+        runs["ours"] = runs["ours_dual"] = runs["ours_autotuned"] = reason
     runs["math"] = lambda: torch.func.jvp(attention.chunked_math_sdpa, (q, k, v), (q_t, k_t, v_t))
     if jvpfa_kernel() is None:
         runs["jvpfa"] = "jvp-flash-attention not importable (or no CUDA)"
@@ -208,9 +218,8 @@ def measure(name: str, dims: tuple, dtype: torch.dtype, device: torch.device, bu
                   "primal_err": relative_error(out, expected, rows, ref_heads)}
         if out_t is not None:
             result["tangent_err"] = relative_error(out_t, expected_t, rows, ref_heads)
-        if impl == "ours" and device.type == "cuda":
-            best = getattr(triton_attention._built.get("kernel"), "best_config", None)
-            result["config"] = str(best) if best is not None else None
+        if impl in ("ours", "ours_autotuned") and device.type == "cuda":
+            result["tile"] = list(triton_attention.last_tile["tile"])  # BLOCK_M, BLOCK_N, warps, stages
         row[impl] = result
         del out, out_t
         if device.type == "cuda":
@@ -225,7 +234,7 @@ def measure(name: str, dims: tuple, dtype: torch.dtype, device: torch.device, bu
 CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}  # of max |reference|
 # (batch, heads, len_q, len_k, dim, dim_v, causal, tangents present, dtype): every compiled variant the routed
 # calls can make, at small ragged shapes against a full float64 reference
-CHECK_CASES = [  # after the first, at most 64 queries: the autotuner then times (and compiles) few tiles
+CHECK_CASES = [  # each runs its default tile; under TITAN_TRITON_AUTOTUNE=1 every candidate (few after the first)
     ((2, 3, 300, 300, 128, 128), False, "qkv", torch.bfloat16),  # Wan's class, the benchmark's tiles
     ((2, 3, 64, 77, 128, 128), False, "q", torch.bfloat16),      # cross-attention: text k, v are constants
     ((1, 4, 61, 257, 64, 64), True, "qkv", torch.float16),
@@ -341,21 +350,71 @@ def resources(dtype: str, dim: int, tile: tuple, **variant) -> dict:
 def lowering(dtypes: list[str], dims: list[int]) -> list[dict]:
     """resources() of every tile the autotuner may time, per dtype and head dim (all tangents, long sequences):
     what to look at when changing the tile lists, on any machine."""
-    from guidance_core.forward_ad.triton_attention import _TUNING, _config, _prune
-
     rows = []
     for dtype in dtypes:
         for dim in dims:
-            probe = torch.empty(1, dtype=DTYPES[dtype])
-            args = {"Q": probe, "BLOCK_D": triton_attention._block_dim(dim),
-                    "BLOCK_DV": triton_attention._value_block(dim), "HAS_QT": True, "HAS_KT": True, "HAS_VT": True,
-                    "LQ_BUCKET": 1 << 14, "LK_BUCKET": 1 << 14}
-            for config in _prune([_config(*tile) for tile in _TUNING], args):
-                tile = (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
+            size = DTYPES[dtype].itemsize
+            for tile in triton_attention.tile_candidates(size, triton_attention._block_dim(dim),
+                                                         triton_attention._value_block(dim), True, True, True,
+                                                         1 << 14, 1 << 14):
                 row = resources(dtype, dim, tile)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows
+
+
+# The calls the shipped AnimateDiff + DOVER workflow routes to the kernel (16 frames 256x256, SD1.5: 8 heads;
+# 32x32 latent tokens at head dim 40, 16x16 at 80; 8x8 is under the router's 256 tokens and takes MATH; the text
+# context's 77 tokens carry no tangent): 4 compiled variants, 20 calls per UNet JVP (600 per video on the H200).
+NODE_PATH_CALLS = (  # (name, head dim, query tokens, key tokens, tangents on q, k, v)
+    ("SD1.5 self, 32x32 latent", 40, 1024, 1024, (True, True, True)),
+    ("SD1.5 cross, 32x32 latent", 40, 1024, 77, (True, False, False)),
+    ("SD1.5 self, 16x16 latent", 80, 256, 256, (True, True, True)),
+    ("SD1.5 cross, 16x16 latent", 80, 256, 77, (True, False, False)),
+)
+
+
+def compile_cost(dtype: str = "fp16") -> dict:
+    """Seconds of sm_90 compiles (this machine's CPU, empty Triton cache) that a first prompt spends on the
+    node path's attention calls: every tile the autotuner times against the one tile the default launch compiles.
+    Timing the candidates on the GPU comes on top (do_bench per tile and length class), not counted here."""
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        previous = os.environ.get("TRITON_CACHE_DIR")
+        os.environ["TRITON_CACHE_DIR"] = cache
+        try:
+            compile_for_hopper(dtype, 64, (16, 16, 4, 1))  # Triton's own first-use cost, not any tile's
+            for name, dim, len_q, len_k, tangents in NODE_PATH_CALLS:
+                size = DTYPES[dtype].itemsize
+                call = (size, triton_attention._block_dim(dim), triton_attention._value_block(dim), *tangents,
+                        triton_attention._bucket(len_q), triton_attention._bucket(len_k))
+                seconds = {}
+                for tile in triton_attention.tile_candidates(*call):
+                    start = time.perf_counter()
+                    compile_for_hopper(dtype, dim, tile, tangents=tangents)
+                    seconds[tile] = time.perf_counter() - start
+                default = triton_attention.ranked_tiles(*call)[0]
+                row = {"call": name, "dim": dim, "len_q": len_q, "len_k": len_k, "tangents": list(tangents),
+                       "autotune_tiles": len(seconds), "autotune_compile_s": sum(seconds.values()),
+                       "default_tile": list(default), "default_compile_s": seconds[default]}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        finally:
+            if previous is None:
+                os.environ.pop("TRITON_CACHE_DIR")
+            else:
+                os.environ["TRITON_CACHE_DIR"] = previous
+    total = {key: sum(r[key] for r in rows) for key in ("autotune_tiles", "autotune_compile_s", "default_compile_s")}
+    print(f"| call | tiles autotuned | autotune compile s | default tile | default compile s |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['call']} | {r['autotune_tiles']} | {r['autotune_compile_s']:.1f} | {tuple(r['default_tile'])} "
+              f"| {r['default_compile_s']:.1f} |")
+    print(f"| all | {total['autotune_tiles']} | {total['autotune_compile_s']:.1f} | {len(rows)} tiles "
+          f"| {total['default_compile_s']:.1f} |")
+    return {"dtype": dtype, "target": "sm_90", "cpu": platform.processor() or platform.machine(),
+            "triton": __import__("triton").__version__, "rows": rows, "total": total}
 
 
 def cell(result: dict, key: str, fmt: str) -> str:
@@ -368,21 +427,37 @@ def cell(result: dict, key: str, fmt: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| shape | dtype | flash fwd ms | ours ms (x fwd) | ours dual ms | MATH ms | jvp-flash-attn ms "
+    head = ("| shape | dtype | flash fwd ms | ours ms (x fwd) | ours dual ms | ours autotuned ms | MATH ms "
+            "| jvp-flash-attn ms "
             "| ours peak MB | MATH peak MB | ours err primal / tangent | MATH err tangent | jvpfa err tangent |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     missing = {"skipped": "not measured"}
     for r in rows:
-        ours, flash, math_, jvpfa, dual = (r.get(impl, missing) for impl in
-                                           ("ours", "flash_fwd", "math", "jvpfa", "ours_dual"))
+        ours, flash, math_, jvpfa, dual, tuned = (r.get(impl, missing) for impl in
+                                                  ("ours", "flash_fwd", "math", "jvpfa", "ours_dual", "ours_autotuned"))
         ratio = f" ({ours['x_flash_fwd']:.1f}x)" if "x_flash_fwd" in ours else ""
         lines.append(" | ".join([
             f"| {r['shape']} {tuple(r.get('dims', ()))}", r["dtype"], cell(flash, "ms", ".2f"),
-            cell(ours, "ms", ".2f") + ratio, cell(dual, "ms", ".2f"), cell(math_, "ms", ".2f"),
+            cell(ours, "ms", ".2f") + ratio, cell(dual, "ms", ".2f"), cell(tuned, "ms", ".2f"),
+            cell(math_, "ms", ".2f"),
             cell(jvpfa, "ms", ".2f"), cell(ours, "peak_mb", ".0f"), cell(math_, "peak_mb", ".0f"),
             f"{cell(ours, 'primal_err', '.1e')} / {cell(ours, 'tangent_err', '.1e')}",
             cell(math_, "tangent_err", ".1e"), cell(jvpfa, "tangent_err", ".1e")]) + " |")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def autotune_env():
+    """TITAN_TRITON_AUTOTUNE=1 for one call: the kernel times every candidate tile instead of the default one."""
+    previous = os.environ.get(triton_attention.AUTOTUNE_ENV)
+    os.environ[triton_attention.AUTOTUNE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(triton_attention.AUTOTUNE_ENV)
+        else:
+            os.environ[triton_attention.AUTOTUNE_ENV] = previous
 
 
 @contextlib.contextmanager
@@ -444,6 +519,8 @@ def main(argv=None) -> dict:
                         "small shapes (every variant); exit status 1 if any case fails")
     parser.add_argument("--lowering", action="store_true", help="sm_90 compile of every candidate tile for "
                         "--dtypes and the benchmark's head dims: shared memory, registers, spills (no GPU)")
+    parser.add_argument("--compile-cost", action="store_true", help="sm_90 compile seconds of the node path's "
+                        "attention variants, autotuned tiles against the default tile (no GPU); JSON to --out")
     parser.add_argument("--table", action="store_true", help="print the table of --out's rows (for the README), "
                         "measure nothing")
     args = parser.parse_args(argv)
@@ -457,6 +534,11 @@ def main(argv=None) -> dict:
     if unknown:
         parser.error(f"unknown group or dtype: {', '.join(unknown)}")
     device = torch.device("cpu" if args.quick else args.device)
+    if args.compile_cost:
+        result = dict(compile_cost(), command=" ".join(["python -m benchmarks.jvp_attention"] + (
+            argv if argv is not None else sys.argv[1:])))
+        pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
+        return result
     if args.lowering:
         return {"lowering": lowering(args.dtypes.split(","), [40, 64, 80, 128, 160])}
     if args.check:

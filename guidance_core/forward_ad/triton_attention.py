@@ -34,13 +34,16 @@ import torch.autograd.forward_ad as fwAD
 MAX_HEAD_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Hopper (H200) candidates; autotune keys on head dims, causal, which tangents exist, dtype and the
-# bucketed sequence lengths. Short on purpose: each config compiles once per head dim and dtype. Chosen from
-# sm_90 compiles of the all-tangents kernel with Triton 3.5 and 3.6 (`python -m benchmarks.jvp_attention
-# --lowering`: registers, spills, shared memory; no GPU timings yet): bf16 at head dim 128, 128 x 32 tiles
-# with 8 warps use ~225 registers and spill nothing, 128 x 64 and 64 x 64 spill up to ~100 bytes, 128-wide
-# key tiles hundreds (kept for head dim 64 only, where they fit).
-_TUNING = (  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+# Tiles (BLOCK_M, BLOCK_N, num_warps, num_stages). By default one tile per call is compiled, no timing:
+# the first of `ranked_tiles`, the largest tile that fits, which is what autotuning over these lists picked in
+# all 15 shapes the H200 timed (benchmarks/results/jvp_attention.json: Wan, SD1.5, CogVideoX, LTX-2, bf16, head
+# dims 40-160). Autotuning compiles and times every candidate per head dim, tangent set and length class, about
+# 0.5-1.2 s of compile each (sm_90 from this machine's CPU), which the first prompt pays; TITAN_TRITON_AUTOTUNE=1
+# brings it back. The lists were chosen from sm_90 compiles of the all-tangents kernel with Triton 3.5 and 3.6
+# (`python -m benchmarks.jvp_attention --lowering`: registers, spills, shared memory): bf16 at head dim 128,
+# 128 x 32 tiles with 8 warps use ~225 registers and spill nothing, 128 x 64 and 64 x 64 spill up to ~100 bytes,
+# 128-wide key tiles hundreds (kept for head dim 64 only, where they fit).
+_TUNING = (
     (128, 32, 8, 4),
     (128, 32, 8, 3),
     (128, 32, 8, 2),
@@ -56,8 +59,13 @@ _NARROW_TUNING = (
     (64, 32, 4, 1),
     (32, 32, 4, 2),
 )
-SHARED_MEMORY_BYTES = 232_448  # per block on Hopper (227 KiB)
-_INTERPRETER_BLOCKS = (16, 16)  # small tiles so tiny test shapes still cross block edges
+AUTOTUNE_ENV = "TITAN_TRITON_AUTOTUNE"
+SHARED_MEMORY_BYTES = 232_448  # per block on Hopper (227 KiB), where the device does not say
+_INTERPRETER_TILE = (16, 16, 4, 1)  # small tiles so tiny test shapes still cross block edges
+
+
+def _autotuning() -> bool:
+    return os.environ.get(AUTOTUNE_ENV, "0") == "1"
 
 
 def _interpreting() -> bool:
@@ -236,51 +244,90 @@ def _launch(q, k, v, q_t, k_t, v_t, scale, causal, want_tangent: bool):
     else:
         precision = "tf32"  # ignored for half inputs; TF32 for float32 where torch allows it
     interpret = q.device.type == "cpu"
-    kernel = _kernel(interpret)
     meta = dict(HAS_QT=has_tangent and q_t is not None, HAS_KT=has_tangent and k_t is not None,
                 HAS_VT=has_tangent and v_t is not None, WRITE_T=has_tangent, CAUSAL=bool(causal),
                 BLOCK_D=_block_dim(dim), BLOCK_DV=_value_block(dim_v, interpret), DOT_PRECISION=precision,
                 # Triton 3.5's interpreter multiplies bfloat16 bit patterns as integers: products in float32 there
                 UPCAST=interpret and q.dtype == torch.bfloat16, ROW_ALIGN=row_align)
-    if interpret:
-        meta.update(BLOCK_M=_INTERPRETER_BLOCKS[0], BLOCK_N=_INTERPRETER_BLOCKS[1])
     grid = lambda cfg: (math.ceil(len_q / cfg["BLOCK_M"]), batch * heads,  # noqa: E731
                         math.ceil(dim_v / cfg["BLOCK_DV"]))
+    args = (*tensors, *strides, heads, len_q, len_k, dim, dim_v, scale, _bucket(len_q), _bucket(len_k))
+    autotune = not interpret and _autotuning()
+    kernel = _kernel(interpret, autotune)
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-        kernel[grid](*tensors, *strides, heads, len_q, len_k, dim, dim_v, scale, _bucket(len_q), _bucket(len_k),
-                     **meta)
+        if autotune:
+            kernel[grid](*args, **meta)
+            last_tile["tile"] = _tile_of(kernel.best_config)
+        else:
+            tiles = [_INTERPRETER_TILE] if interpret else ranked_tiles(
+                q.element_size(), meta["BLOCK_D"], meta["BLOCK_DV"], meta["HAS_QT"], meta["HAS_KT"], meta["HAS_VT"],
+                _bucket(len_q), _bucket(len_k), _shared_memory(q.device))
+            _launch_first_that_fits(kernel, grid, args, meta, tiles)
     return out, (out_t if want_tangent else None)
 
 
-_built: dict = {}  # {"interpret": bool, "kernel": launcher} of the last build
+last_tile: dict = {"tile": None}  # (BLOCK_M, BLOCK_N, num_warps, num_stages) of the last launch, for benchmarks
 
 
-def _kernel(interpret: bool):
-    """The Triton kernel, built on first use: autotuned on CUDA, one small tile under the interpreter."""
-    if _built.get("interpret") is interpret:
+def _launch_first_that_fits(kernel, grid, args, meta, tiles):
+    """Launch with the first tile the device can hold: the shared-memory estimate is close, not exact, and a
+    smaller card refuses a tile when it is compiled (Triton's OutOfResources), before anything runs."""
+    for index, tile in enumerate(tiles):
+        try:
+            kernel[grid](*args, **meta, BLOCK_M=tile[0], BLOCK_N=tile[1], num_warps=tile[2], num_stages=tile[3])
+        except Exception as error:
+            if type(error).__name__ != "OutOfResources" or index == len(tiles) - 1:
+                raise
+            continue
+        last_tile["tile"] = tile
+        return
+
+
+def _tile_of(config) -> tuple:
+    return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory(device: torch.device) -> int:
+    """Shared memory one block may use on this device (its opt-in maximum); Hopper's where it cannot be read."""
+    if device.type != "cuda":
+        return SHARED_MEMORY_BYTES
+    properties = torch.cuda.get_device_properties(device)
+    return int(getattr(properties, "shared_memory_per_block_optin", 0) or SHARED_MEMORY_BYTES)
+
+
+_built: dict = {}  # {"interpret": bool, "kernel": the jit kernel, "autotuned": its autotuner once asked for}
+
+
+def _kernel(interpret: bool, autotune: bool = False):
+    """The Triton kernel, built on first use (compiled, or for the interpreter); in Triton's autotuner if asked."""
+    if _built.get("interpret") is not interpret:
+        previous = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"  # triton.jit reads it when it decorates
+        try:
+            kernel = _define()
+        finally:
+            if previous is None:
+                os.environ.pop("TRITON_INTERPRET", None)
+            else:
+                os.environ["TRITON_INTERPRET"] = previous
+        if interpret:
+            _index_scalars_for_numpy2()
+        _built.clear()
+        _built.update(interpret=interpret, kernel=kernel, autotuned=None)
+    if not autotune:
         return _built["kernel"]
-    import triton
+    if _built["autotuned"] is None:
+        import triton
 
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"  # triton.jit reads it when it decorates
-    try:
-        kernel = _define()
-    finally:
-        if previous is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-    if interpret:
-        _index_scalars_for_numpy2()
-    else:
         configs = [_config(*tile) for tile in _TUNING]
-        kernel = triton.autotune(configs, key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "HAS_QT", "HAS_KT", "HAS_VT",
-                                               "WRITE_T", "DOT_PRECISION", "LQ_BUCKET", "LK_BUCKET"],
-                                 prune_configs_by={"early_config_prune": _prune},
-                                 # tuned tiles persist in Triton's cache: a restarted host does not re-time them
-                                 cache_results=True)(kernel)
-    _built.update(interpret=interpret, kernel=kernel)
-    return kernel
+        _built["autotuned"] = triton.autotune(
+            configs, key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "HAS_QT", "HAS_KT", "HAS_VT", "WRITE_T", "DOT_PRECISION",
+                          "LQ_BUCKET", "LK_BUCKET"],
+            prune_configs_by={"early_config_prune": _prune},
+            # tuned tiles persist in Triton's cache: a restarted host does not re-time them
+            cache_results=True)(_built["kernel"])
+    return _built["autotuned"]
 
 
 def _index_scalars_for_numpy2():
@@ -300,29 +347,48 @@ def _index_scalars_for_numpy2():
     interpreter._patch_lang_tensor = patch_lang_tensor
 
 
+def tile_candidates(element_size: int, block_d: int, block_dv: int, has_qt: bool, has_kt: bool, has_vt: bool,
+                    lq_bucket: int, lk_bucket: int, shared_memory: int = SHARED_MEMORY_BYTES) -> list[tuple]:
+    """Tiles worth running for a call: narrow tiles for wide heads and float32, no key tiles of 128 above head
+    dim 64 (they spill), none whose pipelined tiles overflow shared memory, none longer than the sequence they
+    tile; the smallest if none is left."""
+    wide = block_d >= 256 or (element_size >= 4 and block_d >= 128)
+    tiles = _NARROW_TUNING if wide else _TUNING
+    key_tiles, value_tiles, query_tiles = 1 + bool(has_kt), 1 + bool(has_vt), 1 + bool(has_qt)
+
+    def shared_bytes(tile):  # num_stages copies of the key-side tiles, plus q (and q_t) held for the loop
+        m, n, _, stages = tile
+        return element_size * (stages * n * (block_d * key_tiles + block_dv * value_tiles) + m * block_d * query_tiles)
+
+    kept = [t for t in tiles
+            if shared_bytes(t) <= shared_memory
+            and not (t[1] > 64 and block_d > 64)
+            and not (t[0] > 64 and lq_bucket <= 64)
+            and not (t[1] > 64 and lk_bucket <= 64)]
+    return kept or [min(tiles, key=shared_bytes)]
+
+
+def default_tile_order(tile: tuple) -> tuple:
+    """Sort key, best first when descending: most query rows, then the widest key tile (what autotuning picked on
+    the H200 wherever it fit), most warps, then stages nearest two (no timing told stages apart: among the
+    tiles that fit, each of those shape classes had a single tile of the winning size)."""
+    block_m, block_n, warps, stages = tile
+    return block_m, block_n, warps, -abs(stages - 2)
+
+
+def ranked_tiles(*call, **named) -> list[tuple]:
+    """`tile_candidates(*call)` in the order the default launch tries them: `default_tile_order`, descending."""
+    return sorted(tile_candidates(*call, **named), key=default_tile_order, reverse=True)
+
+
 def _prune(configs, named_args, **kwargs):
-    """Tiles worth timing for this call: narrow tiles for wide heads and float32, no key tiles of 128 above
-    head dim 64 (they spill), none whose pipelined tiles overflow shared memory, none longer than the
-    sequence they tile."""
+    """The autotuner's view of `tile_candidates` (Triton hands it the launch's arguments)."""
+    del configs  # the candidates depend on the call: narrow tiles replace the list for wide heads
     args = {**named_args, **kwargs}
-    size = args["Q"].element_size()
-    block_d, block_dv = args["BLOCK_D"], args["BLOCK_DV"]
-    if block_d >= 256 or (size >= 4 and block_d >= 128):
-        configs = [_config(*tile) for tile in _NARROW_TUNING]
-    key_tiles = 1 + bool(args["HAS_KT"])
-    value_tiles = 1 + bool(args["HAS_VT"])
-    query_tiles = 1 + bool(args["HAS_QT"])
-
-    def shared_bytes(c):  # num_stages copies of the key-side tiles, plus q (and q_t) held for the loop
-        m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        return size * (c.num_stages * n * (block_d * key_tiles + block_dv * value_tiles) + m * block_d * query_tiles)
-
-    kept = [c for c in configs
-            if shared_bytes(c) <= SHARED_MEMORY_BYTES
-            and not (c.kwargs["BLOCK_N"] > 64 and block_d > 64)
-            and not (c.kwargs["BLOCK_M"] > 64 and args["LQ_BUCKET"] <= 64)
-            and not (c.kwargs["BLOCK_N"] > 64 and args["LK_BUCKET"] <= 64)]
-    return kept or [min(configs, key=shared_bytes)]
+    q = args["Q"]
+    tiles = tile_candidates(q.element_size(), args["BLOCK_D"], args["BLOCK_DV"], args["HAS_QT"], args["HAS_KT"],
+                            args["HAS_VT"], args["LQ_BUCKET"], args["LK_BUCKET"], _shared_memory(q.device))
+    return [_config(*tile) for tile in tiles]
 
 
 def _config(block_m, block_n, num_warps, num_stages):

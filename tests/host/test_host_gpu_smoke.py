@@ -47,7 +47,7 @@ def test_host_gpu_benchmark_smoke_runs_titan_and_ksampler(tmp_path, tiny_sd15_ch
     assert "ComfyUI" in completed.stdout
 
 
-def test_host_gpu_builds_every_methods_graph_from_the_shipped_workflow(comfy_host):
+def test_host_gpu_builds_every_methods_graph_from_the_shipped_workflow(comfy_host, monkeypatch, tmp_path):
     """Each row's prompt is the shipped workflow with the row's change: KSampler in place of the guided sampler, or
     a TitanGuidanceMethod node (FreeDoM, MPGD, exact gradient) into its `method` input."""
     import sys
@@ -69,3 +69,17 @@ def test_host_gpu_builds_every_methods_graph_from_the_shipped_workflow(comfy_hos
     spec = comfy_host.object_info()["TitanGuideSampler"]["input"]
     assert "decode_chunk_frames" in {**spec.get("required", {}), **spec.get("optional", {})}
     assert "method" not in next(n for n in graphs["titan"].values() if n["class_type"] == "TitanGuideSampler")["inputs"]
+    # each row's host inherits its environment: titan_autotune times every tile with its own empty Triton cache,
+    # and the next row gets the defaults back (an unset cache folder stays unset)
+    for name in ("TITAN_CUDA_GRAPH", "TITAN_TRITON_AUTOTUNE", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = {"TITAN_CUDA_GRAPH": "0", "TITAN_TRITON_AUTOTUNE": "0", "TRITON_CACHE_DIR": None}
+    host_gpu.set_row_env("titan_autotune", defaults, tmp_path)
+    assert os.environ["TITAN_TRITON_AUTOTUNE"] == "1"
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton_cache_autotune")
+    host_gpu.set_row_env("titan_graph", defaults, tmp_path)
+    assert os.environ["TITAN_CUDA_GRAPH"] == "1" and os.environ["TITAN_TRITON_AUTOTUNE"] == "0"
+    assert "TRITON_CACHE_DIR" not in os.environ
+    (tmp_path / "triton_cache_autotune" / "ab").mkdir(parents=True)
+    (tmp_path / "triton_cache_autotune" / "ab" / "k.autotune.json").write_text('{"configs_timings": []}')
+    assert host_gpu.autotune_choices(tmp_path / "triton_cache_autotune") == [{"configs_timings": []}]

@@ -20,7 +20,7 @@ def test_quick_benchmark_writes_rows_that_agree_with_the_reference(tmp_path, cap
         for impl in ("ours", "ours_dual", "math"):
             assert row[impl]["ms"] > 0, (row["shape"], impl)
             assert row[impl]["tangent_err"] < 3e-2 and row[impl]["primal_err"] < 3e-2, (row["shape"], impl)
-        assert "skipped" in row["jvpfa"]  # CUDA only
+        assert "skipped" in row["jvpfa"] and "skipped" in row["ours_autotuned"]  # CUDA only
     assert "| tiny cross d64" in capsys.readouterr().out
     assert os.environ.get("TRITON_INTERPRET") == interpret_before  # the smoke's setting does not leak
     # a second command merges into the same file: its rows replace re-measured ones, others stay

@@ -177,23 +177,88 @@ def test_supported_explains_why_not(monkeypatch):
         assert "no backward" in ta.supported(q.requires_grad_(), k, v)
 
 
-def test_autotuning_offers_tiles_that_fit_the_shape_class():
-    """What the GPU autotuner may time (the choice among them is the GPU's, measured by the benchmark):
-    tiles within Hopper's shared memory, narrow ones at head dim 256 or float32 at 128, none of 128 queries
-    for 64 queries."""
-    configs = [ta._config(*tile) for tile in ta._TUNING]
-    tiles = (lambda kept: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages) for c in kept})
-    flags = dict(HAS_QT=True, HAS_KT=True, HAS_VT=True, LQ_BUCKET=16384, LK_BUCKET=16384)
-    bf16 = torch.empty(1, dtype=torch.bfloat16)
-    wan = tiles(ta._prune(configs, {"Q": bf16, "BLOCK_D": 128, "BLOCK_DV": 128, **flags}))
+def test_tile_candidates_fit_the_shape_class_and_the_card():
+    """What a call may run (the autotuner times them all, the default launch takes the first of `ranked_tiles`):
+    tiles within the card's shared memory, narrow ones at head dim 256 or float32 at 128, none of 128 queries for
+    64 queries."""
+    tiles = (lambda kept: {(m, n, s) for m, n, _, s in kept})
+    long = dict(has_qt=True, has_kt=True, has_vt=True, lq_bucket=16384, lk_bucket=16384)
+    wan = tiles(ta.tile_candidates(2, 128, 128, **long))
     assert (128, 32, 3) in wan and (128, 64, 3) not in wan and all(n <= 64 for _, n, _ in wan)
-    cog = tiles(ta._prune(configs, {"Q": bf16, "BLOCK_D": 64, "BLOCK_DV": 64, **flags}))
+    cog = tiles(ta.tile_candidates(2, 64, 64, **long))
     assert (128, 128, 2) in cog and (128, 64, 3) in cog
     narrow = {(m, n, s) for m, n, _, s in ta._NARROW_TUNING}
-    assert tiles(ta._prune(configs, {"Q": torch.empty(1), "BLOCK_D": 128, "BLOCK_DV": 128, **flags})) <= narrow
-    assert tiles(ta._prune(configs, {"Q": bf16, "BLOCK_D": 256, "BLOCK_DV": 128, **flags})) <= narrow
-    short = tiles(ta._prune(configs, {"Q": bf16, "BLOCK_D": 64, "BLOCK_DV": 64, **flags, "LQ_BUCKET": 64}))
+    assert tiles(ta.tile_candidates(4, 128, 128, **long)) <= narrow
+    assert tiles(ta.tile_candidates(2, 256, 128, **long)) <= narrow
+    short = tiles(ta.tile_candidates(2, 64, 64, **dict(long, lq_bucket=64)))
     assert short and all(m <= 64 for m, _, _ in short)
+    # a card with 99 KiB per block (Ada, Ampere consumer parts): the 128 x 128 tile's 160 KiB is not offered
+    ada = ta.ranked_tiles(2, 64, 64, **long, shared_memory=101_376)
+    assert (128, 128, 8, 2) not in ada and ada[0] == (128, 64, 8, 2)
+    # the autotuner's pruning is the same function, with the launch's arguments
+    configs = ta._prune(None, {"Q": torch.empty(1, dtype=torch.bfloat16), "BLOCK_D": 64, "BLOCK_DV": 64,
+                               "HAS_QT": True, "HAS_KT": True, "HAS_VT": True, "LQ_BUCKET": 16384,
+                               "LK_BUCKET": 16384})
+    assert [ta._tile_of(c) for c in configs] == ta.tile_candidates(2, 64, 64, **long)
+
+
+def test_default_tile_is_what_autotuning_picked_in_every_shape_the_h200_timed():
+    """The default launch compiles one tile, the first of `ranked_tiles`, instead of timing every candidate.
+    benchmarks/results/jvp_attention.json holds the autotuner's pick per shape from an H200 run (all tangents,
+    bf16): the rule must give the same tile in every one of them."""
+    import json
+    import pathlib
+    import re
+
+    saved = json.loads((pathlib.Path(__file__).parents[2] / "benchmarks/results/jvp_attention.json").read_text())
+    checked = 0
+    for row in saved["rows"]:
+        ours = row.get("ours_autotuned") or row.get("ours", {})
+        if "config" in ours:  # runs before the default tile: Triton's Config string
+            found = dict(re.findall(r"(BLOCK_M|BLOCK_N|num_warps|num_stages): (\d+)", ours["config"]))
+            picked = tuple(int(found[k]) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
+        elif "tile" in ours:
+            picked = tuple(ours["tile"])
+        else:
+            continue
+        batch, heads, len_q, len_k, dim = row["dims"]
+        size = {"bfloat16": 2, "float16": 2, "float32": 4}[row["dtype"]]
+        default = ta.ranked_tiles(size, ta._block_dim(dim), ta._value_block(dim), True, True, True, ta._bucket(len_q),
+                                  ta._bucket(len_k))[0]
+        assert default == picked, (row["shape"], default, picked)
+        checked += 1
+    assert checked >= 15
+
+
+def test_default_launch_falls_back_to_the_next_tile_when_the_card_refuses_one():
+    """Shared-memory figures are estimates: a tile the card cannot hold fails when Triton compiles it
+    (OutOfResources, nothing has run), and the launch takes the next tile; any other error is raised."""
+    class OutOfResources(Exception):
+        pass
+
+    launched = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            def launch(*args, BLOCK_M, BLOCK_N, num_warps, num_stages, **meta):
+                if BLOCK_N == 128:
+                    raise OutOfResources("shared memory")
+                launched.append((BLOCK_M, BLOCK_N, num_warps, num_stages))
+            return launch
+
+    ta._launch_first_that_fits(Kernel(), None, (), {}, [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3)])
+    assert launched == [(128, 64, 8, 2)] and ta.last_tile["tile"] == (128, 64, 8, 2)
+    with pytest.raises(OutOfResources):
+        ta._launch_first_that_fits(Kernel(), None, (), {}, [(128, 128, 8, 2)])
+
+    class Broken(Kernel):
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise ValueError("not a resource problem")
+            return launch
+
+    with pytest.raises(ValueError):
+        ta._launch_first_that_fits(Broken(), None, (), {}, [(128, 128, 8, 2), (128, 64, 8, 2)])
 
 
 @pytest.mark.parametrize("case", [
