@@ -41,6 +41,10 @@ download "$WHEELS" torchsde==0.2.6 trampoline==0.1.2 av==18.1.0 alembic==1.20.1 
   greenlet==3.5.6 comfy-aimdo==0.4.13 simpleeval==1.0.8 blake3==1.0.11 pydantic==2.14.4 pydantic_core==2.50.5 \
   pydantic-settings==2.16.3 python-dotenv==1.2.4 annotated-types==0.8.0 typing-inspection==0.4.5 \
   jvp_flash_attention==0.14.0
+# the ImageBind / CLIP-style workflows' objectives (the H200 image has timm, regex, transformers, portalocker, opencv):
+# ImageBind with --no-deps as scripts/setup.sh installs it; pytorchvideo and iopath ship only as sources (pure Python)
+download "$WHEELS" imagebind-unofficial==0.1.1 ftfy==6.3.1 wcwidth==0.9.4
+"$PYTHON" -m pip wheel -q --no-deps -w "$WHEELS" pytorchvideo==0.1.5 iopath==0.1.10
 download "$WHEELS/kitchen" comfy-kitchen==0.2.31
 "$PYTHON" - "$WHEELS/kitchen" "$WHEELS" <<'PY'
 import pathlib, sys, zipfile

@@ -9,8 +9,11 @@ like imagebind_huge.pth), CLIP vision (Hugging Face safetensors, like ComfyUI's 
 from __future__ import annotations
 
 import json
+import math
+import wave
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -95,3 +98,25 @@ def write_bundled_open_clip_layout(path: Path, name: str = "ViT-S-32") -> None:
     with torch.device("meta"):
         layout = open_clip.create_model(name, pretrained=None, device=torch.device("meta")).state_dict()
     save_file({key: torch.zeros(value.shape, dtype=torch.float16) for key, value in layout.items()}, str(path))
+
+
+def write_wav(path, seconds: float, sample_rate: int, channels: int) -> None:
+    """16-bit PCM chirp with a little noise (the standard library writes it; LoadAudio reads it with PyAV)."""
+    generator = np.random.default_rng(0)
+    time = np.arange(int(seconds * sample_rate)) / sample_rate
+    tone = np.sin(2 * math.pi * (300 + 400 * time) * time)
+    samples = np.stack([tone + 0.05 * generator.standard_normal(time.shape) for _ in range(channels)], axis=1)
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(channels)
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate)
+        handle.writeframes(pcm.tobytes())
+
+
+def read_wav(path) -> dict:
+    """A WAV file as the ComfyUI AUDIO dict LoadAudio makes of it (int16 / 2**15, (1, C, N))."""
+    with wave.open(str(path), "rb") as handle:
+        channels, rate = handle.getnchannels(), handle.getframerate()
+        pcm = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2").reshape(-1, channels)
+    return {"waveform": torch.from_numpy(pcm.T.astype(np.float32) / 2**15)[None], "sample_rate": rate}

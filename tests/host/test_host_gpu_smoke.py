@@ -47,16 +47,49 @@ def test_host_gpu_benchmark_smoke_runs_titan_and_ksampler(tmp_path, tiny_sd15_ch
     assert "ComfyUI" in completed.stdout
 
 
+def test_host_gpu_smoke_runs_the_imagebind_clip_and_image_workflows(tmp_path, tiny_sd15_checkpoint):
+    """The other shipped SD1.5 workflows through the harness, TITAN rows: tiny ImageBind and CLIP vision files in
+    their real layouts under the names the workflows ask for, the chirp and style image as their inputs."""
+    out = tmp_path / "host_gpu.json"
+    command = [default_python(), str(REPO_ROOT / "benchmarks" / "host_gpu.py"), "--smoke", "--comfyui",
+               str(find_comfyui_dir()), "--packs", str(VENDOR_PACKS_DIR), "--tiny-base", str(tiny_sd15_checkpoint),
+               "--out", str(out), "--methods", "titan", "--workflows", "audio_imagebind_animatediff",
+               "style_clip_animatediff", "sd15_image_titan"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(WIDE_HOST_THREADS), OMP_WAIT_POLICY="PASSIVE")
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT, env=env)
+    assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-4000:]
+    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    assert [row["workflow"] for row in rows] == ["audio_imagebind_animatediff", "style_clip_animatediff",
+                                                 "sd15_image_titan"], rows
+    for row in rows:
+        assert ROW_KEYS <= set(row) and "error" not in row, row
+        assert row["model_calls"] > 2 and row["seconds_warm_sampler"] > 0  # guided: more calls than the 2 steps
+    video, image = rows[0], rows[2]
+    assert video["case"].startswith("audio_imagebind_animatediff 4x32x32") and video["decode_chunk"].startswith("4 of 4")
+    assert image["case"] == "sd15_image_titan 32x32 2 steps" and image["decode_chunk"].startswith("1 of 1")
+
+
 def test_host_gpu_builds_every_methods_graph_from_the_shipped_workflow(comfy_host, monkeypatch, tmp_path):
     """Each row's prompt is the shipped workflow with the row's change: KSampler in place of the guided sampler, or
-    a TitanGuidanceMethod node (FreeDoM, MPGD, exact gradient) into its `method` input."""
+    a TitanGuidanceMethod node (FreeDoM, MPGD, exact gradient) into its `method` input; every workflow the harness
+    runs asks for the files it writes."""
     import sys
 
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     import host_gpu
 
-    graphs = host_gpu.prompts(comfy_host.object_info(), 4, 32, 2, 42, True)
-    assert set(graphs) == set(host_gpu.METHODS)
+    info = comfy_host.object_info()
+    for workflow, spec in host_gpu.WORKFLOWS.items():  # every workflow's loaders ask for the files the harness writes
+        graphs = host_gpu.prompts(info, 4, 32, 2, 42, True, workflow)
+        assert set(graphs) == set(host_gpu.METHODS)
+        nodes = list(graphs["titan"].values())
+        folder, weights, input_file = host_gpu.OBJECTIVE_FILES[spec.objective]
+        widgets = {value for node in nodes for value in node["inputs"].values() if isinstance(value, str)}
+        assert {spec.checkpoint, weights} <= widgets and (input_file is None or input_file in widgets), workflow
+        assert (host_gpu.MOTION_MODULE in widgets) == spec.video, workflow
+        (latent,) = [n for n in nodes if n["class_type"] == "EmptyLatentImage"]
+        assert (latent["inputs"]["batch_size"] == 4) == spec.video and latent["inputs"]["width"] == 32
+    graphs = host_gpu.prompts(info, 4, 32, 2, 42, True)
     for row, method in host_gpu.BASELINES.items():
         sampler = next(node for node in graphs[row].values() if node["class_type"] == "TitanGuideSampler")
         source = graphs[row][sampler["inputs"]["method"][0]]
@@ -74,12 +107,12 @@ def test_host_gpu_builds_every_methods_graph_from_the_shipped_workflow(comfy_hos
     for name in ("TITAN_CUDA_GRAPH", "TITAN_TRITON_AUTOTUNE", "TRITON_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)
     defaults = {"TITAN_CUDA_GRAPH": "0", "TITAN_TRITON_AUTOTUNE": "0", "TRITON_CACHE_DIR": None}
-    host_gpu.set_row_env("titan_autotune", defaults, tmp_path)
+    host_gpu.set_row_env("titan_autotune", defaults, tmp_path, "sd15_image_titan")  # a cold cache per workflow
     assert os.environ["TITAN_TRITON_AUTOTUNE"] == "1"
-    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton_cache_autotune")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton_cache_autotune_sd15_image_titan")
     host_gpu.set_row_env("titan_graph", defaults, tmp_path)
     assert os.environ["TITAN_CUDA_GRAPH"] == "1" and os.environ["TITAN_TRITON_AUTOTUNE"] == "0"
     assert "TRITON_CACHE_DIR" not in os.environ
-    (tmp_path / "triton_cache_autotune" / "ab").mkdir(parents=True)
-    (tmp_path / "triton_cache_autotune" / "ab" / "k.autotune.json").write_text('{"configs_timings": []}')
-    assert host_gpu.autotune_choices(tmp_path / "triton_cache_autotune") == [{"configs_timings": []}]
+    (tmp_path / "cache" / "ab").mkdir(parents=True)
+    (tmp_path / "cache" / "ab" / "k.autotune.json").write_text('{"configs_timings": []}')
+    assert host_gpu.autotune_choices(tmp_path / "cache") == [{"configs_timings": []}]

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 import graphs
 from objectives.color import ColorLoss
 from objectives.imagebind_audio import ImageBindAudioLoss, load_imagebind
-from test_nodes_objectives import read_wav, write_wav
+from tiny_objectives import read_wav, write_wav
 from test_wan import add_sampler, report, video_of
 from testing.comfy_host import HOST_DIR, ComfyExecutionError, ComfyHost, default_custom_node_dirs, default_python
 from tiny_checkpoints import TINY_SD15_FILENAME

@@ -12,12 +12,10 @@ fail with a clear message while the server keeps serving.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
 import subprocess
-import wave
 
 import numpy as np
 import pytest
@@ -33,12 +31,14 @@ from objectives.style_clip import StyleLoss, load_open_clip
 from tiny_checkpoints import TINY_SD15_FILENAME
 from tiny_objectives import (
     TINY_DOVER_CONFIG,
+    read_wav,
     write_bundled_open_clip_layout,
     write_official_layout_dover,
     write_tiny_clip_vision,
     write_tiny_dover,
     write_tiny_imagebind,
     write_tiny_open_clip,
+    write_wav,
 )
 
 SIZE, FRAMES, STEPS, SEED, STRENGTH = 32, 4, 3, 7, 0.3
@@ -74,20 +74,6 @@ def host(comfy_host):
     style[..., 2] = np.linspace(255, 0, 40, dtype=np.uint8)[:, None]
     Image.fromarray(style).save(comfy_host.input_dir / STYLE_FILE)
     return comfy_host
-
-
-def write_wav(path, seconds: float, sample_rate: int, channels: int) -> None:
-    """16-bit PCM chirp with a little noise (the standard library writes it; LoadAudio reads it with PyAV)."""
-    generator = np.random.default_rng(0)
-    time = np.arange(int(seconds * sample_rate)) / sample_rate
-    tone = np.sin(2 * math.pi * (300 + 400 * time) * time)
-    samples = np.stack([tone + 0.05 * generator.standard_normal(time.shape) for _ in range(channels)], axis=1)
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(channels)
-        handle.setsampwidth(2)
-        handle.setframerate(sample_rate)
-        handle.writeframes(pcm.tobytes())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,14 +339,6 @@ def test_style_objective_with_text_lowers_style_loss(host, unguided):
     with torch.no_grad():
         before, after = loss(unguided).item(), loss(guided).item()
     assert_lowered(before, after, report)
-
-
-def read_wav(path) -> dict:
-    """A WAV file as the ComfyUI AUDIO dict LoadAudio makes of it (int16 / 2**15, (1, C, N))."""
-    with wave.open(str(path), "rb") as handle:
-        channels, rate = handle.getnchannels(), handle.getframerate()
-        pcm = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2").reshape(-1, channels)
-    return {"waveform": torch.from_numpy(pcm.T.astype(np.float32) / 2**15)[None], "sample_rate": rate}
 
 
 def add_audio(prompt: Prompt, sources: dict, audio_file: str = AUDIO_FILE, weights: str = IMAGEBIND_FILE) -> list:
