@@ -287,6 +287,33 @@ def test_kernel_lowers_for_hopper_within_shared_memory(case):
     assert 0 < shared <= ta.SHARED_MEMORY_BYTES
 
 
+def test_compile_cost_benchmark_compiles_every_candidate_and_the_default_tile(tmp_path):
+    """`benchmarks.jvp_attention --compile-cost` on one of the node path's call classes (sm_90, no GPU; a fresh
+    process, as above): every candidate the autotuner would time is compiled, the default launch's tile among them."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    here = pathlib.Path(__file__).resolve()
+    code = (f"import sys, json; sys.path[:0] = [{str(here.parents[2])!r}]\n"
+            "from benchmarks import jvp_attention as bench\n"
+            "bench.NODE_PATH_CALLS = bench.NODE_PATH_CALLS[1:2]\n"
+            "print('RESULT', json.dumps(bench.compile_cost()))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT")[-1])
+    (row,) = result["rows"]
+    assert row["call"] == "SD1.5 cross, 32x32 latent" and row["tangents"] == [True, False, False]
+    call = (2, 64, 64, True, False, False, 1024, 128)
+    assert row["autotune_tiles"] == len(ta.tile_candidates(*call)) > 1
+    assert tuple(row["default_tile"]) == ta.ranked_tiles(*call)[0]
+    assert 0 < row["default_compile_s"] < row["autotune_compile_s"]
+
+
 def test_sdpa_supported_takes_the_sdpa_signature_and_duals():
     q, k, v, q_t, k_t, v_t = inputs(8, 8, 16)
     assert ta.sdpa_supported(q, k, v, is_causal=True, scale=0.2) is None
