@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from ._convnext3d import ConvNeXt3D
 from ._swin3d import SwinTransformer3D, relative_position_index
-from .base import VIDEO_RANGE_TOLERANCE, VideoObjective, freeze
+from .base import VIDEO_RANGE_TOLERANCE, VideoObjective, freeze, torch_load_weights
 from .base import check_video as check_video_batch
 from .views import DoverViewConfig, aesthetic_view, technical_view
 
@@ -287,7 +287,7 @@ def _read_state_dict(path: Path) -> Mapping:
                 f"{DOVER_WEIGHTS_FILENAME} (or a conversion of it) in {DOVER_MODEL_FOLDER}/") from error
     else:
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = torch_load_weights(str(path))
         except Exception as error:  # torch.load raises many types (UnpicklingError, RuntimeError, IndexError...)
             raise ValueError(
                 f"could not read '{path}' as a PyTorch checkpoint (loaded with weights_only=True); "

@@ -58,6 +58,7 @@ from .base import (
     freeze,
     load_state_dict_checked,
     load_weights_file,
+    random_init_skipped,
     subset_frame_indices,
 )
 from .function_transforms import constant
@@ -207,7 +208,8 @@ def imagebind_from_state_dict(
         raise ValueError(f"modalities must include 'vision' and be drawn from {MODALITIES}, got {tuple(modalities)}.")
     imagebind_model = import_imagebind_model()
     config = imagebind_config_from_state_dict(state_dict, num_heads, audio_stride)
-    model = imagebind_model.ImageBindModel(**config)
+    with random_init_skipped():  # every weight is loaded strictly next
+        model = imagebind_model.ImageBindModel(**config)
     load_state_dict_checked(model, state_dict, source, f"ImageBindModel (expected {EXPECTED_LAYOUT})")
     for modality in MODALITIES:
         if modality not in modalities:  # unused towers only cost memory

@@ -33,6 +33,7 @@ from .base import (
     freeze,
     load_state_dict_checked,
     load_weights_file,
+    random_init_skipped,
     subset_frame_indices,
 )
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess, image_to_nchw
@@ -231,7 +232,8 @@ def clip_vision_from_state_dict(
 
     config = clip_vision_config_from_state_dict(state_dict, num_attention_heads, hidden_act)
     weights = {key: value for key, value in state_dict.items() if not HF_IGNORABLE_KEY.match(key)}
-    model = CLIPVisionModelWithProjection(config)
+    with random_init_skipped():  # every weight is loaded strictly next
+        model = CLIPVisionModelWithProjection(config)
     load_state_dict_checked(model, weights, source, HF_VISION_EXPECTED)
     return HFClipVision(model)
 
@@ -318,7 +320,7 @@ def open_clip_from_state_dict(
             f"{source} is a Hugging Face vision-only CLIP file (keys 'vision_model.*'), not an open_clip "
             f"checkpoint of {model_name}; load it with load_clip_vision(path) (no text tower)."
         )
-    with _quiet_random_init_warning():
+    with _quiet_random_init_warning(), random_init_skipped():  # every weight is loaded strictly next
         model = open_clip.create_model(
             model_name,
             pretrained=None,
