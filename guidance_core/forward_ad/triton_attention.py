@@ -258,20 +258,24 @@ def _launch(q, k, v, q_t, k_t, v_t, scale, causal, want_tangent: bool):
         if autotune:
             kernel[grid](*args, **meta)
             last_tile["tile"] = _tile_of(kernel.best_config)
+        elif interpret:
+            _launch_first_that_fits(kernel, grid, args, meta, [_INTERPRETER_TILE])
         else:
-            tiles = [_INTERPRETER_TILE] if interpret else ranked_tiles(
-                q.element_size(), meta["BLOCK_D"], meta["BLOCK_DV"], meta["HAS_QT"], meta["HAS_KT"], meta["HAS_VT"],
-                _bucket(len_q), _bucket(len_k), _shared_memory(q.device))
-            _launch_first_that_fits(kernel, grid, args, meta, tiles)
+            call = (q.element_size(), meta["BLOCK_D"], meta["BLOCK_DV"], meta["HAS_QT"], meta["HAS_KT"],
+                    meta["HAS_VT"], _bucket(len_q), _bucket(len_k), _shared_memory(q.device))
+            known = _launched_tiles.get(call)
+            tiles = [known] if known else ranked_tiles(*call)
+            _launched_tiles[call] = _launch_first_that_fits(kernel, grid, args, meta, tiles)
     return out, (out_t if want_tangent else None)
 
 
 last_tile: dict = {"tile": None}  # (BLOCK_M, BLOCK_N, num_warps, num_stages) of the last launch, for benchmarks
+_launched_tiles: dict = {}  # call class -> the tile that launched, so a refused tile is not compiled again
 
 
-def _launch_first_that_fits(kernel, grid, args, meta, tiles):
+def _launch_first_that_fits(kernel, grid, args, meta, tiles) -> tuple:
     """Launch with the first tile the device can hold: the shared-memory estimate is close, not exact, and a
-    smaller card refuses a tile when it is compiled (Triton's OutOfResources), before anything runs."""
+    smaller card refuses a tile when it is compiled (Triton's OutOfResources), before anything runs. Returns it."""
     for index, tile in enumerate(tiles):
         try:
             kernel[grid](*args, **meta, BLOCK_M=tile[0], BLOCK_N=tile[1], num_warps=tile[2], num_stages=tile[3])
@@ -280,7 +284,7 @@ def _launch_first_that_fits(kernel, grid, args, meta, tiles):
                 raise
             continue
         last_tile["tile"] = tile
-        return
+        return tile
 
 
 def _tile_of(config) -> tuple:

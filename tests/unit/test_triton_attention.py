@@ -246,8 +246,8 @@ def test_default_launch_falls_back_to_the_next_tile_when_the_card_refuses_one():
                 launched.append((BLOCK_M, BLOCK_N, num_warps, num_stages))
             return launch
 
-    ta._launch_first_that_fits(Kernel(), None, (), {}, [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3)])
-    assert launched == [(128, 64, 8, 2)] and ta.last_tile["tile"] == (128, 64, 8, 2)
+    tile = ta._launch_first_that_fits(Kernel(), None, (), {}, [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3)])
+    assert launched == [(128, 64, 8, 2)] and tile == ta.last_tile["tile"] == (128, 64, 8, 2)
     with pytest.raises(OutOfResources):
         ta._launch_first_that_fits(Kernel(), None, (), {}, [(128, 128, 8, 2)])
 
