@@ -35,8 +35,8 @@ the pack's report line (on CUDA torch.cuda.max_memory_allocated during sampling,
 dynamic VRAM on, weights streamed by
 comfy-aimdo may not show there). `model_calls` is the report's count (KSampler: the steps, one CFG-batched call each).
 
-Each row: {"case", "workflow", "method", "dynamic_vram", "peak_gb", "report_peak_gb", "seconds_warm", "seconds_first",
-"model_calls", "host"} (plus "error" if the row failed), and for TITAN rows `seconds_first_sampler` /
+Each row: {"case", "workflow", "method", "dynamic_vram", "peak_gb", "report_peak_gb", "seconds_warm",
+"seconds_first", "model_calls", "host"} (plus "error" if the row failed), and for TITAN rows `seconds_first_sampler` /
 `seconds_warm_sampler` (the sampler node's own time from its report: the rest of a prompt is loading and the
 other nodes), `triton_cache_entries` (files in Triton's on-disk kernel cache when the row's host started: 0 means
 the first prompt compiled the JVP attention kernels), `forward_ad` (the report's attention-route / CUDA-graph
@@ -101,9 +101,6 @@ class Workflow:
     objective: str
     video: bool
 
-    def path(self, name: str) -> Path:
-        return REPO_ROOT / "workflows" / f"{name}.json"
-
 
 WORKFLOWS = {
     "aesthetic_dover_animatediff": Workflow("epicrealism_naturalSinRC1VAE.safetensors", "dover", True),
@@ -138,8 +135,14 @@ def build_weights(models: Path, comfyui: Path, smoke: bool, workflows: list[str]
             subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "tiny_checkpoints.py"), "--comfy-dir",
                             str(comfyui), "--out", str(base)], check=True,
                            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    full = None  # full size, the checkpoints of all workflows are the same SD1.5 file under their names
     for checkpoint, video in sorted({(spec.checkpoint, spec.video) for spec in specs}):
-        write_checkpoint(models / "checkpoints" / checkpoint, comfyui, video, base)
+        target = models / "checkpoints" / checkpoint
+        if full is not None and not smoke:
+            target.symlink_to(full)
+            continue
+        write_checkpoint(target, comfyui, video, base)
+        full = target
     if any(spec.video for spec in specs):
         import tiny_motion_module as tmm
 
@@ -232,7 +235,8 @@ def prompts(object_info: dict, frames: int, size: int, steps: int, seed: int, sm
     from demo import workflow_to_api
 
     spec = WORKFLOWS[workflow]
-    base = workflow_to_api(json.loads(spec.path(workflow).read_text(encoding="utf-8")), object_info)
+    shipped = REPO_ROOT / "workflows" / f"{workflow}.json"
+    base = workflow_to_api(json.loads(shipped.read_text(encoding="utf-8")), object_info)
     by_type = {}
     for node_id, node in base.items():
         by_type.setdefault(node["class_type"], []).append(node_id)
