@@ -59,7 +59,8 @@ reports the rows it finished.
 `--smoke`: CPU, 4 frames of 32x32, 2 steps, dynamic VRAM off, tiny SD1.5 UNet, tiny ImageBind and CLIP (the
 objective tests' sizes, same layouts): checks the whole path (weights in the real layouts, host, workflow
 conversion, the methods, the JSON) with no figures worth reading; tests/host/test_host_gpu_smoke.py runs it in CI
-for the TITAN and KSampler rows of the DOVER workflow and TITAN on the other three.
+for the TITAN and KSampler rows of the DOVER workflow and the TITAN rows of the ImageBind and SD1.5 image
+workflows.
 """
 from __future__ import annotations
 
