@@ -84,3 +84,25 @@ def test_random_init_skipped_covers_transformers_initialisers():
     pixels = torch.rand(1, 3, 32, 32)
     torch.testing.assert_close(built(pixel_values=pixels).image_embeds, reference(pixel_values=pixels).image_embeds,
                                rtol=0, atol=0)
+
+
+def test_objective_loading_benchmark_smoke_times_both_ways_and_writes_json(tmp_path, capsys):
+    """benchmarks/objective_loading.py on the tiny files: every loader timed as shipped and without the speed-ups,
+    the same model either way (parameter counts from the loaded models), the table and the JSON."""
+    import json
+
+    from benchmarks import objective_loading
+    from objectives import base, imagebind_audio
+
+    out = tmp_path / "objective_loading.json"
+    objective_loading.main(["--smoke", "--dir", str(tmp_path), "--repeats", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["objective"] for row in rows] == list(objective_loading.OBJECTIVES)
+    for row in rows:
+        assert row["shipped_s"] > 0 and row["baseline_s"] > 0 and row["parameters_m"] > 0, row
+    assert "| imagebind |" in capsys.readouterr().out
+    # the baseline's patches are undone
+    assert imagebind_audio.random_init_skipped is base.random_init_skipped
+    with objective_loading.without_speedups():
+        assert imagebind_audio.random_init_skipped is not base.random_init_skipped
+    assert imagebind_audio.random_init_skipped is base.random_init_skipped
