@@ -11,20 +11,24 @@ from testing.comfy_host import REPO_ROOT, VENDOR_PACKS_DIR, WIDE_HOST_THREADS, d
 ROW_KEYS = {"case", "method", "peak_gb", "seconds_warm", "seconds_first", "model_calls", "host"}
 
 
-def test_host_gpu_benchmark_smoke_runs_titan_and_ksampler(tmp_path, tiny_sd15_checkpoint):
-    """TITAN and KSampler rows (FreeDoM's row, backprop through full-size DOVER and the VAE, takes minutes on a
-    shared 2-core CPU: it runs on the GPU only)."""
+def run_smoke(tmp_path, tiny_sd15_checkpoint, *arguments) -> tuple:
+    """Run `host_gpu.py --smoke` with `arguments`; (the finished process, the JSON's rows). A TITAN row's
+    forward-mode pass through full-size DOVER is most of the time: its hosts (ComfyHost, which keeps a given
+    OMP_NUM_THREADS) run on two threads."""
     out = tmp_path / "host_gpu.json"
     command = [default_python(), str(REPO_ROOT / "benchmarks" / "host_gpu.py"), "--smoke", "--comfyui",
                str(find_comfyui_dir()), "--packs", str(VENDOR_PACKS_DIR), "--tiny-base", str(tiny_sd15_checkpoint),
-               "--out", str(out), "--methods", "titan", "ksampler", "--profile"]
-    # the TITAN row's forward-mode pass through full-size DOVER is most of the time: its hosts (ComfyHost, which
-    # keeps a given OMP_NUM_THREADS) run on two threads
+               "--out", str(out), *arguments]
     env = dict(os.environ, OMP_NUM_THREADS=str(WIDE_HOST_THREADS), OMP_WAIT_POLICY="PASSIVE")
     completed = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT, env=env)
     assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-4000:]
-    results = json.loads(out.read_text(encoding="utf-8"))
-    rows = results["rows"]
+    return completed, json.loads(out.read_text(encoding="utf-8"))["rows"]
+
+
+def test_host_gpu_benchmark_smoke_runs_titan_and_ksampler(tmp_path, tiny_sd15_checkpoint):
+    """TITAN and KSampler rows (FreeDoM's row, backprop through full-size DOVER and the VAE, takes minutes on a
+    shared 2-core CPU: it runs on the GPU only)."""
+    completed, rows = run_smoke(tmp_path, tiny_sd15_checkpoint, "--methods", "titan", "ksampler", "--profile")
     assert [row["method"] for row in rows] == ["titan", "ksampler"], rows
     version = (find_comfyui_dir() / "comfyui_version.py").read_text(encoding="utf-8")
     for row in rows:
@@ -51,15 +55,8 @@ def test_host_gpu_smoke_runs_the_imagebind_and_image_workflows(tmp_path, tiny_sd
     """The other shipped SD1.5 workflows through the harness, TITAN rows: tiny ImageBind and CLIP vision files in
     their real layouts under the names the workflows ask for, the chirp and style image as their inputs (the CLIP
     style video workflow combines these two rows' paths; the graph test below covers its prompt)."""
-    out = tmp_path / "host_gpu.json"
-    command = [default_python(), str(REPO_ROOT / "benchmarks" / "host_gpu.py"), "--smoke", "--comfyui",
-               str(find_comfyui_dir()), "--packs", str(VENDOR_PACKS_DIR), "--tiny-base", str(tiny_sd15_checkpoint),
-               "--out", str(out), "--methods", "titan", "--workflows", "audio_imagebind_animatediff",
-               "sd15_image_titan"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(WIDE_HOST_THREADS), OMP_WAIT_POLICY="PASSIVE")
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT, env=env)
-    assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-4000:]
-    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    _, rows = run_smoke(tmp_path, tiny_sd15_checkpoint, "--methods", "titan", "--workflows",
+                        "audio_imagebind_animatediff", "sd15_image_titan")
     assert [row["workflow"] for row in rows] == ["audio_imagebind_animatediff", "sd15_image_titan"], rows
     for row in rows:
         assert ROW_KEYS <= set(row) and "error" not in row, row

@@ -261,6 +261,20 @@ def test_default_launch_falls_back_to_the_next_tile_when_the_card_refuses_one():
         ta._launch_first_that_fits(Broken(), None, (), {}, [(128, 128, 8, 2), (128, 64, 8, 2)])
 
 
+def in_fresh_compiler_process(code: str, **env):
+    """Run `code` (the repository on sys.path, json imported) in a new Python without TRITON_INTERPRET: running the
+    interpreter patches triton.language for the rest of a process, so sm_90 compiles need their own."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | env
+    return subprocess.run([sys.executable, "-c", f"import sys, json; sys.path[:0] = [{str(root)!r}]\n{code}"],
+                          env=environment, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("case", [
     dict(),  # Wan's shape class: bf16, head dim 128, all tangents
     dict(dtype="fp16", dim=40, tile=(64, 64, 4, 3), tangents=(True, False, True), causal=True),
@@ -269,17 +283,10 @@ def test_kernel_lowers_for_hopper_within_shared_memory(case):
     """The interpreter checks the maths, not the lowering: this compiles for sm_90 (no GPU needed), in a fresh
     process because running the interpreter patches triton.language for the rest of a process."""
     import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
 
-    here = pathlib.Path(__file__).resolve()
-    code = (f"import sys, json; sys.path[:0] = [{str(here.parents[2])!r}]\n"
-            f"from benchmarks.jvp_attention import compile_for_hopper\n"
-            f"print('SHARED', compile_for_hopper(**json.loads({json.dumps(json.dumps(case))})).metadata.shared)")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    done = in_fresh_compiler_process("from benchmarks.jvp_attention import compile_for_hopper\n"
+                                     f"print('SHARED', compile_for_hopper(**json.loads({json.dumps(json.dumps(case))}))"
+                                     ".metadata.shared)")
     if done.returncode and "GPUTarget" in done.stderr + done.stdout and "ImportError" in done.stderr:
         pytest.skip("this Triton build cannot compile for sm_90 here")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -291,19 +298,11 @@ def test_compile_cost_benchmark_compiles_every_candidate_and_the_default_tile(tm
     """`benchmarks.jvp_attention --compile-cost` on one of the node path's call classes (sm_90, no GPU; a fresh
     process, as above): every candidate the autotuner would time is compiled, the default launch's tile among them."""
     import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
 
-    here = pathlib.Path(__file__).resolve()
-    code = (f"import sys, json; sys.path[:0] = [{str(here.parents[2])!r}]\n"
-            "from benchmarks import jvp_attention as bench\n"
-            "bench.NODE_PATH_CALLS = bench.NODE_PATH_CALLS[1:2]\n"
-            "print('RESULT', json.dumps(bench.compile_cost()))")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    done = in_fresh_compiler_process("from benchmarks import jvp_attention as bench\n"
+                                     "bench.NODE_PATH_CALLS = bench.NODE_PATH_CALLS[1:2]\n"
+                                     "print('RESULT', json.dumps(bench.compile_cost()))",
+                                     TRITON_CACHE_DIR=str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.split("RESULT")[-1])
     (row,) = result["rows"]
