@@ -36,6 +36,7 @@ import platform
 import statistics
 import sys
 import time
+from unittest import mock
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -381,31 +382,23 @@ def compile_cost(dtype: str = "fp16") -> dict:
     import tempfile
 
     rows = []
-    with tempfile.TemporaryDirectory() as cache:
-        previous = os.environ.get("TRITON_CACHE_DIR")
-        os.environ["TRITON_CACHE_DIR"] = cache
-        try:
-            compile_for_hopper(dtype, 64, (16, 16, 4, 1))  # Triton's own first-use cost, not any tile's
-            for name, dim, len_q, len_k, tangents in NODE_PATH_CALLS:
-                size = DTYPES[dtype].itemsize
-                call = (size, triton_attention._block_dim(dim), triton_attention._value_block(dim), *tangents,
-                        triton_attention._bucket(len_q), triton_attention._bucket(len_k))
-                seconds = {}
-                for tile in triton_attention.tile_candidates(*call):
-                    start = time.perf_counter()
-                    compile_for_hopper(dtype, dim, tile, tangents=tangents)
-                    seconds[tile] = time.perf_counter() - start
-                default = triton_attention.ranked_tiles(*call)[0]
-                row = {"call": name, "dim": dim, "len_q": len_q, "len_k": len_k, "tangents": list(tangents),
-                       "autotune_tiles": len(seconds), "autotune_compile_s": sum(seconds.values()),
-                       "default_tile": list(default), "default_compile_s": seconds[default]}
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-        finally:
-            if previous is None:
-                os.environ.pop("TRITON_CACHE_DIR")
-            else:
-                os.environ["TRITON_CACHE_DIR"] = previous
+    with tempfile.TemporaryDirectory() as cache, scoped_env(TRITON_CACHE_DIR=cache):
+        compile_for_hopper(dtype, 64, (16, 16, 4, 1))  # Triton's own first-use cost, not any tile's
+        for name, dim, len_q, len_k, tangents in NODE_PATH_CALLS:
+            size = DTYPES[dtype].itemsize
+            call = (size, triton_attention._block_dim(dim), triton_attention._value_block(dim), *tangents,
+                    triton_attention._bucket(len_q), triton_attention._bucket(len_k))
+            seconds = {}
+            for tile in triton_attention.tile_candidates(*call):
+                start = time.perf_counter()
+                compile_for_hopper(dtype, dim, tile, tangents=tangents)
+                seconds[tile] = time.perf_counter() - start
+            default = triton_attention.ranked_tiles(*call)[0]
+            row = {"call": name, "dim": dim, "len_q": len_q, "len_k": len_k, "tangents": list(tangents),
+                   "autotune_tiles": len(seconds), "autotune_compile_s": sum(seconds.values()),
+                   "default_tile": list(default), "default_compile_s": seconds[default]}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     total = {key: sum(r[key] for r in rows) for key in ("autotune_tiles", "autotune_compile_s", "default_compile_s")}
     print(f"| call | tiles autotuned | autotune compile s | default tile | default compile s |\n|---|---|---|---|---|")
     for r in rows:
@@ -446,34 +439,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
+def scoped_env(**values: str):
+    """Environment variables set for a `with` block, the whole environment as it was after it."""
+    return mock.patch.dict(os.environ, values)
+
+
 def autotune_env():
     """TITAN_TRITON_AUTOTUNE=1 for one call: the kernel times every candidate tile instead of the default one."""
-    previous = os.environ.get(triton_attention.AUTOTUNE_ENV)
-    os.environ[triton_attention.AUTOTUNE_ENV] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(triton_attention.AUTOTUNE_ENV)
-        else:
-            os.environ[triton_attention.AUTOTUNE_ENV] = previous
+    return scoped_env(**{triton_attention.AUTOTUNE_ENV: "1"})
 
 
-@contextlib.contextmanager
 def interpreter_env(on: bool):
     """TRITON_INTERPRET=1 for the CPU smoke only, restored after."""
-    previous = os.environ.get("TRITON_INTERPRET")
-    if on:
-        os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        yield
-    finally:
-        if on:
-            if previous is None:
-                os.environ.pop("TRITON_INTERPRET", None)
-            else:
-                os.environ["TRITON_INTERPRET"] = previous
+    return scoped_env(TRITON_INTERPRET="1") if on else contextlib.nullcontext()
 
 
 def run_info(device: torch.device) -> dict:
