@@ -136,14 +136,14 @@ def build_weights(models: Path, comfyui: Path, smoke: bool, workflows: list[str]
             subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "tiny_checkpoints.py"), "--comfy-dir",
                             str(comfyui), "--out", str(base)], check=True,
                            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
-    full = None  # full size, the checkpoints of all workflows are the same SD1.5 file under their names
+    full = None  # full size, every workflow's checkpoint is the same SD1.5 file under its name: built once
     for checkpoint, video in sorted({(spec.checkpoint, spec.video) for spec in specs}):
         target = models / "checkpoints" / checkpoint
-        if full is not None and not smoke:
+        if full is not None:
             target.symlink_to(full)
             continue
         write_checkpoint(target, comfyui, video, base)
-        full = target
+        full = None if smoke else target
     if any(spec.video for spec in specs):
         import tiny_motion_module as tmm
 

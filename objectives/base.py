@@ -142,9 +142,11 @@ class _RandomInitSkipped(TorchFunctionMode):
 @contextlib.contextmanager
 def random_init_skipped() -> Iterator[None]:
     """Build modules whose weights a strict state-dict load overwrites next, without drawing random weights first:
-    random fills and torch.randn / rand leave the memory as allocated (ImageBind huge: 8-20 s of its loader on this machine's 2 cores
-    -> 0.1 s). Deterministic fills (masks, position tables, constants) run as usual. Thread-local (a torch
-    function mode), so other threads build their modules untouched."""
+    random fills and torch.randn / rand leave the memory as allocated (ImageBind huge: 8-20 s of its loader on this
+    machine's 2 cores -> 0.1 s). Deterministic fills (masks, position tables, constants) run as usual. A module that
+    kept random numbers in a non-persistent buffer would keep uninitialised memory there; ImageBind has no such
+    buffer, and CLIP's are deterministic. Thread-local (a torch function mode), so other threads build their
+    modules untouched."""
     with _RandomInitSkipped():
         yield
 
